@@ -1,0 +1,41 @@
+"""fewlabels: train accurate image classifiers when labels are scarce.
+
+The Python API mirrors the command line: each command is a function taking the same options as keyword arguments,
+e.g. `fewlabels.train(data="digits", model="cnn-s", labels_per_class=5, epochs=20)`. Functions are imported on
+first use, so `import fewlabels` stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .errors import FewLabelsError
+
+__version__ = "0.1.0"
+
+_API = {
+    "train": "fewlabels.methods.supervised",
+    "evaluate": "fewlabels.methods.supervised",
+    "predict": "fewlabels.methods.supervised",
+    "load_dataset": "fewlabels.data",
+    "make_split": "fewlabels.data",
+    "ImageSet": "fewlabels.data",
+    "create_model": "fewlabels.models",
+    "list_models": "fewlabels.models",
+    "load_model": "fewlabels.train.checkpoint",
+    "fit": "fewlabels.train.loop",
+    "TrainConfig": "fewlabels.train.config",
+    "TrainSet": "fewlabels.train.loop",
+    "soft_cross_entropy": "fewlabels.losses",
+    "kd_loss": "fewlabels.losses",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'fewlabels' has no attribute {name!r}")
+
+
+__all__ = ["FewLabelsError", "__version__", *_API]

@@ -1,0 +1,100 @@
+"""The `fewlabels` command: subcommands map to plain functions of the Python API.
+
+Options come from typed dataclasses (their help text is the `--help`), merged as defaults ← `--config FILE.yaml`
+← flags. Errors a user can cause print one line, `fewlabels: error: ...`, and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import config as C
+from .errors import FewLabelsError
+
+
+@dataclass
+class Command:
+    name: str
+    cls: type
+    fn: Callable
+    help: str
+    positionals: tuple[tuple[str, str, str], ...] = ()  # (field, nargs, help)
+    show: Callable | None = None
+
+
+def _commands() -> list[Command]:
+    from .methods import supervised as S
+
+    cmds = [
+        Command("train", S.TrainCommand, S.train, "train a classifier on the labelled images"),
+        Command("evaluate", S.EvaluateCommand, S.evaluate, "accuracy, per-class accuracy and confusion matrix",
+                (("model_path", "?", "run folder or checkpoint"),), _show_eval),
+        Command("predict", S.PredictCommand, S.predict, "top-k classes of image files (CSV or JSON)",
+                (("model_path", "?", "run folder or checkpoint"), ("inputs", "*", "image files or folders"))),
+    ]
+    from .methods.registry import extra_commands
+    return cmds + extra_commands(Command)
+
+
+def _show_eval(report: dict) -> None:
+    print(f"accuracy {report['accuracy']:.4f} on {report['n']} {report['on']} images")
+    for c, a in report["per_class_accuracy"].items():
+        print(f"  {c:>16s}  {a:.4f}")
+
+
+def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fewlabels", description="Train accurate image classifiers when labels are "
+                                "scarce.")
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"fewlabels {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for c in cmds:
+        target, name = sub, c.name
+        if " " in c.name:  # a two-word command such as "probe equivariance"
+            group, name = c.name.split(" ", 1)
+            if group not in groups:
+                gp = sub.add_parser(group, help=f"{group} commands")
+                groups[group] = gp.add_subparsers(dest=f"{group}_command", required=True, metavar="COMMAND")
+            target = groups[group]
+        sp = target.add_parser(name, help=c.help, description=(c.cls.__doc__ or c.help).strip())
+        sp.add_argument("--config", help="YAML file of options (flags override it)")
+        for name, nargs, help_ in c.positionals:
+            sp.add_argument(f"_pos_{name}", nargs=nargs, help=help_, default=None, metavar=name.upper())
+        C.add_arguments(sp, c.cls)
+        sp.set_defaults(_cmd=c)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    cmds = _commands()
+    args = build_parser(cmds).parse_args(argv)
+    cmd: Command = args._cmd
+    for name, _, _ in cmd.positionals:
+        v = getattr(args, f"_pos_{name}")
+        if v not in (None, []) and getattr(args, name, None) is None:
+            setattr(args, name, v)
+    try:
+        cfg = C.from_args(cmd.cls, args)
+        result = cmd.fn(cfg)
+        if cmd.show is not None:
+            cmd.show(result)
+    except FewLabelsError as e:
+        print(f"fewlabels: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fewlabels: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def print_json(obj) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Typed configuration: defaults, then a YAML file, then command-line flags.
+
+Each command's options are a dataclass; the field's `help` metadata becomes `--help`. A YAML file holds the same
+keys (flat, with `-` or `_`), and an unknown key or a value of the wrong type is an error that names it. The
+resolved config is saved as `config.yaml` in the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from .errors import FewLabelsError
+
+T = TypeVar("T")
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
+    """A config field with its help text (and allowed values)."""
+    md = {"help": help}
+    if choices is not None:
+        md["choices"] = choices
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=md, **kw)
+    return dataclasses.field(default=default, metadata=md, **kw)
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(underlying type, optional?) for annotations like `int | None`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else args), True
+    return tp, False
+
+
+def _coerce(name: str, value: Any, tp: Any, choices: tuple | None) -> Any:
+    base, optional = _base_type(tp)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
+        if optional:
+            return None
+        raise FewLabelsError(f"config key '{name}' cannot be empty")
+    try:
+        if isinstance(base, list):  # e.g. int | float | None
+            if isinstance(value, str):
+                value = float(value) if any(ch in value for ch in ".eE") else int(value)
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError
+        elif base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError
+                value = value.lower() in ("true", "1", "yes")
+            elif not isinstance(value, bool):
+                raise ValueError
+        elif base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            value = int(value)
+        elif base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+        elif base is str:
+            value = str(value)
+        elif typing.get_origin(base) is list:
+            (item,) = typing.get_args(base)
+            if isinstance(value, str):
+                value = [v for v in value.split(",") if v]
+            value = [item(v) for v in value]
+    except (ValueError, TypeError):
+        raise FewLabelsError(f"config key '{name}': {value!r} is not a valid {_type_name(tp)}") from None
+    if choices is not None and value not in choices:
+        raise FewLabelsError(f"config key '{name}': {value!r} is not one of {', '.join(map(str, choices))}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    base, optional = _base_type(tp)
+    name = "number" if isinstance(base, list) else getattr(base, "__name__", str(base))
+    return f"{name} (or none)" if optional else name
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
+    """Build a config: dataclass defaults ← YAML file ← overrides (flags that were set)."""
+    hints = _hints(cls)
+    known = {f.name: f for f in fields(cls)}
+    values: dict[str, Any] = {}
+    if yaml_path:
+        p = Path(yaml_path)
+        if not p.is_file():
+            raise FewLabelsError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise FewLabelsError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise FewLabelsError(f"config file {p} must be a mapping of option: value")
+        for k, v in data.items():
+            key = str(k).replace("-", "_")
+            if key not in known:
+                close = [n for n in known if n.startswith(key[:3])]
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
+                raise FewLabelsError(f"unknown config key '{k}' in {p}{hint}; valid keys: {', '.join(known)}")
+            values[key] = v
+    for k, v in (overrides or {}).items():
+        if k not in known:
+            raise FewLabelsError(f"unknown option '{k}'; valid: {', '.join(known)}")
+        values[k] = v
+    out = {}
+    for k, v in values.items():
+        out[k] = _coerce(k, v, hints[k], known[k].metadata.get("choices"))
+    return cls(**out)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One `--flag` per field; flags default to None so that only the ones given override YAML."""
+    hints = _hints(cls)
+    for f in fields(cls):
+        base, _ = _base_type(hints[f.name])
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING
+                                                              else None)
+        help_ = f"{f.metadata.get('help', '')} (default: {default})"
+        flag = "--" + f.name.replace("_", "-")
+        if base is bool:
+            # --flag, --flag true/false, or --no-flag
+            parser.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, metavar="BOOL", help=help_)
+            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
+                                help=argparse.SUPPRESS)
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, choices=f.metadata.get("choices"), help=help_,
+                                metavar=f.name.upper() if "choices" not in f.metadata else None)
+
+
+def from_args(cls: type[T], ns: argparse.Namespace) -> T:
+    overrides = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
+    return resolve(cls, getattr(ns, "config", None), overrides)
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
+
+
+def pick(cfg: Any, cls: type[T], **extra: Any) -> T:
+    """The part of a command's config that a library function takes (e.g. its TrainConfig)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, **extra)

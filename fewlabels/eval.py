@@ -1,0 +1,64 @@
+"""Inference and metrics: the fast no-grad path used by evaluate, predict and pseudo-labelling."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .utils import autocast
+
+
+def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool = True
+              ) -> torch.Tensor:
+    """uint8 (N, C, H, W) → normalised float32 (N, C, H, W), optionally channels_last."""
+    x = (x_uint8.float().div_(255.0) - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def stats_tensors(mean: Sequence[float], std: Sequence[float], device: torch.device) -> tuple[torch.Tensor, ...]:
+    return (torch.tensor(list(mean), dtype=torch.float32, device=device),
+            torch.tensor(list(std), dtype=torch.float32, device=device))
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
+                   batch_size: int = 1024, device: torch.device | None = None, dtype: torch.dtype | None = None,
+                   tta_flip: bool = False, channels_last: bool = True) -> torch.Tensor:
+    """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W), in eval mode, large batches, autocast.
+
+    With tta_flip the logits of the image and its mirror are averaged.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    m, s = stats_tensors(mean, std, device)
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = normalize(images[i:i + batch_size].to(device, non_blocking=True), m, s, channels_last)
+        with autocast(device, dtype):
+            z = model(x).float()
+            if tta_flip:
+                z = 0.5 * (z + model(x.flip(3)).float())
+        out.append(z.cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels).float().mean().item() if labels.numel() else float("nan")
+
+
+def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) counts; row = true class, column = predicted class."""
+    return torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
+    """Accuracy, per-class accuracy and the confusion matrix."""
+    pred = logits.argmax(1)
+    cm = confusion_matrix(pred, labels, len(classes))
+    per_class = (cm.diag().float() / cm.sum(1).clamp(min=1).float()).tolist()
+    return {"accuracy": accuracy(logits, labels), "n": int(labels.numel()),
+            "per_class_accuracy": dict(zip(classes, per_class)), "confusion_matrix": cm.tolist(), "classes": classes}

@@ -1,0 +1,135 @@
+"""What every command shares: data + split options, model options, run folders."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import opt, to_yaml
+from ..data import Dataset, ImageSet, Split, load_dataset, make_split
+from ..errors import FewLabelsError
+from ..losses import smooth_one_hot
+from ..train.loop import TrainSet
+from ..utils import atomic_write_text, environment_info, write_json
+
+
+@dataclass
+class DataConfig:
+    data: str = opt("digits", "dataset: digits, cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, or an image "
+                    "folder (DIR/train/<class>/..., optional DIR/test, DIR/val; or DIR/<class>/...)")
+    data_root: str | None = opt(None, "where torchvision datasets live (default ~/.cache/fewlabels/datasets)")
+    cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)")
+    bad_images: str = opt("stop", "on an unreadable image: stop, or skip it (with a count)", choices=("stop", "skip"))
+    image_size: int | None = opt(None, "resize images of an image folder to this size")
+    labels: int | None = opt(None, "label budget: labelled images in all (stratified); default all")
+    labels_per_class: int | None = opt(None, "label budget per class")
+    val: float = opt(0.1, "validation images held out of the training pool: a fraction (<1) or a count")
+    split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
+    split_seed: int = opt(0, "seed of the label-budget split")
+
+
+@dataclass
+class ModelConfig:
+    model: str = opt("cnn-s", "model name: cnn-tiny/s/m/l/xl, mlp, resnet20/32/44/56, timm:<name>")
+    drop_rate: float = opt(0.0, "dropout before the classifier")
+    drop_path_rate: float = opt(0.0, "stochastic depth rate (deepest block)")
+    pretrained: str | None = opt(None, "initial weights: a weights file, a fewlabels run folder, or 'true' for the "
+                                 "model's own pretrained weights")
+
+
+@dataclass
+class RunConfig:
+    out: str | None = opt(None, "run folder (default runs/<command>-<time>); an existing one is resumed")
+    quiet: bool = opt(False, "print less")
+
+
+def run_folder(out: str | None, command: str) -> Path:
+    p = Path(out) if out else Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def save_config(run_dir: Path, cfg: Any, command: str) -> None:
+    """Save the resolved config; refuse to resume a run folder with a different config for a different command."""
+    atomic_write_text(run_dir / "config.yaml", f"# fewlabels {command}\n" + to_yaml(cfg))
+    write_json(run_dir / "environment.json", environment_info())
+
+
+def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Dataset, Split]:
+    """Load the dataset and make (or reuse) the label-budget split; save it in the run folder."""
+    ds = load_dataset(dc.data, root=dc.data_root, cache_dir=dc.cache_dir, bad_images=dc.bad_images,
+                      image_size=dc.image_size)
+    n = len(ds.train)
+    existing = run_dir / "split.json" if run_dir is not None else None
+    if dc.split:
+        split = Split.load(dc.split, pool_size=n)
+    elif existing is not None and existing.is_file():
+        split = Split.load(existing, pool_size=n)  # resuming: keep the split the run started with
+    else:
+        val = dc.val if dc.val < 1 else int(dc.val)
+        if ds.val is not None:
+            val = 0  # the source has its own validation split
+        split = make_split(ds.train.labels, ds.train.num_classes, labels_total=dc.labels,
+                           labels_per_class=dc.labels_per_class, val=val, seed=dc.split_seed)
+    if run_dir is not None:
+        split.save(run_dir / "split.json")
+    log(f"data {ds.name}: {n} training images ({len(split.labelled)} labelled, {len(split.val)} validation, "
+        f"{len(split.unlabelled)} unlabelled), {len(ds.test) if ds.test is not None else 0} test, "
+        f"{ds.train.num_classes} classes, images {ds.train.image_shape}")
+    return ds, split
+
+
+def val_set(ds: Dataset, split: Split) -> ImageSet | None:
+    if ds.val is not None:
+        return ds.val
+    return ds.train.subset(split.val) if len(split.val) else None
+
+
+def eval_sets(ds: Dataset, split: Split) -> dict[str, ImageSet]:
+    sets = {}
+    v = val_set(ds, split)
+    if v is not None:
+        sets["val"] = v
+    if ds.test is not None:
+        sets["test"] = ds.test
+    return sets
+
+
+def labelled_trainset(ds: Dataset, split: Split, smoothing: float) -> TrainSet:
+    lab = ds.train.subset(split.labelled)
+    return TrainSet(lab.images, smooth_one_hot(lab.labels, ds.train.num_classes, smoothing),
+                    torch.ones(len(lab), dtype=torch.bool))
+
+
+def build_model(mc: ModelConfig, ds: Dataset, log=print) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model and the metadata a checkpoint needs to rebuild it."""
+    from ..models import create_model, load_pretrained
+
+    c, h, w = ds.train.image_shape
+    kwargs: dict[str, Any] = {"drop_rate": mc.drop_rate, "drop_path_rate": mc.drop_path_rate}
+    if mc.model == "mlp":
+        kwargs["image_size"] = h
+    own = mc.pretrained is not None and mc.pretrained.lower() in ("true", "yes", "1")
+    model = create_model(mc.model, num_classes=ds.train.num_classes, in_chans=c, pretrained=own, **kwargs)
+    if mc.pretrained and not own:
+        report = load_pretrained(model, mc.pretrained)
+        log(str(report))
+    meta = {"model": mc.model, "model_kwargs": kwargs, "classes": ds.train.classes, "in_chans": c,
+            "image_size": [h, w], "mean": list(ds.mean), "std": list(ds.std), "dataset": ds.name}
+    return model, meta
+
+
+def check_classes(meta: dict, classes: list[str], what: str) -> None:
+    if list(meta["classes"]) != list(classes):
+        raise FewLabelsError(f"{what} was trained for classes {meta['classes'][:10]} but the data has classes "
+                             f"{classes[:10]}: use a model trained on this class set, or --pretrained to start from "
+                             f"its weights with a new head")
+
+
+def asdict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,167 @@
+"""`fewlabels train`, `evaluate` and `predict`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import opt, pick, resolve
+from ..data import Split, load_dataset
+from ..errors import FewLabelsError
+from ..eval import classification_report, predict_logits
+from ..train.checkpoint import load_model
+from ..train.config import TrainConfig
+from ..train.loop import fit
+from ..utils import pick_device, pick_dtype, write_json
+from .common import (DataConfig, ModelConfig, RunConfig, build_model, check_classes, eval_sets, labelled_trainset,
+                     prepare_data, run_folder, save_config)
+
+
+@dataclass
+class TrainCommand(RunConfig, TrainConfig, ModelConfig, DataConfig):
+    """Train a classifier on the labelled images of a dataset."""
+
+
+def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Train a model; returns the results (also written to RUN/results.json). Keyword arguments are the same
+    options as the command line (e.g. `train(data="digits", model="cnn-s", epochs=10)`)."""
+    cfg = cfg or resolve(TrainCommand, overrides=kwargs)
+    log = (lambda *_: None) if cfg.quiet else print
+    run_dir = run_folder(cfg.out, "train")
+    save_config(run_dir, cfg, "train")
+    ds, split = prepare_data(cfg, run_dir, log)
+    model, meta = build_model(cfg, ds, log)
+    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), pick(cfg, TrainConfig),
+                 norm=(ds.mean, ds.std), evals=eval_sets(ds, split), run_dir=run_dir, meta=meta, log=log)
+    out = {"run_dir": str(run_dir), "labels": len(split.labelled), **result.final,
+           "last_epoch": result.history[-1] if result.history else {}}
+    if "test_acc" in out:
+        out["test_accuracy"] = out["test_acc"]
+    write_json(run_dir / "results.json", out)
+    log(f"done: {run_dir}  " + (f"test accuracy {out['test_accuracy']:.4f}" if "test_accuracy" in out else ""))
+    return out
+
+
+@dataclass
+class EvaluateCommand(DataConfig):
+    """Evaluate a trained model: accuracy, per-class accuracy, confusion matrix."""
+
+    model_path: str = opt("", "run folder or checkpoint to evaluate")
+    on: str = opt("test", "which images: test, val (the run's validation split) or train", choices=("test", "val",
+                                                                                                      "train"))
+    tta_flip: bool = opt(False, "average over the image and its mirror")
+    device: str = opt("auto", "auto, cpu, cuda, ...")
+    out: str | None = opt(None, "write the report as JSON here")
+
+
+def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    cfg = cfg or resolve(EvaluateCommand, overrides=kwargs)
+    if not cfg.model_path:
+        raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
+    device = pick_device(cfg.device)
+    model, meta = load_model(cfg.model_path, device)
+    ds = load_dataset(cfg.data, root=cfg.data_root, cache_dir=cfg.cache_dir, bad_images=cfg.bad_images,
+                      image_size=cfg.image_size)
+    check_classes(meta, ds.train.classes, f"the model at {cfg.model_path}")
+    if cfg.on == "test":
+        if ds.test is None:
+            raise FewLabelsError(f"{cfg.data} has no test split: use --on val")
+        s = ds.test
+    elif cfg.on == "val":
+        if ds.val is not None:
+            s = ds.val
+        else:  # the validation images of the run's own split
+            split_file = cfg.split or str(Path(cfg.model_path) / "split.json")
+            s = ds.train.subset(Split.load(split_file, pool_size=len(ds.train)).val)
+    else:
+        s = ds.train
+    logits = predict_logits(model, s.images, meta["mean"], meta["std"], device=device,
+                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip)
+    report = classification_report(logits, s.labels, ds.train.classes)
+    report.update({"model": cfg.model_path, "data": cfg.data, "on": cfg.on})
+    if cfg.out:
+        write_json(Path(cfg.out), report)
+    return report
+
+
+@dataclass
+class PredictCommand:
+    """Predict the classes of image files."""
+
+    model_path: str = opt("", "run folder or checkpoint")
+    inputs: list[str] = opt([], "image files or folders")
+    top_k: int = opt(3, "classes per image")
+    format: str = opt("csv", "output format", choices=("csv", "json"))
+    out: str | None = opt(None, "write here instead of standard output")
+    tta_flip: bool = opt(False, "average over the image and its mirror")
+    device: str = opt("auto", "auto, cpu, cuda, ...")
+
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+
+
+def _collect(inputs: list[str]) -> list[Path]:
+    files = []
+    for s in inputs:
+        p = Path(s)
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FewLabelsError(f"no such file or folder: {p}")
+    if not files:
+        raise FewLabelsError(f"no image files found in {', '.join(inputs)}")
+    return files
+
+
+def _decode(path: Path, chans: int, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if chans == 1 else "RGB")
+            if im.size != (size[1], size[0]):
+                im = im.resize((size[1], size[0]), Image.BILINEAR)
+            a = np.asarray(im, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+        raise FewLabelsError(f"cannot read image {path}: {e}") from None
+    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+
+
+def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    cfg = cfg or resolve(PredictCommand, overrides=kwargs)
+    device = pick_device(cfg.device)
+    model, meta = load_model(cfg.model_path, device)
+    files = _collect(cfg.inputs)
+    size = tuple(meta["image_size"])
+    images = torch.from_numpy(np.stack([_decode(f, meta["in_chans"], size) for f in files]))
+    logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
+                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip)
+    probs = logits.softmax(1)
+    k = min(cfg.top_k, probs.shape[1])
+    p, idx = probs.topk(k, dim=1)
+    rows = [{"file": str(f), "top": [{"class": meta["classes"][int(j)], "prob": round(float(q), 6)}
+                                     for q, j in zip(p[i], idx[i])]} for i, f in enumerate(files)]
+    text = json.dumps(rows, indent=2) if cfg.format == "json" else _csv(rows, k)
+    if cfg.out:
+        Path(cfg.out).write_text(text)
+    else:
+        print(text, end="" if text.endswith("\n") else "\n")
+    return rows
+
+
+def _csv(rows: list[dict], k: int) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")])
+    for r in rows:
+        w.writerow([r["file"]] + [v for t in r["top"] for v in (t["class"], t["prob"])])
+    return buf.getvalue()

@@ -1,0 +1,108 @@
+"""Checkpoints: weights as safetensors plus a JSON that says how to rebuild and use the model.
+
+Layout of one checkpoint folder (`RUN/checkpoints/last/`, `RUN/checkpoints/best/`):
+    model.safetensors   the weights a user gets (the EMA weights when EMA is on)
+    model.json          model name and settings, class names, normalisation, image size, metrics
+    train_state.pt      (last/ only) optimizer, raw weights, RNG states, epoch: what `resume` needs. Plain tensors and
+                        numbers, loaded with weights_only=True.
+
+A checkpoint folder is replaced as a whole: written to `NAME.new/`, then `NAME` → `NAME.old`, `NAME.new` → `NAME`,
+`NAME.old` removed. A crash at any point leaves either the old or the new folder readable (see `_resolve`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import FewLabelsError
+from ..utils import write_json
+
+
+def _state_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    # safetensors refuses shared/non-contiguous storage: save contiguous copies
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any],
+                    train_state: dict[str, Any] | None = None) -> None:
+    folder = Path(folder)
+    new, old = folder.with_name(folder.name + ".new"), folder.with_name(folder.name + ".old")
+    shutil.rmtree(new, ignore_errors=True)
+    new.mkdir(parents=True)
+    save_file(_state_for_save(model), str(new / "model.safetensors"))
+    write_json(new / "model.json", meta)
+    if train_state is not None:
+        torch.save(train_state, new / "train_state.pt")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    new.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _resolve(folder: Path) -> Path | None:
+    """The readable checkpoint folder for `folder`, recovering from a crash mid-replace."""
+    for cand in (folder, folder.with_name(folder.name + ".old")):
+        if (cand / "model.safetensors").is_file() and (cand / "model.json").is_file():
+            return cand
+    return None
+
+
+def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
+    """A checkpoint folder from a run folder, a checkpoint folder, or a model.safetensors file."""
+    p = Path(path)
+    if not p.exists():
+        raise FewLabelsError(f"no model at {p}: pass a fewlabels run folder, a checkpoint folder or model.safetensors")
+    if p.is_file():
+        p = p.parent
+    order = [prefer, "last" if prefer == "best" else "best"]
+    cands = [p] + [p / "checkpoints" / n for n in order] + [p / n for n in order]
+    for c in cands:
+        r = _resolve(c)
+        if r is not None:
+            return r
+    raise FewLabelsError(f"{path} holds no fewlabels checkpoint (model.safetensors + model.json); train one with "
+                         f"`fewlabels train --out {path}` or point to the run folder that has it")
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    folder = find_checkpoint(path)
+    try:
+        return json.loads((folder / "model.json").read_text())
+    except (OSError, ValueError) as e:
+        raise FewLabelsError(f"checkpoint metadata {folder / 'model.json'} is unreadable ({e})") from None
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", prefer: str = "best"
+               ) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a fewlabels checkpoint, weights loaded strictly; returns (model in eval mode, meta)."""
+    from ..models import create_model
+
+    folder = find_checkpoint(path, prefer)
+    meta = json.loads((folder / "model.json").read_text())
+    model = create_model(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
+                         **meta.get("model_kwargs", {}))
+    try:
+        state = load_file(str(folder / "model.safetensors"))
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise FewLabelsError(f"could not load weights from {folder / 'model.safetensors'}: {e}") from None
+    return model.to(device).eval(), meta
+
+
+def load_train_state(folder: Path) -> dict[str, Any] | None:
+    r = _resolve(Path(folder))
+    if r is None or not (r / "train_state.pt").is_file():
+        return None
+    try:
+        return torch.load(r / "train_state.pt", map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise FewLabelsError(f"the resume state {r / 'train_state.pt'} is unreadable ({e}); delete the folder "
+                             f"{r} to start the run again") from None

@@ -1,0 +1,43 @@
+"""The options of the one training loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import opt
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = opt(30, "passes over the training images")
+    batch_size: int = opt(256, "images per step")
+    min_steps_per_epoch: int = opt(0, "a training set smaller than this many batches is passed over several times "
+                                   "(reshuffled) per epoch, so that tiny labelled sets still get enough steps")
+    optimizer: str = opt("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
+    lr: float = opt(0.1, "peak learning rate (for the head when per-layer rates are used)")
+    momentum: float = opt(0.9, "SGD momentum / AdamW beta1")
+    nesterov: bool = opt(True, "Nesterov momentum for SGD")
+    weight_decay: float = opt(5e-4, "weight decay; never applied to norm and bias parameters")
+    schedule: str = opt("cosine", "cosine: warm-up then cosine to 0; onecycle: warm-up then linear to 0; constant",
+                        choices=("cosine", "onecycle", "constant"))
+    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs")
+    label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets")
+    ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999); 0 = off. Evaluation and checkpoints use the EMA")
+    augment: str = opt("weak", "augmentation preset: none, weak (crop+flip), strong (weak+RandAugment+Cutout)",
+                       choices=("none", "weak", "strong"))
+    hflip: bool = opt(True, "random horizontal flips (turn off for digits/text, where a flip changes the class)")
+    ra_magnitude: float = opt(9.0, "RandAugment magnitude M (0-10) for the strong preset")
+    ra_num_ops: int = opt(2, "RandAugment ops per image for the strong preset")
+    mixup: float = opt(0.0, "MixUp Beta(α, α); 0 = off")
+    cutmix: float = opt(0.0, "CutMix Beta(α, α); 0 = off")
+    mix_prob: float = opt(1.0, "probability of mixing a batch when MixUp/CutMix are on")
+    mix_per_image: bool = opt(False, "draw the MixUp/CutMix λ per image instead of per batch")
+    unlabelled_ratio: float = opt(0.0, "with pseudo-labelled images: pseudo-labelled images per labelled image in "
+                                  "each batch (0 = one shuffled pool)")
+    precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16, fp16, fp32",
+                         choices=("auto", "bf16", "fp16", "fp32"))
+    channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
+    tta_flip: bool = opt(False, "average predictions over the image and its mirror at evaluation")
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
+    seed: int = opt(0, "random seed (model init, batches, augmentation)")
+    eval_batch_size: int = opt(1024, "images per step at evaluation")

@@ -1,0 +1,273 @@
+"""fit(): the one training loop every method uses.
+
+Images live on the device as one uint8 tensor; each step takes a batch of indices, augments the whole batch there
+(per-image random parameters, no per-image Python), normalises, optionally mixes (CutMix/MixUp on soft targets), and
+takes an optimizer step under autocast. Targets are always soft (N, K), so supervised training, pseudo-labels and
+distillation differ only in the targets and the loss function passed in.
+
+Resuming: at the end of every epoch `RUN/checkpoints/last/` is replaced atomically with the weights, optimizer, EMA
+and history. Every epoch's randomness is derived from (seed, epoch), so a resumed run replays the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.imageset import ImageSet
+from ..errors import FewLabelsError
+from ..eval import accuracy, normalize, predict_logits, stats_tensors
+from ..losses import soft_cross_entropy
+from ..utils import autocast, environment_info, pick_device, pick_dtype
+from .checkpoint import load_train_state, save_checkpoint
+from .config import TrainConfig
+from .optim import build_optimizer, lr_factor, set_lr
+
+# (model, images (B, C, H, W) float, soft targets (B, K), has_label (B,)) -> scalar loss
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def supervised_loss(model: nn.Module, x: torch.Tensor, target: torch.Tensor, has_label: torch.Tensor) -> torch.Tensor:
+    return soft_cross_entropy(model(x), target)
+
+
+@dataclass
+class TrainSet:
+    """What the student trains on: uint8 images (N, C, H, W), soft targets (N, K) (all-zero rows where an image has
+    no target, e.g. unlabelled images under distillation), `has_label` (N,) and `pseudo` (N,) marking pseudo-labelled
+    images for the labelled:pseudo batch ratio."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    has_label: torch.Tensor
+    pseudo: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = self.images.shape[0]
+        if n == 0:
+            raise FewLabelsError("there are no training images: check the label budget and the data folder")
+        if self.targets.shape[0] != n or self.has_label.shape != (n,):
+            raise ValueError("images, targets and has_label must have the same length")
+
+
+@dataclass
+class FitResult:
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    run_dir: Path | None = None
+    best_row: dict[str, Any] | None = None  # metrics of the epoch saved as checkpoints/best (the last without val)
+
+    @property
+    def final(self) -> dict[str, Any]:
+        """Metrics of the model a user gets from the run folder (checkpoints/best)."""
+        return self.best_row or (self.history[-1] if self.history else {})
+
+
+def _batches(ts: TrainSet, batch_size: int, ratio: float, g: torch.Generator, min_steps: int = 0
+             ) -> list[torch.Tensor]:
+    """Index batches for one epoch. ratio > 0: each batch has B/(1+ratio) labelled and the rest pseudo-labelled
+    images, and the epoch is one pass over the pseudo-labelled images (labelled ones are cycled). min_steps: a set
+    smaller than min_steps batches is passed over several times (reshuffled) per epoch."""
+    n = ts.images.shape[0]
+    if ratio <= 0 or ts.pseudo is None or not bool(ts.pseudo.any()) or bool(ts.pseudo.all()):
+        bs = min(batch_size, n)
+        reps = max(1, math.ceil(min_steps * bs / n))  # tiny labelled sets: several reshuffled passes per epoch
+        perm = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+        return [perm[i:i + bs] for i in range(0, perm.numel() - bs + 1, bs)]  # drop_last keeps BN statistics sane
+    pseudo_idx = ts.pseudo.nonzero().squeeze(1)
+    lab_idx = (~ts.pseudo).nonzero().squeeze(1)
+    b_lab = max(1, round(batch_size / (1 + ratio)))
+    b_ps = max(1, batch_size - b_lab)
+    steps = max(1, pseudo_idx.numel() // b_ps)
+    ps = pseudo_idx[torch.randperm(pseudo_idx.numel(), generator=g)]
+    reps = math.ceil(steps * b_lab / lab_idx.numel())
+    lab = torch.cat([lab_idx[torch.randperm(lab_idx.numel(), generator=g)] for _ in range(reps)])
+    return [torch.cat([lab[i * b_lab:(i + 1) * b_lab], ps[i * b_ps:(i + 1) * b_ps]]) for i in range(steps)]
+
+
+def _progress(total: int, desc: str):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover
+        return None
+    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+
+
+def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple, cfg: TrainConfig,
+              device: torch.device, dtype: torch.dtype | None) -> dict[str, float]:
+    out = {}
+    for name, s in sets.items():
+        logits = predict_logits(model, s.images, *norm, batch_size=cfg.eval_batch_size, device=device, dtype=dtype,
+                                tta_flip=cfg.tta_flip, channels_last=cfg.channels_last)
+        out[f"{name}_acc"] = accuracy(logits, s.labels)
+    return out
+
+
+def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tuple[float, ...], tuple[float, ...]],
+        evals: dict[str, ImageSet] | None = None, run_dir: str | Path | None = None,
+        loss_fn: LossFn = supervised_loss, meta: dict[str, Any] | None = None,
+        lr_scale: dict[str, float] | None = None, resume: bool = True, log: Callable[[str], None] = print,
+        select: str = "val",
+        on_epoch_start: Callable[[nn.Module, int], None] | None = None) -> FitResult:
+    """Train `model` on `train` and return it (with EMA weights when EMA is on).
+
+    norm: per-channel (mean, std) on [0, 1]. evals: named image sets evaluated after each epoch; the first one
+    named `select` picks the best checkpoint (without it, best = last: never select on the test set). run_dir: where checkpoints and metrics.jsonl go (None: nothing written).
+    lr_scale: learning-rate multiplier per parameter name (layer-wise rates). on_epoch_start(model, epoch): a hook,
+    e.g. to unfreeze a backbone after a first phase.
+    """
+    from ..augment import Mixer, build_augment
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    evals = evals or {}
+    run_dir = Path(run_dir) if run_dir is not None else None
+    model = model.to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    images = train.images.to(device)  # (N, C, H, W) uint8, lives on the device for the whole run
+    targets = train.targets.to(device, torch.float32)
+    has_label = train.has_label.to(device)
+    mean, std = stats_tensors(*norm, device)
+    _, _, h, w = images.shape
+    augment = build_augment(cfg.augment, image_size=h, ra_num_ops=cfg.ra_num_ops, ra_magnitude=cfg.ra_magnitude,
+                            hflip=cfg.hflip)
+    mixer = (Mixer(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, per_image=cfg.mix_per_image)
+             if cfg.mixup > 0 or cfg.cutmix > 0 else None)
+
+    opt = build_optimizer(model, cfg, lr_scale)
+    g0 = torch.Generator().manual_seed(cfg.seed)
+    steps_per_epoch = len(_batches(train, cfg.batch_size, cfg.unlabelled_ratio, g0, cfg.min_steps_per_epoch))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    ema = None
+    if cfg.ema > 0:
+        from timm.utils import ModelEmaV3
+        ema = ModelEmaV3(model, decay=cfg.ema)
+
+    start_epoch, history, best, best_row = 0, [], None, None
+    last_dir = run_dir / "checkpoints" / "last" if run_dir else None
+    state = load_train_state(last_dir) if (resume and last_dir) else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None and "ema" in state:
+            ema.module.load_state_dict(state["ema"])
+        start_epoch = int(state["epoch"]) + 1
+        history = [dict(h) for h in _decode_history(state)]
+        best = state.get("best")
+        best_row = _best_row(history, select, best)
+        log(f"resuming from {last_dir} after epoch {start_epoch}/{cfg.epochs}")
+    meta = dict(meta or {})
+    meta.setdefault("environment", environment_info())
+    meta["train_config"] = asdict(cfg)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(model, epoch)
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path, replayable on resume
+        batches = _batches(train, cfg.batch_size, cfg.unlabelled_ratio, g, cfg.min_steps_per_epoch)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        seen = 0
+        bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
+        for i, idx in enumerate(batches):
+            step = epoch * steps_per_epoch + i
+            set_lr(opt, cfg.lr, lr_factor(step, total_steps, warmup, cfg.schedule))
+            idx = idx.to(device)
+            xb = augment(images[idx], generator=g, epoch=epoch)  # (B, C, H, W) uint8
+            x = normalize(xb, mean, std, cfg.channels_last)
+            y, hl = targets[idx], has_label[idx]
+            if mixer is not None:
+                x, y = mixer(x, y, generator=g)
+            with autocast(device, dtype):
+                loss = loss_fn(model, x, y, hl)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if ema is not None:
+                ema.update(model, step=step)
+            loss_sum += loss.detach()
+            seen += idx.numel()
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        seconds = time.perf_counter() - t0
+        eval_model = ema.module if ema is not None else model
+        metrics = _evaluate(eval_model, evals, norm, cfg, device, dtype)
+        row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
+               "train_loss": loss_sum.item() / max(1, len(batches)), "lr": opt.param_groups[0]["lr"],
+               "epoch_seconds": round(seconds, 3),
+               "images_per_s": round(seen / max(seconds, 1e-9), 1), **metrics}
+        history.append(row)
+        log(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+        sel = metrics.get(f"{select}_acc")
+        improved = sel is not None and (best is None or sel > best)
+        if improved:
+            best = sel
+        if improved or sel is None:
+            best_row = row
+        if run_dir is not None:
+            m = {**meta, "epoch": epoch + 1, "metrics": metrics}
+            state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                     "history": _encode_history(history), "best": best}
+            if ema is not None:
+                state["ema"] = ema.module.state_dict()
+            save_checkpoint(last_dir, eval_model, m, state)
+            if improved or sel is None:
+                save_checkpoint(run_dir / "checkpoints" / "best", eval_model, m)
+            _write_metrics(run_dir, history)
+    final = ema.module if ema is not None else model
+    if run_dir is not None and history:
+        from ..report import plot_history
+        plot_history(history, run_dir / "learning_curve.png")
+    return FitResult(final.eval(), history, best, run_dir, best_row)
+
+
+def _best_row(history: list[dict], select: str, best: float | None) -> dict | None:
+    if best is None:
+        return history[-1] if history else None
+    return next((h for h in history if h.get(f"{select}_acc") == best), None)
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def _encode_history(history: list[dict]) -> dict[str, torch.Tensor]:
+    # train_state.pt is loaded with weights_only=True; keep it to tensors and plain containers
+    keys = sorted({k for h in history for k in h})
+    return {k: torch.tensor([float(h.get(k, float("nan"))) for h in history], dtype=torch.float64) for k in keys}
+
+
+def _decode_history(state: dict) -> list[dict]:
+    hist = state.get("history") or {}
+    n = len(next(iter(hist.values()))) if hist else 0
+    rows = []
+    for i in range(n):
+        row = {}
+        for k, v in hist.items():
+            x = float(v[i])
+            if not math.isnan(x):
+                row[k] = int(x) if k in ("epoch", "step") else x
+        rows.append(row)
+    return rows
+
+
+def _write_metrics(run_dir: Path, history: list[dict]) -> None:
+    import json
+
+    from ..utils import atomic_write_text
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))

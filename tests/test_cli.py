@@ -1,0 +1,147 @@
+"""End to end on digits through the command line: train → evaluate → predict → kill and resume, and bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fewlabels.cli import main
+
+FAST = ["--epochs", "3", "--min-steps-per-epoch", "8", "--batch-size", "64", "--model", "cnn-tiny", "--hflip", "false", "--labels-per-class", "10"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run") / "digits"
+    assert main(["train", "--data", "digits", "--out", str(run), *FAST]) == 0
+    return run
+
+
+def test_train_writes_run_folder(trained):
+    for f in ["config.yaml", "split.json", "metrics.jsonl", "results.json", "learning_curve.png",
+              "checkpoints/best/model.safetensors", "checkpoints/best/model.json",
+              "checkpoints/last/train_state.pt"]:
+        assert (trained / f).is_file(), f
+    rows = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert {"train_loss", "val_acc", "test_acc", "lr"} <= set(rows[-1])
+    meta = json.loads((trained / "checkpoints/best/model.json").read_text())
+    assert meta["classes"] == [str(i) for i in range(10)] and meta["model"] == "cnn-tiny"
+    split = json.loads((trained / "split.json").read_text())
+    assert len(split["labelled"]) == 100
+
+
+def test_evaluate_and_predict(trained, tmp_path, capsys):
+    code, out, _ = run_cli(["evaluate", trained, "--data", "digits", "--out", tmp_path / "e.json"], capsys)
+    assert code == 0 and "accuracy" in out
+    rep = json.loads((tmp_path / "e.json").read_text())
+    assert len(rep["confusion_matrix"]) == 10 and sum(map(sum, rep["confusion_matrix"])) == rep["n"]
+    res = json.loads((trained / "results.json").read_text())
+    assert abs(rep["accuracy"] - res["test_acc"]) < 1e-6  # same model, same images, same number
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    for i in range(3):
+        Image.fromarray((d.images[i] * 255 / 16).astype(np.uint8)).resize((16, 16)).save(imgs / f"{i}.png")
+    code, out, _ = run_cli(["predict", trained, imgs, "--top-k", "2"], capsys)
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0] == "file,class_1,prob_1,class_2,prob_2" and len(lines) == 4
+    code, _, _ = run_cli(["predict", trained, imgs / "0.png", "--format", "json", "--top-k", "10", "--out",
+                          tmp_path / "p.json"], capsys)
+    rows = json.loads((tmp_path / "p.json").read_text())
+    probs = [t["prob"] for t in rows[0]["top"]]
+    assert code == 0 and len(rows) == 1 and len(probs) == 10
+    assert abs(sum(probs) - 1) < 1e-3 and probs == sorted(probs, reverse=True)
+
+
+def test_kill_and_resume(tmp_path):
+    """SIGKILL mid-run, rerun the same command: it resumes from the last checkpoint and finishes."""
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "fewlabels", "train", "--data", "digits", "--out", str(run), "--epochs", "12",
+           "--batch-size", "32", "--model", "cnn-tiny", "--hflip", "false", "--labels-per-class", "40"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = len((run / "metrics.jsonl").read_text().splitlines())
+    assert 1 <= done < 12, "the run should have been killed part-way"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "resuming from" in out.stdout
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, 13))
+
+
+def _bad(args, capsys, match):
+    code, _, err = run_cli(args, capsys)
+    assert code == 2, err
+    last = err.strip().splitlines()[-1].split("\r")[-1]  # after any progress bar
+    assert last.startswith("fewlabels: error:") and match in last, err
+    assert "Traceback" not in err
+
+
+def test_bad_inputs(tmp_path, capsys, trained):
+    _bad(["train", "--data", tmp_path / "nope", "--out", tmp_path / "o"], capsys, "nope")
+    _bad(["train", "--data", "digits", "--labels", "100000", "--out", tmp_path / "o"], capsys, "larger than")
+    _bad(["train", "--data", "digits", "--labels", "5", "--out", tmp_path / "o"], capsys, "number of classes")
+    _bad(["train", "--data", "digits", "--model", "cnn-huge", "--out", tmp_path / "o"], capsys, "cnn-huge")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochz: 3\n")
+    _bad(["train", "--config", cfg, "--out", tmp_path / "o"], capsys, "epochz")
+    _bad(["evaluate", tmp_path / "missing-run", "--data", "digits"], capsys, "missing-run")
+
+
+def test_checkpoint_for_other_classes(tmp_path, capsys, trained):
+    root = tmp_path / "folder"
+    for c in ["cat", "dog"]:
+        (root / c).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(np.full((16, 16), i * 20 + (c == "dog") * 100, np.uint8)).save(root / c / f"{i}.png")
+    before = (trained / "checkpoints/best/model.safetensors").read_bytes()
+    _bad(["evaluate", trained, "--data", root], capsys, "classes")
+    _bad(["distill", "--teacher", trained, "--data", root, "--out", tmp_path / "d", "--epochs", "1"], capsys,
+         "classes")
+    assert (trained / "checkpoints/best/model.safetensors").read_bytes() == before  # nothing damaged
+
+
+def test_corrupt_image_and_empty_class(tmp_path, capsys):
+    root = tmp_path / "folder"
+    for c in ["a", "b"]:
+        (root / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((16, 16), i * 40, np.uint8)).save(root / c / f"{i}.png")
+    (root / "a" / "broken.png").write_bytes(b"not an image")
+    _bad(["train", "--data", root, "--out", tmp_path / "o"], capsys, "broken.png")
+    code, _, _ = run_cli(["train", "--data", root, "--bad-images", "skip", "--out", tmp_path / "o2", "--epochs", "1",
+                          "--model", "cnn-tiny", "--val", "0"], capsys)
+    assert code == 0
+    (root / "c").mkdir()
+    _bad(["train", "--data", root, "--out", tmp_path / "o3", "--bad-images", "skip"], capsys, "c")
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for c in ["train", "evaluate", "predict", "selftrain", "pseudolabel", "distill", "transfer"]:
+        assert c in out
+    assert Path(__file__).exists()

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from fewlabels.config import resolve
+from fewlabels.data.split import Split, make_split
+from fewlabels.errors import FewLabelsError
+from fewlabels.losses import kd_loss, smooth_one_hot, soft_cross_entropy
+from fewlabels.methods.supervised import TrainCommand
+
+
+def _labels(n_per=30, k=5):
+    return torch.arange(k).repeat_interleave(n_per)
+
+
+def test_split_stratified_disjoint_and_seeded():
+    y = _labels()
+    s = make_split(y, 5, labels_per_class=4, val=10, seed=3)
+    assert len(s.labelled) == 20 and len(s.val) == 10 and len(s.unlabelled) == 150 - 30
+    assert torch.bincount(y[s.labelled], minlength=5).tolist() == [4] * 5
+    assert torch.bincount(y[s.val], minlength=5).tolist() == [2] * 5
+    allidx = torch.cat([s.labelled, s.val, s.unlabelled])
+    assert allidx.unique().numel() == 150
+    s2 = make_split(y, 5, labels_per_class=4, val=10, seed=3)
+    assert torch.equal(s.labelled, s2.labelled) and torch.equal(s.val, s2.val)
+    s3 = make_split(y, 5, labels_per_class=4, val=10, seed=4)
+    assert not torch.equal(s.labelled, s3.labelled)
+
+
+def test_split_total_budget_and_roundtrip(tmp_path):
+    y = torch.cat([torch.zeros(100), torch.ones(20), torch.full((10,), 2)]).long()
+    s = make_split(y, 3, labels_total=13, val=0.0, seed=0)
+    counts = torch.bincount(y[s.labelled], minlength=3).tolist()
+    assert sum(counts) == 13 and min(counts) >= 1 and counts[0] > counts[1] > counts[2] - 1
+    s.save(tmp_path / "split.json")
+    r = Split.load(tmp_path)
+    assert torch.equal(r.labelled, s.labelled) and r.pool_size == 130
+    with pytest.raises(FewLabelsError, match="pool of 130"):
+        Split.load(tmp_path, pool_size=99)
+
+
+@pytest.mark.parametrize("kw,msg", [({"labels_total": 10_000}, "larger than the training pool"),
+                                    ({"labels_total": 3}, "smaller than the number of classes"),
+                                    ({"labels_per_class": 40}, "more than some classes have"),
+                                    ({"labels_per_class": 0}, "at least 1")])
+def test_split_bad_budgets(kw, msg):
+    with pytest.raises(FewLabelsError, match=msg):
+        make_split(_labels(), 5, val=0, **kw)
+
+
+def test_config_yaml_flags_and_unknown_key(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("epochs: 7\nlr: 0.05\nmodel: cnn-m\n")
+    cfg = resolve(TrainCommand, y, {"lr": "0.2"})
+    assert cfg.epochs == 7 and cfg.lr == 0.2 and cfg.model == "cnn-m" and cfg.batch_size == 256
+    y.write_text("epoch: 7\n")
+    with pytest.raises(FewLabelsError, match="unknown config key 'epoch'.*epochs"):
+        resolve(TrainCommand, y)
+    y.write_text("epochs: many\n")
+    with pytest.raises(FewLabelsError, match="'epochs'.*not a valid int"):
+        resolve(TrainCommand, y)
+    with pytest.raises(FewLabelsError, match="optimizer.*not one of"):
+        resolve(TrainCommand, None, {"optimizer": "lbfgs"})
+
+
+def test_losses_against_reference():
+    torch.manual_seed(0)
+    z, t = torch.randn(8, 5), torch.randn(8, 5)
+    y = torch.randint(0, 5, (8,))
+    # one-hot soft CE == torch's CE; smoothed == torch's label_smoothing
+    assert torch.allclose(soft_cross_entropy(z, smooth_one_hot(y, 5)), torch.nn.functional.cross_entropy(z, y))
+    assert torch.allclose(soft_cross_entropy(z, smooth_one_hot(y, 5, 0.1)),
+                          torch.nn.functional.cross_entropy(z, y, label_smoothing=0.1), atol=1e-6)
+    # KD: T^2 * sum p_t (log p_t - log p_s), mean over the batch, written out by hand
+    for temp in (1.0, 4.0):
+        pt = (t / temp).softmax(1)
+        ref = (pt * (pt.log() - (z / temp).log_softmax(1))).sum(1).mean() * temp**2
+        assert torch.allclose(kd_loss(z, t, temp), ref, atol=1e-6)
