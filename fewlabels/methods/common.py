@@ -15,7 +15,7 @@ from ..data import Dataset, ImageSet, Split, load_dataset, make_split
 from ..errors import FewLabelsError
 from ..losses import smooth_one_hot
 from ..train.loop import TrainSet
-from ..utils import atomic_write_text, environment_info, write_json
+from ..utils import atomic_write_text, environment_info, seed_everything, write_json
 
 
 @dataclass
@@ -106,10 +106,11 @@ def labelled_trainset(ds: Dataset, split: Split, smoothing: float) -> TrainSet:
                     torch.ones(len(lab), dtype=torch.bool))
 
 
-def build_model(mc: ModelConfig, ds: Dataset, log=print) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model and the metadata a checkpoint needs to rebuild it."""
+def build_model(mc: ModelConfig, ds: Dataset, log=print, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model (initialised from `seed`) and the metadata a checkpoint needs to rebuild it."""
     from ..models import create_model, load_pretrained
 
+    seed_everything(seed)
     c, h, w = ds.train.image_shape
     kwargs: dict[str, Any] = {"drop_rate": mc.drop_rate, "drop_path_rate": mc.drop_path_rate}
     if mc.model == "mlp":

@@ -37,7 +37,7 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     run_dir = run_folder(cfg.out, "train")
     save_config(run_dir, cfg, "train")
     ds, split = prepare_data(cfg, run_dir, log)
-    model, meta = build_model(cfg, ds, log)
+    model, meta = build_model(cfg, ds, log, cfg.seed)
     result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), pick(cfg, TrainConfig),
                  norm=(ds.mean, ds.std), evals=eval_sets(ds, split), run_dir=run_dir, meta=meta, log=log)
     out = {"run_dir": str(run_dir), "labels": len(split.labelled), **result.final,

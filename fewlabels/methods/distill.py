@@ -1,0 +1,177 @@
+"""`fewlabels distill`: knowledge distillation from a trained teacher into a (smaller) student.
+
+Loss (Hinton et al. 2015), with α weighting the distillation term:
+
+    L = α · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE(s, y)
+
+KL uses batchmean reduction, both terms are computed in fp32 under autocast. Conventions differ: Hinton's paper and
+RepDistiller weight the KD term by α as here; some code weights CE by α instead. α = 1 is pure distillation.
+
+The teacher is frozen (eval mode, no gradients, outside the optimizer and any DDP wrapper) and sees the same
+augmented — and CutMix/MixUp-mixed — batch as the student. Unlabelled images may join: on them only the distillation
+term applies. With `--cache-teacher` the teacher's logits are computed once on the clean, un-augmented images; this
+is faster, but under augmentation those targets are stale (they describe an image the student does not see).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import opt, pick, resolve
+from ..errors import FewLabelsError
+from ..eval import predict_logits
+from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
+from ..train.checkpoint import load_model
+from ..train.config import TrainConfig
+from ..train.loop import TrainSet, fit
+from ..utils import autocast, pick_device, pick_dtype, write_json
+from .common import (DataConfig, ModelConfig, RunConfig, build_model, check_classes, eval_sets, prepare_data,
+                     run_folder, save_config)
+
+
+def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
+                 has_label: torch.Tensor, *, alpha: float, temperature: float) -> torch.Tensor:
+    """α·T²·KL(teacher‖student) over every image + (1 − α)·CE over the images that have a label.
+
+    The CE term is averaged over labelled images only, so unlabelled images contribute the KD term alone."""
+    loss = alpha * kd_loss(student_logits, teacher_logits, temperature)
+    if alpha < 1 and bool(has_label.any()):
+        loss = loss + (1 - alpha) * soft_cross_entropy(student_logits[has_label], target[has_label])
+    return loss
+
+
+class DistillLoss:
+    """The fit() loss function: runs the frozen teacher on the student's batch (or reads cached logits carried in the
+    targets' second half)."""
+
+    def __init__(self, teacher: nn.Module | None, num_classes: int, alpha: float, temperature: float):
+        self.teacher, self.k, self.alpha, self.t = teacher, num_classes, alpha, temperature
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, has_label: torch.Tensor):
+        y = target[:, : self.k]
+        if self.teacher is None:
+            t_logits = target[:, self.k:]  # cached logits, mixed along with the images
+        else:
+            with torch.no_grad():
+                t_logits = self.teacher(x).float()
+        return distill_loss(model(x), t_logits, y, has_label, alpha=self.alpha, temperature=self.t)
+
+
+@dataclass
+class DistillOptions:
+    teacher: str = opt("", "the teacher: a fewlabels run folder or checkpoint trained on the same classes")
+    alpha: float = opt(0.9, "weight α of the distillation term: L = α·T²·KL + (1−α)·CE")
+    temperature: float = opt(4.0, "softmax temperature T")
+    use_unlabelled: bool = opt(False, "add the split's unlabelled images (distillation term only)")
+    cache_teacher: bool = opt(False, "compute teacher logits once on clean images (faster; stale under augmentation)")
+
+
+@dataclass
+class DistillCommand(RunConfig, DistillOptions, TrainConfig, ModelConfig, DataConfig):
+    """Train a student on a frozen teacher's temperature-softened outputs plus the true labels."""
+
+
+def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    cfg = cfg or resolve(DistillCommand, overrides=kwargs)
+    if not cfg.teacher:
+        raise FewLabelsError("distill needs --teacher RUN_FOLDER (a trained fewlabels model)")
+    if not 0 <= cfg.alpha <= 1 or cfg.temperature <= 0:
+        raise FewLabelsError("--alpha must be in [0, 1] and --temperature > 0")
+    log = (lambda *_: None) if cfg.quiet else print
+    device = pick_device(cfg.device)
+    teacher, tmeta = load_model(cfg.teacher, device)
+    run_dir = run_folder(cfg.out, "distill")
+    save_config(run_dir, cfg, "distill")
+    ds, split = prepare_data(cfg, run_dir, log)
+    check_classes(tmeta, ds.train.classes, f"the teacher {cfg.teacher}")
+    k = ds.train.num_classes
+    idx = torch.cat([split.labelled, split.unlabelled]) if cfg.use_unlabelled else split.labelled
+    sub = ds.train.subset(idx)
+    has_label = torch.zeros(len(sub), dtype=torch.bool)
+    has_label[: len(split.labelled)] = True
+    targets = torch.zeros(len(sub), k)
+    targets[has_label] = smooth_one_hot(sub.labels[has_label], k, cfg.label_smoothing)
+    if cfg.cache_teacher:
+        logits = predict_logits(teacher, sub.images, tmeta["mean"], tmeta["std"], device=device,
+                                dtype=pick_dtype(cfg.precision, device))
+        targets = torch.cat([targets, logits], 1)
+        teacher_for_loss = None
+    else:
+        teacher_for_loss = teacher.to(memory_format=torch.channels_last) if cfg.channels_last else teacher
+    if list(tmeta["mean"]) != list(ds.mean) or list(tmeta["std"]) != list(ds.std):
+        log("note: the teacher was trained with another normalisation; it sees the student's normalised batch")
+    student, meta = build_model(cfg, ds, log, cfg.seed)
+    loss = DistillLoss(teacher_for_loss, k, cfg.alpha, cfg.temperature)
+    t0 = time.perf_counter()
+    res = fit(student, TrainSet(sub.images, targets, has_label), pick(cfg, TrainConfig), norm=(ds.mean, ds.std),
+              evals=eval_sets(ds, split), run_dir=run_dir, loss_fn=loss, meta={**meta, "teacher": cfg.teacher},
+              log=log)
+    out = {"run_dir": str(run_dir), "train_minutes": (time.perf_counter() - t0) / 60,
+           **res.final}
+    if ds.test is not None:
+        out["compression"] = compression_report({"teacher": (teacher, tmeta), "student": (res.model, meta)},
+                                                ds.test, device)
+    write_json(run_dir / "results.json", out)
+    return out
+
+
+def count_flops(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """Forward FLOPs for one image (multiply-add = 2 FLOPs), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters())
+    x = torch.zeros((1, *shape), device=p.device)
+    was = model.training
+    model.eval()
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(x)
+    model.train(was)
+    return int(fc.get_total_flops())
+
+
+def latency_ms(model: nn.Module, shape: tuple[int, ...], batch: int, device: torch.device, repeats: int = 5) -> float:
+    """Median milliseconds per image for a no-grad forward pass at `batch`, bf16 autocast where available."""
+    dtype = pick_dtype("auto", device)
+    x = torch.randn((batch, *shape), device=device).contiguous(memory_format=torch.channels_last)
+    model.eval()
+    times = []
+    with torch.inference_mode(), autocast(device, dtype):
+        model(x)
+        for _ in range(repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1000 / batch)
+    return sorted(times)[len(times) // 2]
+
+
+def compression_report(models: dict[str, tuple[nn.Module, dict]], test, device: torch.device) -> dict[str, Any]:
+    """Parameters, FLOPs per image, CPU/GPU latency per image at batch 1 and 256, and test accuracy."""
+    out = {}
+    shape = tuple(test.images.shape[1:])
+    for name, (m, meta) in models.items():
+        m = m.to(device).to(memory_format=torch.channels_last)
+        logits = predict_logits(m, test.images, meta["mean"], meta["std"], device=device,
+                                dtype=pick_dtype("auto", device))
+        out[name] = {"model": meta["model"], "params": sum(p.numel() for p in m.parameters()),
+                     "flops_per_image": count_flops(m, shape),
+                     "latency_ms_batch1": latency_ms(m, shape, 1, device, repeats=20),
+                     "latency_ms_per_image_batch256": latency_ms(m, shape, 256, device),
+                     "test_accuracy": float((logits.argmax(1) == test.labels).float().mean())}
+    return out
+
+
+COMMANDS = [("distill", DistillCommand, distill, "knowledge distillation: a frozen teacher teaches a student")]
+
+__all__ = ["DistillCommand", "DistillLoss", "compression_report", "distill", "distill_loss", "Path"]

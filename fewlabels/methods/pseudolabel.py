@@ -1,0 +1,193 @@
+"""Pseudo-labelling: a teacher labels unlabelled images; keep the confident ones, balanced per class.
+
+Selection follows Noisy Student (Xie et al. 2020, §3): drop images whose top probability is below a threshold, then
+balance classes — a class with more than `per_class` images keeps its most confident ones; a class with fewer is
+filled up by duplicating its images (most confident first), so that the student does not inherit the teacher's
+class skew.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..config import opt, resolve
+from ..data.imageset import ImageSet
+from ..errors import FewLabelsError
+from ..eval import predict_logits
+from ..train.checkpoint import load_model
+from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
+from .common import DataConfig, RunConfig, check_classes, prepare_data, run_folder, save_config
+
+
+@dataclass
+class PseudoLabels:
+    """indices into the unlabelled pool's ImageSet (duplicates allowed after balancing), hard labels (M,),
+    soft targets (M, K), confidence (M,)."""
+
+    indices: torch.Tensor
+    labels: torch.Tensor
+    probs: torch.Tensor
+    confidence: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.indices.numel()
+
+    def save(self, folder: Path, paths: list[str] | None = None, classes: list[str] | None = None) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".pseudo_labels.safetensors.tmp"
+        save_file({"indices": self.indices.contiguous(), "labels": self.labels.contiguous(),
+                   "probs": self.probs.float().contiguous(), "confidence": self.confidence.float().contiguous()},
+                  str(tmp))
+        tmp.replace(folder / "pseudo_labels.safetensors")
+        lines = ["index,path,label,class,confidence"]
+        for i, lab, c in zip(self.indices.tolist(), self.labels.tolist(), self.confidence.tolist()):
+            p = paths[i] if paths else ""
+            name = classes[lab] if classes else str(lab)
+            lines.append(f"{i},{p},{lab},{name},{c:.5f}")
+        atomic_write_text(folder / "pseudo_labels.csv", "\n".join(lines) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> PseudoLabels:
+        p = Path(path)
+        if p.is_dir():
+            p = p / "pseudo_labels.safetensors"
+        if not p.is_file():
+            raise FewLabelsError(f"no pseudo-label file at {p}: run `fewlabels pseudolabel` first")
+        d = load_file(str(p))
+        return cls(d["indices"], d["labels"], d["probs"], d["confidence"])
+
+
+def soft_targets(logits: torch.Tensor, temperature: float = 1.0, hard: bool = True) -> torch.Tensor:
+    """(N, K) targets: one-hot of the argmax (hard) or softmax(logits / T) (soft)."""
+    if hard:
+        return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
+    return (logits.float() / temperature).softmax(1)
+
+
+def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
+           fill: bool = True) -> torch.Tensor:
+    """Indices (M,) of the pseudo-labels to keep, from teacher probabilities (N, K).
+
+    threshold: keep images whose top probability ≥ threshold. balance: at most `per_class` per predicted class
+    (default: the mean kept count per class), the most confident first; with `fill`, classes with fewer are topped up
+    by repeating their images (most confident first). Without balance: every image above the threshold, once.
+    """
+    conf, pred = probs.max(1)
+    keep = (conf >= threshold).nonzero().squeeze(1)
+    if not balance:
+        return keep
+    k = probs.shape[1]
+    kept_pred = pred[keep]
+    counts = torch.bincount(kept_pred, minlength=k)
+    cap = per_class if per_class is not None else int(round(keep.numel() / max(1, int((counts > 0).sum()))))
+    out = []
+    for c in range(k):
+        members = keep[kept_pred == c]
+        if members.numel() == 0:
+            continue
+        members = members[torch.argsort(conf[members], descending=True, stable=True)]
+        if members.numel() >= cap:
+            out.append(members[:cap])
+        elif fill:
+            reps = -(-cap // members.numel())
+            out.append(members.repeat(reps)[:cap])
+        else:
+            out.append(members)
+    return torch.cat(out) if out else keep[:0]
+
+
+def make_pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, **select_kw: Any) -> PseudoLabels:
+    idx = select(probs, **select_kw)
+    conf, pred = probs.max(1)
+    return PseudoLabels(idx, pred[idx], targets[idx], conf[idx])
+
+
+def quality(pl: PseudoLabels, true_labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    """Pseudo-label precision (correct / selected, per predicted class) and coverage (share of each true class's
+    images that were selected at least once), where the true labels are known."""
+    uniq = pl.indices.unique()
+    k = len(classes)
+    correct = (pl.labels == true_labels[pl.indices]).float()
+    uniq_correct = float((true_labels[uniq] == _first_label(pl, uniq)).float().mean()) if uniq.numel() else 0.0
+    per = {}
+    for c in range(k):
+        sel = pl.labels == c
+        n_true = int((true_labels == c).sum())
+        per[classes[c]] = {
+            "selected": int(sel.sum()),
+            "precision": float(correct[sel].mean()) if sel.any() else None,
+            "coverage": float((true_labels[uniq] == c).sum()) / n_true if n_true else None,
+        }
+    return {"selected": len(pl), "unique": int(uniq.numel()), "precision": uniq_correct,
+            "coverage": float(uniq.numel()) / max(1, true_labels.numel()), "per_class": per}
+
+
+def _first_label(pl: PseudoLabels, uniq: torch.Tensor) -> torch.Tensor:
+    lab = torch.full((int(pl.indices.max()) + 1 if len(pl) else 0,), -1, dtype=torch.long)
+    lab[pl.indices] = pl.labels
+    return lab[uniq]
+
+
+def label_pool(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, hard: bool = True, temperature: float = 1.0,
+               tta_flip: bool = False, threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
+               fill: bool = True, batch_size: int = 1024, device: torch.device | None = None) -> PseudoLabels:
+    """Teacher inference on the clean pool (no grad, big batches, bf16), then selection."""
+    device = device or next(teacher.parameters()).device
+    logits = predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
+                            dtype=pick_dtype("auto", device), tta_flip=tta_flip)
+    probs = logits.softmax(1)
+    return make_pseudo_labels(probs, soft_targets(logits, temperature, hard), threshold=threshold, balance=balance,
+                              per_class=per_class, fill=fill)
+
+
+@dataclass
+class PseudoLabelOptions:
+    threshold: float = opt(0.0, "keep pseudo-labels whose top probability is at least this")
+    soft: bool = opt(False, "soft labels softmax(logits/T) instead of the teacher's hard argmax")
+    temperature: float = opt(1.0, "temperature T of soft labels")
+    balance: bool = opt(True, "balance classes: at most --per-class images each, sparse classes duplicated")
+    per_class: int | None = opt(None, "per-class cap when balancing (default: the mean kept count per class)")
+    tta_flip_teacher: bool = opt(False, "the teacher averages the image and its mirror")
+
+
+@dataclass
+class PseudoLabelCommand(RunConfig, PseudoLabelOptions, DataConfig):
+    """Label the unlabelled images of a split with a trained teacher."""
+
+    teacher: str = opt("", "the teacher: a run folder or checkpoint")
+    device: str = opt("auto", "auto, cpu, cuda, ...")
+
+
+def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    cfg = cfg or resolve(PseudoLabelCommand, overrides=kwargs)
+    if not cfg.teacher:
+        raise FewLabelsError("pseudolabel needs --teacher RUN_FOLDER")
+    log = (lambda *_: None) if cfg.quiet else print
+    device = pick_device(cfg.device)
+    teacher, meta = load_model(cfg.teacher, device)
+    if cfg.split is None and (Path(cfg.teacher) / "split.json").is_file():
+        cfg.split = str(Path(cfg.teacher) / "split.json")
+    run_dir = run_folder(cfg.out, "pseudolabel")
+    save_config(run_dir, cfg, "pseudolabel")
+    ds, split = prepare_data(cfg, run_dir, log)
+    check_classes(meta, ds.train.classes, f"the teacher {cfg.teacher}")
+    if len(split.unlabelled) == 0:
+        raise FewLabelsError("the unlabelled pool is empty: give a label budget (--labels or --labels-per-class) so "
+                             "that some training images are left unlabelled")
+    pool = ds.train.subset(split.unlabelled)
+    pl = label_pool(teacher, meta, pool, hard=not cfg.soft, temperature=cfg.temperature,
+                    tta_flip=cfg.tta_flip_teacher, threshold=cfg.threshold, balance=cfg.balance,
+                    per_class=cfg.per_class, device=device)
+    if len(pl) == 0:
+        raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
+    pl.save(run_dir, pool.paths, ds.train.classes)
+    q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {"selected": len(pl)}
+    write_json(run_dir / "pseudo_labels_report.json", q)
+    log(f"{len(pl)} pseudo-labels ({q.get('unique', len(pl))} unique images) from {len(pool)} unlabelled; "
+        + (f"precision {q['precision']:.4f}, coverage {q['coverage']:.4f}" if "precision" in q else ""))
+    return {"run_dir": str(run_dir), **q}

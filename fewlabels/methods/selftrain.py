@@ -1,0 +1,177 @@
+"""`fewlabels selftrain`: Noisy Student self-training (Xie et al. 2020, "Self-training with Noisy Student improves
+ImageNet classification").
+
+Round 0 trains the teacher on the labelled images alone (this is also the supervised-only baseline). Each round r ≥ 1
+pseudo-labels the unlabelled pool with the current teacher on clean images, then trains an equal-or-larger student
+from the model schedule on labelled + pseudo-labelled images, noised by the `strong` augmentation (RandAugment +
+Cutout), dropout and stochastic depth; the student becomes the next teacher. Each round lives in its own folder
+(`round0/`, `round1/`, ...) with its checkpoints, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import opt, pick, resolve
+from ..errors import FewLabelsError
+from ..losses import smooth_one_hot
+from ..train.checkpoint import load_model
+from ..train.config import TrainConfig
+from ..train.loop import TrainSet, fit
+from ..utils import pick_device, write_json
+from .common import (DataConfig, ModelConfig, RunConfig, build_model, eval_sets, labelled_trainset, prepare_data,
+                     run_folder, save_config)
+from .pseudolabel import PseudoLabelOptions, label_pool, quality
+
+
+@dataclass
+class SelfTrainOptions:
+    rounds: int = opt(2, "student rounds after the teacher (round 0)")
+    teacher_model: str = opt("cnn-s", "round-0 teacher model")
+    student_models: list[str] = opt(["cnn-s", "cnn-m"], "student model per round, comma-separated; the last one "
+                                    "repeats. Use equal or larger models")
+    teacher_epochs: int = opt(60, "epochs of the round-0 teacher")
+    student_epochs: int = opt(30, "epochs of each student")
+    teacher_augment: str = opt("weak", "augmentation of the teacher", choices=("none", "weak", "strong"))
+    student_augment: str = opt("strong", "input noise of the students", choices=("none", "weak", "strong"))
+    student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier")
+    student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students")
+    finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)")
+
+
+@dataclass
+class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainConfig, DataConfig):
+    """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
+
+
+def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,
+                      pl_indices: torch.Tensor) -> TrainSet:
+    n_lab, n_ps = labelled.images.shape[0], pl_indices.numel()
+    return TrainSet(torch.cat([labelled.images, pool_images[pl_indices]]),
+                    torch.cat([labelled.targets, pl_targets]),
+                    torch.ones(n_lab + n_ps, dtype=torch.bool),
+                    torch.cat([torch.zeros(n_lab, dtype=torch.bool), torch.ones(n_ps, dtype=torch.bool)]))
+
+
+def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png)."""
+    cfg = cfg or resolve(SelfTrainCommand, overrides=kwargs)
+    log = (lambda *_: None) if cfg.quiet else print
+    if cfg.rounds < 0:
+        raise FewLabelsError("--rounds must be 0 or more")
+    run_dir = run_folder(cfg.out, "selftrain")
+    save_config(run_dir, cfg, "selftrain")
+    ds, split = prepare_data(cfg, run_dir, log)
+    if cfg.rounds > 0 and len(split.unlabelled) == 0:
+        raise FewLabelsError("the unlabelled pool is empty: self-training needs a label budget (--labels or "
+                             "--labels-per-class) that leaves training images unlabelled")
+    device = pick_device(cfg.device)
+    labelled = labelled_trainset(ds, split, cfg.label_smoothing)
+    pool = ds.train.subset(split.unlabelled)
+    evals = eval_sets(ds, split)
+    base = pick(cfg, TrainConfig)
+    rows: list[dict[str, Any]] = []
+
+    def run_round(r: int, model_name: str, train: TrainSet, tcfg: TrainConfig, drop: float, dpr: float,
+                  extra: dict[str, Any]) -> dict[str, Any]:
+        rdir = run_dir / f"round{r}"
+        done = rdir / "results.json"
+        if done.is_file():
+            import json
+            row = json.loads(done.read_text())
+            log(f"round {r}: already done ({model_name}), skipping")
+            return row
+        t0 = time.perf_counter()
+        model, meta = build_model(ModelConfig(model_name, drop, dpr, None), ds, log, cfg.seed + r)
+        log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)")
+        res = fit(model, train, tcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log)
+        last = res.final  # the checkpoint the next round loads
+        row = {"round": r, "model": model_name, "val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"),
+               "train_images": int(train.images.shape[0]), "minutes": round((time.perf_counter() - t0) / 60, 3),
+               **extra}
+        write_json(done, row)
+        return row
+
+    # round 0: the teacher on the labelled images alone = the supervised-only baseline
+    tcfg = replace(base, epochs=cfg.teacher_epochs, augment=cfg.teacher_augment)
+    rows.append(run_round(0, cfg.teacher_model, labelled, tcfg, 0.0, 0.0, {"pseudo_labels": 0}))
+    models = cfg.student_models or [cfg.teacher_model]
+    for r in range(1, cfg.rounds + 1):
+        rdir = run_dir / f"round{r}"
+        teacher, tmeta = load_model(run_dir / f"round{r - 1}", device)
+        t0 = time.perf_counter()
+        pl = label_pool(teacher, tmeta, pool, hard=not cfg.soft, temperature=cfg.temperature,
+                        tta_flip=cfg.tta_flip_teacher, threshold=cfg.threshold, balance=cfg.balance,
+                        per_class=cfg.per_class, device=device)
+        label_s = time.perf_counter() - t0
+        if len(pl) == 0:
+            raise FewLabelsError(f"round {r}: no pseudo-label passed --threshold {cfg.threshold}; lower it")
+        q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {}
+        pl.save(rdir, pool.paths, ds.train.classes)
+        write_json(rdir / "pseudo_labels_report.json", q)
+        del teacher
+        train = _student_trainset(labelled, pool.images, pl.probs, pl.indices)
+        scfg = replace(base, epochs=cfg.student_epochs, augment=cfg.student_augment)
+        name = models[min(r - 1, len(models) - 1)]
+        rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
+                              {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
+                               "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)}))
+    final_dir = run_dir / f"round{cfg.rounds}"
+    if cfg.finetune_epochs > 0:
+        rows.append(_finetune(cfg, ds, split, labelled, evals, run_dir, final_dir, base, log))
+        final_dir = run_dir / "finetune"
+    _finish(run_dir, final_dir, rows, log)
+    return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
+            "final_test_acc": rows[-1].get("test_acc")}
+
+
+def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[str, Any]:
+    from ..models import load_pretrained
+    rdir = run_dir / "finetune"
+    _, meta = load_model(src)
+    model, meta = build_model(ModelConfig(meta["model"], 0.0, 0.0, None), ds, log, cfg.seed)
+    load_pretrained(model, str(src), strict=True)
+    t0 = time.perf_counter()
+    fcfg = replace(base, epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0)
+    res = fit(model, labelled, fcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log)
+    last = res.final
+    return {"round": "finetune", "model": meta["model"], "val_acc": last.get("val_acc"),
+            "test_acc": last.get("test_acc"), "minutes": round((time.perf_counter() - t0) / 60, 3)}
+
+
+def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log) -> None:
+    from ..report import plot_lines
+    write_json(run_dir / "rounds.json", rows)
+    cols = ["round", "model", "pseudo_labels", "pl_precision", "val_acc", "test_acc", "minutes"]
+    md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in rows:
+        md.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
+    table = "\n".join(md) + "\n"
+    (run_dir / "rounds.md").write_text(table)
+    xs = list(range(len(rows)))
+    series = {k: (xs, [r.get(k) or 0 for r in rows]) for k in ("val_acc", "test_acc") if any(r.get(k) for r in rows)}
+    if series:
+        plot_lines(series, run_dir / "rounds.png", "round", "accuracy", "Noisy Student rounds")
+    dst = run_dir / "checkpoints" / "best"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(final_dir / "checkpoints" / "best", dst)
+    log("\n" + table)
+    if rows and rows[0].get("test_acc") is not None and rows[-1].get("test_acc") is not None:
+        log(f"supervised only (round 0): test accuracy {rows[0]['test_acc']:.4f}   "
+            f"after self-training: {rows[-1]['test_acc']:.4f}   final model: {dst}")
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+__all__ = ["SelfTrainCommand", "selftrain", "smooth_one_hot"]

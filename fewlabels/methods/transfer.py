@@ -1,0 +1,225 @@
+"""`fewlabels transfer`: start from a pretrained model.
+
+probe     the pretrained feature extractor is frozen (its BatchNorm statistics too: features are computed in eval
+          mode) and only a new linear head trains. Features are computed once and cached, so a probe epoch is a pass
+          over an (N, D) tensor instead of a pass through the backbone.
+finetune  every layer trains, with per-group learning rates: a backbone rate and a head rate, or layer-wise decay
+          lr · decay^depth counted from the head; no weight decay on norm and bias. An optional first phase trains
+          the head alone with the backbone frozen, then unfreezes it (as fastai's `fine_tune` does).
+compare   scratch vs probe vs finetune on the same split, one table.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import opt, pick, resolve
+from ..data.imageset import ImageSet
+from ..errors import FewLabelsError
+from ..eval import normalize, stats_tensors
+from ..train.checkpoint import save_checkpoint
+from ..train.config import TrainConfig
+from ..train.loop import fit
+from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
+from .common import (DataConfig, ModelConfig, RunConfig, build_model, eval_sets, labelled_trainset, prepare_data,
+                     run_folder, save_config)
+
+
+@dataclass
+class TransferOptions:
+    mode: str = opt("finetune", "probe, finetune, or compare (scratch vs probe vs finetune)",
+                    choices=("probe", "finetune", "compare"))
+    backbone_lr: float | None = opt(None, "fine-tune: learning rate of every layer but the head (default lr/10)")
+    layer_decay: float | None = opt(None, "fine-tune: layer-wise decay; lr · decay^depth from the head (overrides "
+                                    "--backbone-lr)")
+    freeze_epochs: int = opt(0, "fine-tune: first epochs with the backbone frozen (head only)")
+    probe_epochs: int = opt(100, "probe: epochs over the cached features")
+    probe_lr: float = opt(1e-2, "probe: AdamW learning rate of the head")
+    probe_weight_decay: float = opt(1e-4, "probe: weight decay of the head")
+    probe_views: int = opt(1, "probe: cached views per image (1 = the clean image; more adds augmented views)")
+
+
+@dataclass
+class TransferCommand(RunConfig, TransferOptions, TrainConfig, ModelConfig, DataConfig):
+    """Transfer learning from a pretrained model: linear probe on cached features, or fine-tuning."""
+
+
+def head_names(model: nn.Module) -> set[str]:
+    prefixes = tuple(getattr(model, "head_prefixes", ()))
+    return {n for n, _ in model.named_parameters() if prefixes and n.startswith(prefixes)}
+
+
+def lr_scales(model: nn.Module, base_lr: float, backbone_lr: float | None, layer_decay: float | None
+              ) -> dict[str, float]:
+    """Learning-rate multiplier per parameter: head 1; backbone backbone_lr/lr, or decay^depth."""
+    if layer_decay is not None:
+        depths = model.param_depths()
+        return {n: layer_decay ** d for n, d in depths.items()}
+    bb = (backbone_lr if backbone_lr is not None else base_lr / 10) / base_lr
+    heads = head_names(model)
+    return {n: 1.0 if n in heads else bb for n, _ in model.named_parameters()}
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    heads = head_names(model)
+    for n, p in model.named_parameters():
+        if n not in heads:
+            p.requires_grad_(trainable)
+
+
+@torch.inference_mode()
+def extract_features(model: nn.Module, images: torch.Tensor, mean, std, *, device: torch.device,
+                     batch_size: int = 512, augment=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pooled features (N, D) float32 of uint8 images, model in eval mode (BatchNorm statistics frozen)."""
+    model.eval()
+    m, s = stats_tensors(mean, std, device)
+    dtype = pick_dtype("auto", device)
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        xb = images[i:i + batch_size].to(device)
+        if augment is not None:
+            xb = augment(xb, generator=generator)
+        with autocast(device, dtype):
+            out.append(model.forward_features(normalize(xb, m, s)).float().cpu())
+    return torch.cat(out)
+
+
+def train_probe_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
+                     weight_decay: float, batch_size: int, label_smoothing: float = 0.0,
+                     evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, seed: int = 0
+                     ) -> list[dict[str, Any]]:
+    """Train a linear head on cached features (N, D) with AdamW + cosine; returns per-epoch metrics."""
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    bs = min(batch_size, feats.shape[0])
+    steps = -(-feats.shape[0] // bs)  # features are cheap: keep the last partial batch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps)
+    dev = head.weight.device
+    feats, labels = feats.to(dev), labels.to(dev)
+    history = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(feats.shape[0], generator=g).to(dev)
+        total = 0.0
+        for i in range(steps):
+            idx = perm[i * bs:(i + 1) * bs]
+            loss = nn.functional.cross_entropy(head(feats[idx]), labels[idx], label_smoothing=label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item()
+        row = {"epoch": epoch + 1, "train_loss": total / steps, "epoch_seconds": time.perf_counter() - t0}
+        if evals and (epoch + 1 == epochs or (epoch + 1) % 10 == 0):
+            with torch.no_grad():
+                for name, (f, y) in evals.items():
+                    row[f"{name}_acc"] = float((head(f.to(dev)).argmax(1) == y.to(dev)).float().mean())
+        history.append(row)
+    return history
+
+
+def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir: Path, log) -> dict[str, Any]:
+    """Linear probe: frozen backbone, features cached once, a new linear head trained on them."""
+    from ..augment import build_augment
+
+    device = pick_device(cfg.device)
+    model = model.to(device).to(memory_format=torch.channels_last).eval()
+    model.requires_grad_(False)
+    lab = ds.train.subset(split.labelled)
+    t0 = time.perf_counter()
+    feats, labels = [extract_features(model, lab.images, ds.mean, ds.std, device=device)], [lab.labels]
+    if cfg.probe_views > 1:
+        aug = build_augment(cfg.augment, image_size=lab.images.shape[-1], hflip=cfg.hflip)
+        g = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.probe_views - 1):
+            feats.append(extract_features(model, lab.images, ds.mean, ds.std, device=device, augment=aug,
+                                          generator=g))
+            labels.append(lab.labels)
+    evals = {n: (extract_features(model, s.images, ds.mean, ds.std, device=device), s.labels)
+             for n, s in eval_sets(ds, split).items()}
+    feature_seconds = time.perf_counter() - t0
+    head = model.get_classifier()
+    if not isinstance(head, nn.Linear):
+        raise FewLabelsError(f"probe needs a linear head; {meta['model']} has {type(head).__name__}")
+    head.requires_grad_(True)
+    head.float()
+    seed_everything(cfg.seed)
+    nn.init.zeros_(head.weight)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+    t1 = time.perf_counter()
+    hist = train_probe_head(head, torch.cat(feats), torch.cat(labels), epochs=cfg.probe_epochs, lr=cfg.probe_lr,
+                            weight_decay=cfg.probe_weight_decay, batch_size=cfg.batch_size,
+                            label_smoothing=cfg.label_smoothing, evals=evals, seed=cfg.seed)
+    head_seconds = time.perf_counter() - t1
+    m = {**meta, "epoch": cfg.probe_epochs, "metrics": {k: v for k, v in hist[-1].items() if k.endswith("_acc")},
+         "transfer": "probe"}
+    save_checkpoint(run_dir / "checkpoints" / "best", model, m)
+    save_checkpoint(run_dir / "checkpoints" / "last", model, m)
+    write_json(run_dir / "metrics.json", hist)
+    log(f"probe: features {feature_seconds:.1f}s, head {head_seconds:.1f}s ({cfg.probe_epochs} epochs): "
+        + " ".join(f"{k}={v:.4f}" for k, v in hist[-1].items() if k.endswith("_acc")))
+    return {**hist[-1], "feature_seconds": feature_seconds, "head_seconds": head_seconds,
+            "probe_epoch_seconds": head_seconds / max(1, cfg.probe_epochs)}
+
+
+def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir: Path, log,
+             scratch: bool = False) -> dict[str, Any]:
+    tcfg = pick(cfg, TrainConfig)
+    scales = None if scratch else lr_scales(model, cfg.lr, cfg.backbone_lr, cfg.layer_decay)
+
+    def phase(m: nn.Module, epoch: int) -> None:
+        if not scratch and cfg.freeze_epochs > 0:
+            set_backbone_trainable(m, epoch >= cfg.freeze_epochs)
+
+    res = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tcfg, norm=(ds.mean, ds.std),
+              evals=eval_sets(ds, split), run_dir=run_dir, meta={**meta, "transfer": "scratch" if scratch else
+                                                                  "finetune"},
+              lr_scale=scales, log=log, on_epoch_start=phase)
+    return res.final
+
+
+def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    cfg = cfg or resolve(TransferCommand, overrides=kwargs)
+    if not cfg.pretrained:
+        raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
+                             "folder, or 'true' for a model's own pretrained weights (e.g. --model timm:resnet18)")
+    log = (lambda *_: None) if cfg.quiet else print
+    run_dir = run_folder(cfg.out, "transfer")
+    save_config(run_dir, cfg, "transfer")
+    ds, split = prepare_data(cfg, run_dir, log)
+    modes = ["scratch", "probe", "finetune"] if cfg.mode == "compare" else [cfg.mode]
+    results: dict[str, Any] = {}
+    for mode in modes:
+        sub = run_dir / mode if cfg.mode == "compare" else run_dir
+        t0 = time.perf_counter()
+        seed_everything(cfg.seed)
+        mc = replace(pick(cfg, ModelConfig), pretrained=None if mode == "scratch" else cfg.pretrained)
+        model, meta = build_model(mc, ds, log, cfg.seed)
+        if mode == "probe":
+            r = probe(model, meta, ds, split, cfg, sub, log)
+        else:
+            r = finetune(model, meta, ds, split, cfg, sub, log, scratch=mode == "scratch")
+        r["minutes"] = (time.perf_counter() - t0) / 60
+        results[mode] = r
+    out = {"run_dir": str(run_dir), "labels": len(split.labelled), **results}
+    write_json(run_dir / "results.json", out)
+    if cfg.mode == "compare":
+        lines = ["| method | val acc | test acc | minutes |", "|---|---|---|---|"]
+        for k, r in results.items():
+            lines.append(f"| {k} | {r.get('val_acc', float('nan')):.4f} | {r.get('test_acc', float('nan')):.4f} | "
+                         f"{r['minutes']:.2f} |")
+        (run_dir / "compare.md").write_text("\n".join(lines) + "\n")
+        log("\n".join(lines))
+    return out
+
+
+COMMANDS = [("transfer", TransferCommand, transfer, "transfer learning: linear probe on cached features, fine-tune")]
+
+__all__ = ["ImageSet", "TransferCommand", "extract_features", "lr_scales", "transfer"]

@@ -1,0 +1,204 @@
+"""Pseudo-labelling, self-training, distillation and transfer on digits (small, CPU, seconds each)."""
+
+import json
+
+import pytest
+import torch
+
+from fewlabels.errors import FewLabelsError
+from fewlabels.losses import kd_loss
+from fewlabels.methods.distill import DistillLoss, distill, distill_loss
+from fewlabels.methods.pseudolabel import PseudoLabels, make_pseudo_labels, quality, select
+from fewlabels.methods.selftrain import selftrain
+from fewlabels.methods.supervised import train
+from fewlabels.methods.transfer import lr_scales, transfer
+from fewlabels.models import create_model
+from fewlabels.train.config import TrainConfig
+from fewlabels.train.optim import build_optimizer
+
+COMMON = {"data": "digits", "hflip": False, "quiet": True, "batch_size": 64}
+
+
+# ---------------------------------------------------------------- pseudo-label selection on hand-made probabilities
+def _probs():
+    # 6 images, 3 classes: class 0 predicted 3× (conf .9 .8 .4), class 1 twice (.7 .6), class 2 once (.95)
+    return torch.tensor([[.9, .05, .05], [.8, .1, .1], [.4, .3, .3], [.2, .7, .1], [.3, .6, .1], [.025, .025, .95]])
+
+
+def test_threshold_without_balance():
+    assert select(_probs(), threshold=0.65, balance=False).tolist() == [0, 1, 3, 5]
+
+
+def test_balance_caps_most_confident_and_fills_by_duplication():
+    idx = select(_probs(), threshold=0.0, balance=True, per_class=2)
+    # class 0 keeps its two most confident (0, 1); class 1 keeps both; class 2 has one image, duplicated
+    assert idx.tolist() == [0, 1, 3, 4, 5, 5]
+    idx = select(_probs(), threshold=0.0, balance=True, per_class=2, fill=False)
+    assert idx.tolist() == [0, 1, 3, 4, 5]
+    # default cap = mean kept per class = 6 / 3 = 2
+    assert select(_probs(), balance=True).tolist() == [0, 1, 3, 4, 5, 5]
+
+
+def test_pseudo_label_quality_and_roundtrip(tmp_path):
+    probs = _probs()
+    pl = make_pseudo_labels(probs, probs, threshold=0.5, balance=False)
+    true = torch.tensor([0, 1, 0, 1, 2, 2])
+    q = quality(pl, true, ["a", "b", "c"])
+    # kept 0,1,3,4,5 with labels 0,0,1,1,2: correct 0,3,5 → 3/5
+    assert q["selected"] == 5 and abs(q["precision"] - 0.6) < 1e-6 and abs(q["coverage"] - 5 / 6) < 1e-6
+    assert q["per_class"]["a"]["precision"] == 0.5 and q["per_class"]["a"]["coverage"] == 0.5
+    assert q["per_class"]["c"]["coverage"] == 1.0
+    pl.save(tmp_path, None, ["a", "b", "c"])
+    back = PseudoLabels.load(tmp_path)
+    assert torch.equal(back.indices, pl.indices) and torch.allclose(back.probs, pl.probs)
+    assert (tmp_path / "pseudo_labels.csv").read_text().startswith("index,path,label,class,confidence")
+
+
+# ---------------------------------------------------------------- distillation loss
+def test_distill_loss_unlabelled_rows_get_only_kd():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
+    y = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 3, 0, 1]), 4).float()
+    has = torch.tensor([True, True, True, False, False, False])
+    loss = distill_loss(s, t, y, has, alpha=0.7, temperature=3.0)
+    ref = 0.7 * kd_loss(s, t, 3.0) + 0.3 * torch.nn.functional.cross_entropy(s[:3], y[:3].argmax(1))
+    assert torch.allclose(loss, ref)
+    y2 = y.clone()
+    y2[3:] = torch.rand(3, 4)  # the targets of unlabelled rows must not matter
+    assert torch.allclose(loss, distill_loss(s, t, y2, has, alpha=0.7, temperature=3.0))
+    assert torch.allclose(distill_loss(s, t, y, has, alpha=1.0, temperature=3.0), kd_loss(s, t, 3.0))
+
+
+def test_kd_gradient_scale_is_about_constant_in_T():
+    """Hinton et al.: with the T² factor the gradient tends to (z_s − z_t)/(K·N) for large T, independent of T."""
+    torch.manual_seed(1)
+    t = torch.randn(8, 10)
+    t -= t.mean(1, keepdim=True)
+    z = torch.randn(8, 10)
+    z -= z.mean(1, keepdim=True)
+    ref = (z - t) / (10 * 8)
+    for temp in (8.0, 20.0, 50.0):
+        s = z.clone().requires_grad_(True)
+        kd_loss(s, t, temp).backward()
+        assert torch.allclose(s.grad, ref, rtol=0.25, atol=2e-3), temp
+    s = z.clone().requires_grad_(True)
+    kd_loss(s, t, 1.0).backward()
+    assert not torch.allclose(s.grad, ref, rtol=0.25, atol=2e-3)  # the limit really is a large-T property
+
+
+@pytest.fixture(scope="module")
+def teacher_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    train(out=str(out), model="cnn-tiny", labels_per_class=20, epochs=6, min_steps_per_epoch=6, **COMMON)
+    return out
+
+
+def test_distill_keeps_teacher_frozen_and_uses_unlabelled(teacher_run, tmp_path):
+    from fewlabels.train.checkpoint import load_model
+    teacher, _ = load_model(teacher_run)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    seen_modes = []
+
+    class Spy(DistillLoss):
+        def __call__(self, model, x, target, has_label):
+            seen_modes.append(self.teacher.training)
+            assert not any(p.requires_grad for p in self.teacher.parameters())
+            return super().__call__(model, x, target, has_label)
+
+    import fewlabels.methods.distill as D
+    orig = D.DistillLoss
+    D.DistillLoss = Spy
+    try:
+        r = distill(teacher=str(teacher_run), out=str(tmp_path / "d"), model="cnn-tiny", labels_per_class=20,
+                    use_unlabelled=True, epochs=1, **COMMON)
+    finally:
+        D.DistillLoss = orig
+    assert seen_modes and not any(seen_modes)
+    assert r["compression"]["student"]["params"] > 0 and "latency_ms_batch1" in r["compression"]["teacher"]
+    # the run's teacher on disk and the one loaded are untouched
+    teacher2, _ = load_model(teacher_run)
+    assert all(torch.equal(before[k], v) for k, v in teacher2.state_dict().items())
+
+
+def test_distill_cached_teacher(teacher_run, tmp_path):
+    r = distill(teacher=str(teacher_run), out=str(tmp_path / "d"), model="cnn-tiny", labels_per_class=20,
+                cache_teacher=True, epochs=1, **COMMON)
+    assert 0 <= r["test_acc"] <= 1
+
+
+# ---------------------------------------------------------------- self-training
+@pytest.fixture(scope="module")
+def selftrain_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("st") / "run"
+    res = selftrain(out=str(out), labels_per_class=5, rounds=1, teacher_model="cnn-tiny",
+                    student_models=["cnn-tiny"], teacher_epochs=30, student_epochs=15, min_steps_per_epoch=4,
+                    seed=0, split_seed=0, **COMMON)
+    return out, res
+
+
+def test_selftrain_round_beats_supervised_only(selftrain_run):
+    out, res = selftrain_run
+    rows = res["rounds"]
+    assert [r["round"] for r in rows] == [0, 1]
+    assert rows[1]["test_acc"] >= rows[0]["test_acc"] + 0.02, rows  # fixed seed, margin of 2 points
+    assert rows[1]["pl_precision"] > 0.8
+    for f in ["rounds.json", "rounds.md", "rounds.png", "split.json", "round0/results.json",
+              "round1/pseudo_labels.safetensors", "round1/pseudo_labels_report.json", "round1/metrics.jsonl",
+              "checkpoints/best/model.safetensors"]:
+        assert (out / f).is_file(), f
+
+
+def test_selftrain_resume_skips_finished_rounds(selftrain_run, capsys):
+    out, res = selftrain_run
+    stamp = (out / "round1" / "results.json").read_text()
+    res2 = selftrain(out=str(out), labels_per_class=5, rounds=1, teacher_model="cnn-tiny",
+                     student_models=["cnn-tiny"], teacher_epochs=30, student_epochs=15, min_steps_per_epoch=4,
+                     **{**COMMON, "quiet": False})
+    assert "already done" in capsys.readouterr().out
+    assert (out / "round1" / "results.json").read_text() == stamp
+    assert res2["rounds"] == json.loads((out / "rounds.json").read_text())
+
+
+def test_selftrain_needs_unlabelled_pool(tmp_path):
+    with pytest.raises(FewLabelsError, match="unlabelled pool is empty"):
+        selftrain(out=str(tmp_path), rounds=1, **COMMON)
+
+
+# ---------------------------------------------------------------- transfer
+def test_layerwise_learning_rates_in_optimizer():
+    m = create_model("cnn-s", 10, 1)
+    cfg = TrainConfig(lr=0.1, weight_decay=5e-4)
+    scales = lr_scales(m, 0.1, None, 0.5)
+    opt = build_optimizer(m, cfg, scales)
+    by_name = {}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            by_name[id(p)] = g
+    depths = m.param_depths()
+    for n, p in m.named_parameters():
+        g = by_name[id(p)]
+        assert abs(g["lr"] - 0.1 * 0.5 ** depths[n]) < 1e-12, n
+        assert g["weight_decay"] == (0.0 if p.ndim <= 1 else 5e-4), n
+    scales = lr_scales(m, 0.1, 0.01, None)
+    assert {scales[n] for n in scales if n.startswith("head.")} == {1.0}
+    assert {round(scales[n], 6) for n in scales if not n.startswith("head.")} == {0.1}
+
+
+def test_probe_leaves_backbone_unchanged(teacher_run, tmp_path):
+    from fewlabels.train.checkpoint import load_model
+    src, _ = load_model(teacher_run)
+    r = transfer(mode="probe", pretrained=str(teacher_run), out=str(tmp_path / "p"), model="cnn-tiny",
+                 labels_per_class=10, probe_epochs=20, **COMMON)
+    probed, _ = load_model(tmp_path / "p")
+    a, b = src.state_dict(), probed.state_dict()
+    body = [k for k in a if not k.startswith("head.") and not k.endswith("num_batches_tracked")]
+    assert body and all(torch.equal(a[k], b[k]) for k in body)  # BN running stats included
+    assert not torch.equal(a["head.weight"], b["head.weight"])
+    assert r["probe"]["test_acc"] > 0.5
+
+
+def test_finetune_with_frozen_first_phase(teacher_run, tmp_path):
+    r = transfer(mode="compare", pretrained=str(teacher_run), out=str(tmp_path / "c"), model="cnn-tiny",
+                 labels_per_class=10, epochs=2, freeze_epochs=1, probe_epochs=10, **COMMON)
+    assert set(r) >= {"scratch", "probe", "finetune"}
+    assert (tmp_path / "c" / "compare.md").is_file()
