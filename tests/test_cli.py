@@ -14,7 +14,8 @@ from PIL import Image
 
 from fewlabels.cli import main
 
-FAST = ["--epochs", "3", "--min-steps-per-epoch", "8", "--batch-size", "64", "--model", "cnn-tiny", "--hflip", "false", "--labels-per-class", "10"]
+FAST = ["--epochs", "3", "--min-steps-per-epoch", "8", "--batch-size", "64", "--model", "cnn-tiny", "--hflip", "false",
+        "--labels-per-class", "10"]
 
 
 def run_cli(args, capsys):

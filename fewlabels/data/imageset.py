@@ -24,9 +24,11 @@ class ImageSet:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+            raise ValueError(f"ImageSet.images must be uint8 (N, C, H, W), got {self.images.dtype} "
+                             f"{tuple(self.images.shape)}")
         if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"ImageSet.labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+            raise ValueError(f"ImageSet.labels must have shape ({self.images.shape[0]},), got "
+                             f"{tuple(self.labels.shape)}")
         self.labels = self.labels.long()
 
     def __len__(self) -> int:

@@ -10,10 +10,11 @@ from typing import Any
 
 import torch
 
-from ..config import opt, to_yaml
+from ..config import opt, pick, to_yaml
 from ..data import Dataset, ImageSet, Split, load_dataset, make_split
 from ..errors import FewLabelsError
 from ..losses import smooth_one_hot
+from ..train.config import TrainConfig
 from ..train.loop import TrainSet
 from ..utils import atomic_write_text, environment_info, seed_everything, write_json
 
@@ -46,6 +47,17 @@ class ModelConfig:
 class RunConfig:
     out: str | None = opt(None, "run folder (default runs/<command>-<time>); an existing one is resumed")
     quiet: bool = opt(False, "print less")
+
+
+NO_FLIP_SOURCES = ("digits", "mnist", "svhn")  # a mirrored digit is not the same digit
+
+
+def train_config(cfg: Any, ds: Dataset, **changes: Any) -> TrainConfig:
+    """The TrainConfig part of a command's options, with hflip resolved for the dataset."""
+    tc = pick(cfg, TrainConfig)
+    if tc.hflip is None:
+        tc = dataclasses.replace(tc, hflip=ds.name not in NO_FLIP_SOURCES)
+    return dataclasses.replace(tc, **changes) if changes else tc
 
 
 def run_folder(out: str | None, command: str) -> Path:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import opt, pick, resolve
+from ..config import opt, resolve
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
@@ -31,8 +31,18 @@ from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
 from ..train.loop import TrainSet, fit
 from ..utils import autocast, pick_device, pick_dtype, write_json
-from .common import (DataConfig, ModelConfig, RunConfig, build_model, check_classes, eval_sets, prepare_data,
-                     run_folder, save_config)
+from .common import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    build_model,
+    check_classes,
+    eval_sets,
+    prepare_data,
+    run_folder,
+    save_config,
+    train_config,
+)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -111,7 +121,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     student, meta = build_model(cfg, ds, log, cfg.seed)
     loss = DistillLoss(teacher_for_loss, k, cfg.alpha, cfg.temperature)
     t0 = time.perf_counter()
-    res = fit(student, TrainSet(sub.images, targets, has_label), pick(cfg, TrainConfig), norm=(ds.mean, ds.std),
+    res = fit(student, TrainSet(sub.images, targets, has_label), train_config(cfg, ds), norm=(ds.mean, ds.std),
               evals=eval_sets(ds, split), run_dir=run_dir, loss_fn=loss, meta={**meta, "teacher": cfg.teacher},
               log=log)
     out = {"run_dir": str(run_dir), "train_minutes": (time.perf_counter() - t0) / 60,

@@ -18,15 +18,25 @@ from typing import Any
 
 import torch
 
-from ..config import opt, pick, resolve
+from ..config import opt, resolve
 from ..errors import FewLabelsError
 from ..losses import smooth_one_hot
 from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
 from ..train.loop import TrainSet, fit
 from ..utils import pick_device, write_json
-from .common import (DataConfig, ModelConfig, RunConfig, build_model, eval_sets, labelled_trainset, prepare_data,
-                     run_folder, save_config)
+from .common import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    build_model,
+    eval_sets,
+    labelled_trainset,
+    prepare_data,
+    run_folder,
+    save_config,
+    train_config,
+)
 from .pseudolabel import PseudoLabelOptions, label_pool, quality
 
 
@@ -36,8 +46,8 @@ class SelfTrainOptions:
     teacher_model: str = opt("cnn-s", "round-0 teacher model")
     student_models: list[str] = opt(["cnn-s", "cnn-m"], "student model per round, comma-separated; the last one "
                                     "repeats. Use equal or larger models")
-    teacher_epochs: int = opt(60, "epochs of the round-0 teacher")
-    student_epochs: int = opt(30, "epochs of each student")
+    teacher_epochs: int = opt(40, "epochs of the round-0 teacher")
+    student_epochs: int = opt(20, "epochs of each student")
     teacher_augment: str = opt("weak", "augmentation of the teacher", choices=("none", "weak", "strong"))
     student_augment: str = opt("strong", "input noise of the students", choices=("none", "weak", "strong"))
     student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier")
@@ -48,6 +58,9 @@ class SelfTrainOptions:
 @dataclass
 class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainConfig, DataConfig):
     """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
+
+    min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
+                                   "per epoch (the round-0 teacher sees only the labelled images)")
 
 
 def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,
@@ -75,7 +88,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     labelled = labelled_trainset(ds, split, cfg.label_smoothing)
     pool = ds.train.subset(split.unlabelled)
     evals = eval_sets(ds, split)
-    base = pick(cfg, TrainConfig)
+    base = train_config(cfg, ds)
     rows: list[dict[str, Any]] = []
 
     def run_round(r: int, model_name: str, train: TrainSet, tcfg: TrainConfig, drop: float, dpr: float,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import opt, pick, resolve
+from ..config import opt, resolve
 from ..data import Split, load_dataset
 from ..errors import FewLabelsError
 from ..eval import classification_report, predict_logits
@@ -20,8 +20,19 @@ from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
 from ..train.loop import fit
 from ..utils import pick_device, pick_dtype, write_json
-from .common import (DataConfig, ModelConfig, RunConfig, build_model, check_classes, eval_sets, labelled_trainset,
-                     prepare_data, run_folder, save_config)
+from .common import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    build_model,
+    check_classes,
+    eval_sets,
+    labelled_trainset,
+    prepare_data,
+    run_folder,
+    save_config,
+    train_config,
+)
 
 
 @dataclass
@@ -38,7 +49,7 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     save_config(run_dir, cfg, "train")
     ds, split = prepare_data(cfg, run_dir, log)
     model, meta = build_model(cfg, ds, log, cfg.seed)
-    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), pick(cfg, TrainConfig),
+    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), train_config(cfg, ds),
                  norm=(ds.mean, ds.std), evals=eval_sets(ds, split), run_dir=run_dir, meta=meta, log=log)
     out = {"run_dir": str(run_dir), "labels": len(split.labelled), **result.final,
            "last_epoch": result.history[-1] if result.history else {}}

@@ -27,8 +27,18 @@ from ..train.checkpoint import save_checkpoint
 from ..train.config import TrainConfig
 from ..train.loop import fit
 from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
-from .common import (DataConfig, ModelConfig, RunConfig, build_model, eval_sets, labelled_trainset, prepare_data,
-                     run_folder, save_config)
+from .common import (
+    DataConfig,
+    ModelConfig,
+    RunConfig,
+    build_model,
+    eval_sets,
+    labelled_trainset,
+    prepare_data,
+    run_folder,
+    save_config,
+    train_config,
+)
 
 
 @dataclass
@@ -135,7 +145,7 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
     t0 = time.perf_counter()
     feats, labels = [extract_features(model, lab.images, ds.mean, ds.std, device=device)], [lab.labels]
     if cfg.probe_views > 1:
-        aug = build_augment(cfg.augment, image_size=lab.images.shape[-1], hflip=cfg.hflip)
+        aug = build_augment(cfg.augment, image_size=lab.images.shape[-1], hflip=bool(train_config(cfg, ds).hflip))
         g = torch.Generator().manual_seed(cfg.seed)
         for _ in range(cfg.probe_views - 1):
             feats.append(extract_features(model, lab.images, ds.mean, ds.std, device=device, augment=aug,
@@ -171,7 +181,7 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
 
 def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir: Path, log,
              scratch: bool = False) -> dict[str, Any]:
-    tcfg = pick(cfg, TrainConfig)
+    tcfg = train_config(cfg, ds)
     scales = None if scratch else lr_scales(model, cfg.lr, cfg.backbone_lr, cfg.layer_decay)
 
     def phase(m: nn.Module, epoch: int) -> None:

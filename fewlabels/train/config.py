@@ -25,7 +25,8 @@ class TrainConfig:
     ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999); 0 = off. Evaluation and checkpoints use the EMA")
     augment: str = opt("weak", "augmentation preset: none, weak (crop+flip), strong (weak+RandAugment+Cutout)",
                        choices=("none", "weak", "strong"))
-    hflip: bool = opt(True, "random horizontal flips (turn off for digits/text, where a flip changes the class)")
+    hflip: bool | None = opt(None, "random horizontal flips; default: on, except for digit sets (digits, mnist, svhn) "
+                             "where a mirror image is not the same class")
     ra_magnitude: float = opt(9.0, "RandAugment magnitude M (0-10) for the strong preset")
     ra_num_ops: int = opt(2, "RandAugment ops per image for the strong preset")
     mixup: float = opt(0.0, "MixUp Beta(α, α); 0 = off")

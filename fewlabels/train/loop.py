@@ -121,7 +121,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     """Train `model` on `train` and return it (with EMA weights when EMA is on).
 
     norm: per-channel (mean, std) on [0, 1]. evals: named image sets evaluated after each epoch; the first one
-    named `select` picks the best checkpoint (without it, best = last: never select on the test set). run_dir: where checkpoints and metrics.jsonl go (None: nothing written).
+    named `select` picks the best checkpoint (without it, best = last: never select on the test set).
+    run_dir: where checkpoints and metrics.jsonl go (None: nothing written).
     lr_scale: learning-rate multiplier per parameter name (layer-wise rates). on_epoch_start(model, epoch): a hook,
     e.g. to unfreeze a backbone after a first phase.
     """
@@ -140,7 +141,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     mean, std = stats_tensors(*norm, device)
     _, _, h, w = images.shape
     augment = build_augment(cfg.augment, image_size=h, ra_num_ops=cfg.ra_num_ops, ra_magnitude=cfg.ra_magnitude,
-                            hflip=cfg.hflip)
+                            hflip=cfg.hflip is not False)
     mixer = (Mixer(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, per_image=cfg.mix_per_image)
              if cfg.mixup > 0 or cfg.cutmix > 0 else None)
 
