@@ -31,6 +31,9 @@ class DataConfig:
     labels_per_class: int | None = opt(None, "label budget per class")
     val: float = opt(0.1, "validation images held out of the training pool: a fraction (<1) or a count")
     split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
+    mean: list[float] | None = opt(None, "per-channel normalisation mean on [0, 1] (default: the dataset's; use the "
+                                   "pretrained model's for transfer, e.g. 0.485,0.456,0.406)")
+    std: list[float] | None = opt(None, "per-channel normalisation std on [0, 1] (default: the dataset's)")
     split_seed: int = opt(0, "seed of the label-budget split")
 
 
@@ -76,6 +79,12 @@ def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Datas
     """Load the dataset and make (or reuse) the label-budget split; save it in the run folder."""
     ds = load_dataset(dc.data, root=dc.data_root, cache_dir=dc.cache_dir, bad_images=dc.bad_images,
                       image_size=dc.image_size)
+    if dc.mean is not None or dc.std is not None:
+        c = ds.train.image_shape[0]
+        mean, std = tuple(dc.mean or ds.mean), tuple(dc.std or ds.std)
+        if len(mean) != c or len(std) != c:
+            raise FewLabelsError(f"--mean and --std need {c} values (one per channel), got {len(mean)} and {len(std)}")
+        ds.mean, ds.std = mean, std
     n = len(ds.train)
     existing = run_dir / "split.json" if run_dir is not None else None
     if dc.split:

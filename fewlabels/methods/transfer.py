@@ -23,7 +23,7 @@ from ..config import opt, pick, resolve
 from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
 from ..eval import normalize, stats_tensors
-from ..train.checkpoint import save_checkpoint
+from ..train.checkpoint import read_meta, save_checkpoint
 from ..train.config import TrainConfig
 from ..train.loop import fit
 from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
@@ -83,7 +83,7 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
             p.requires_grad_(trainable)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the cached features must be usable in autograd (the head trains on them)
 def extract_features(model: nn.Module, images: torch.Tensor, mean, std, *, device: torch.device,
                      batch_size: int = 512, augment=None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Pooled features (N, D) float32 of uint8 images, model in eval mode (BatchNorm statistics frozen)."""
@@ -201,6 +201,12 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
                              "folder, or 'true' for a model's own pretrained weights (e.g. --model timm:resnet18)")
     log = (lambda *_: None) if cfg.quiet else print
+    if cfg.mean is None and cfg.std is None and Path(cfg.pretrained).exists():
+        try:  # a fewlabels checkpoint knows the normalisation it was trained with: keep it
+            src = read_meta(cfg.pretrained)
+            cfg.mean, cfg.std = list(src["mean"]), list(src["std"])
+        except FewLabelsError:
+            pass  # a plain weights file: the dataset's statistics, unless --mean/--std say otherwise
     run_dir = run_folder(cfg.out, "transfer")
     save_config(run_dir, cfg, "transfer")
     ds, split = prepare_data(cfg, run_dir, log)
