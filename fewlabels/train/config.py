@@ -42,3 +42,4 @@ class TrainConfig:
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
     seed: int = opt(0, "random seed (model init, batches, augmentation)")
     eval_batch_size: int = opt(1024, "images per step at evaluation")
+    eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)")

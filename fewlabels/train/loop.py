@@ -209,7 +209,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             bar.close()
         seconds = time.perf_counter() - t0
         eval_model = ema.module if ema is not None else model
-        metrics = _evaluate(eval_model, evals, norm, cfg, device, dtype)
+        due = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
+        metrics = _evaluate(eval_model, evals, norm, cfg, device, dtype) if due else {}
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                "train_loss": loss_sum.item() / max(1, len(batches)), "lr": opt.param_groups[0]["lr"],
                "epoch_seconds": round(seconds, 3),
@@ -220,7 +221,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         improved = sel is not None and (best is None or sel > best)
         if improved:
             best = sel
-        if improved or sel is None:
+        new_best = improved or select not in evals  # without a validation set, best = last
+        if new_best:
             best_row = row
         if run_dir is not None:
             m = {**meta, "epoch": epoch + 1, "metrics": metrics}
@@ -229,7 +231,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             if ema is not None:
                 state["ema"] = ema.module.state_dict()
             save_checkpoint(last_dir, eval_model, m, state)
-            if improved or sel is None:
+            if new_best:
                 save_checkpoint(run_dir / "checkpoints" / "best", eval_model, m)
             _write_metrics(run_dir, history)
     final = ema.module if ema is not None else model

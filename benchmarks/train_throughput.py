@@ -1,0 +1,102 @@
+"""Training-loop overhead: fewlabels' fit() vs a bare PyTorch loop, side by side in one process.
+
+Same model, batch, precision and data (a uint8 tensor in memory, normalised per batch), no augmentation, no
+evaluation. Also records the bare loop in fp32, bf16 autocast, and bf16 autocast + channels_last.
+
+    .venv/bin/python benchmarks/train_throughput.py [--model cnn-m] [--repeats 5] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import write_results  # noqa: E402
+
+from fewlabels.eval import normalize, stats_tensors  # noqa: E402
+from fewlabels.losses import smooth_one_hot, soft_cross_entropy  # noqa: E402
+from fewlabels.models import create_model  # noqa: E402
+from fewlabels.train.config import TrainConfig  # noqa: E402
+from fewlabels.train.loop import TrainSet, fit  # noqa: E402
+
+MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
+
+
+def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> float:
+    """images/s of the plainest correct loop: index, normalise, forward, backward, step."""
+    dev = torch.device("cpu")
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    m, s = stats_tensors(MEAN, STD, dev)
+    targets = smooth_one_hot(labels, 10)
+    model.train()
+    perm = torch.randperm(images.shape[0])
+    t0 = None
+    for i in range(steps + 1):  # step 0 warms up and is not timed
+        if i == 1:
+            t0 = time.perf_counter()
+        idx = perm[(i * batch) % (images.shape[0] - batch):][:batch]
+        x = normalize(images[idx], m, s, channels_last)
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = soft_cross_entropy(model(x), targets[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def ours(model, images, labels, batch, steps, precision) -> float:
+    n = batch * steps
+    ts = TrainSet(images[:n], smooth_one_hot(labels[:n], 10), torch.ones(n, dtype=torch.bool))
+    cfg = TrainConfig(epochs=2, batch_size=batch, augment="none", precision=precision, warmup_epochs=0, lr=0.01)
+    res = fit(model, ts, cfg, norm=(MEAN, STD), log=lambda *_: None)
+    return res.history[-1]["images_per_s"]  # epoch 2: epoch 1 includes warm-up
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="cnn-m")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args()
+    if a.smoke:
+        a.steps, a.repeats, a.model = 2, 1, "cnn-tiny"
+    torch.manual_seed(0)
+    n = a.batch * a.steps
+    images = torch.randint(0, 256, (max(n, 2 * a.batch), 3, 32, 32), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (images.shape[0],))
+    runs: dict[str, list[float]] = {k: [] for k in ("ours_bf16_cl", "bare_bf16_cl", "bare_bf16", "bare_fp32")}
+    for r in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
+        torch.manual_seed(r)
+        runs["ours_bf16_cl"].append(ours(create_model(a.model, 10), images, labels, a.batch, a.steps, "bf16"))
+        runs["bare_bf16_cl"].append(bare_loop(create_model(a.model, 10), images, labels, a.batch, a.steps,
+                                              torch.bfloat16, True))
+        runs["bare_bf16"].append(bare_loop(create_model(a.model, 10), images, labels, a.batch, a.steps,
+                                           torch.bfloat16, False))
+        runs["bare_fp32"].append(bare_loop(create_model(a.model, 10), images, labels, a.batch, a.steps, None, False))
+        print({k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    ratio = med["ours_bf16_cl"] / med["bare_bf16_cl"]
+    data = {"model": a.model, "batch": a.batch, "steps_per_run": a.steps, "repeats": a.repeats,
+            "images_per_s_median": med, "images_per_s_runs": runs, "ratio_vs_bare_loop": ratio,
+            "target_ratio": 0.95, "met": ratio >= 0.95, "bf16_cl_vs_fp32": med["bare_bf16_cl"] / med["bare_fp32"],
+            "bf16_vs_fp32": med["bare_bf16"] / med["bare_fp32"], "smoke": a.smoke}
+    table = ("| variant | images/s (median) |\n|---|---|\n"
+             + "".join(f"| {k} | {v:.0f} |\n" for k, v in med.items())
+             + f"\nratio_vs_bare_loop = {ratio:.3f} (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); "
+             f"bf16+channels_last vs fp32 = {data['bf16_cl_vs_fp32']:.2f}×\n")
+    write_results("train_throughput" + ("_smoke" if a.smoke else ""), data, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Compact CNN family `cnn-tiny` … `cnn-xl`: one design scaled by width (and, for l/xl, depth).
+
+The design is Keller Jordan's cifar10-airbench network (airbench94.py, 94% on CIFAR-10 in 3.8 A100-seconds):
+three stages of [conv3x3 → maxpool2 → BN → GELU → conv3x3 → BN → GELU], widths 64/256/256, a global max pool and a
+linear head whose output is scaled by 1/9. `cnn-m` is exactly those widths. Changes, and why:
+
+- Stem: a learned conv3x3 → BN → GELU (full resolution, no pooling) instead of airbench's 2x2 conv whose weights are
+  set by whitening the training patches, because a library model cannot assume access to the data at build time.
+- The second conv of a stage is an explicit residual branch, x = GELU(x + drop_path(BN(conv(x)))): airbench gets the
+  same identity-at-init by dirac-initialising the conv; the explicit form lets stochastic depth drop the branch.
+  `cnn-l`/`cnn-xl` use two convs in the branch, as airbench96 does (10 conv layers, 96% on CIFAR-10).
+- Pools use ceil_mode and the final pool is a global max, so any input from 8×8 up works (8 → 8/4/2/1).
+- BatchNorm weights are trainable and momentum is PyTorch's default (airbench96 dropped its custom momentum too).
+
+Sizes (params at 10 classes, forward GFLOPs per 32×32 image; CPU speed in benchmarks/results/model_speed.md):
+
+    name      widths        convs per branch   params   GFLOPs
+    cnn-tiny  16/64/64      1                  0.13 M   0.022
+    cnn-s     32/128/128    1                  0.50 M   0.087
+    cnn-m     64/256/256    1 (airbench94)     1.98 M   0.304
+    cnn-l     128/384/384   2                  7.42 M   1.049
+    cnn-xl    128/512/512   2 (airbench96)     12.73 M  1.587
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import FewLabelsModel, drop_path, drop_path_rates
+from .registry import register_model
+
+BN_EPS = 1e-12  # airbench's value: the BN statistics are fp32 even under bf16 autocast, so no underflow risk
+HEAD_SCALE = 1 / 9  # airbench: smaller initial logits and a smaller effective head learning rate train faster
+
+
+@dataclass(frozen=True)
+class CNNSize:
+    widths: tuple[int, int, int]
+    convs_per_branch: int  # convs inside each stage's residual branch (airbench94: 1, airbench96: 2)
+
+    @property
+    def stem_width(self) -> int:
+        return min(32, self.widths[0])
+
+
+CNN_SIZES: dict[str, CNNSize] = {
+    "cnn-tiny": CNNSize((16, 64, 64), 1),
+    "cnn-s": CNNSize((32, 128, 128), 1),
+    "cnn-m": CNNSize((64, 256, 256), 1),
+    "cnn-l": CNNSize((128, 384, 384), 2),
+    "cnn-xl": CNNSize((128, 512, 512), 2),
+}
+
+
+def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+
+
+def dirac_conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
+    """A conv whose first c_in filters start as the identity (airbench: an implicit residual, faster training)."""
+    conv = conv3x3(c_in, c_out)
+    with torch.no_grad():
+        nn.init.dirac_(conv.weight[: min(c_in, c_out)])
+    return conv
+
+
+def batch_norm(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
+
+
+class ScaledLinear(nn.Linear):
+    """Linear layer whose output is multiplied by a constant (airbench's Mul(1/9) after the head)."""
+
+    def __init__(self, in_features: int, out_features: int, scale: float = HEAD_SCALE) -> None:
+        super().__init__(in_features, out_features)
+        self.scale = scale
+        nn.init.zeros_(self.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias) * self.scale
+
+
+class Stem(nn.Module):
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.conv = conv3x3(c_in, c_out)
+        self.norm = batch_norm(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.norm(self.conv(x)))
+
+
+class ResidualBranch(nn.Module):
+    """x → GELU(x + drop_path(f(x))), f = [conv → BN] (→ GELU → conv → BN when convs == 2)."""
+
+    def __init__(self, channels: int, convs: int, drop_path_rate: float) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            if i > 0:
+                layers.append(nn.GELU())
+            layers += [conv3x3(channels, channels), batch_norm(channels)]
+        self.branch = nn.Sequential(*layers)
+        self.drop_path = drop_path(drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(x + self.drop_path(self.branch(x)))
+
+
+class Stage(nn.Module):
+    """conv3x3 → maxpool2 (halves H, W, rounding up) → BN → GELU → residual branch."""
+
+    def __init__(self, c_in: int, c_out: int, convs: int, drop_path_rate: float) -> None:
+        super().__init__()
+        self.conv = dirac_conv3x3(c_in, c_out)
+        self.pool = nn.MaxPool2d(2, ceil_mode=True)
+        self.norm = batch_norm(c_out)
+        self.residual = ResidualBranch(c_out, convs, drop_path_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Pool before BN as airbench does: BN and GELU then run on a quarter of the pixels.
+        return self.residual(F.gelu(self.norm(self.pool(self.conv(x)))))
+
+
+class CompactCNN(FewLabelsModel):
+    """The airbench-style CNN; see the module docstring."""
+
+    def __init__(self, size: CNNSize, num_classes: int, in_chans: int = 3, *, drop_rate: float = 0.0,
+                 drop_path_rate: float = 0.0) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.num_features = size.widths[-1]
+        self.stem = Stem(in_chans, size.stem_width)
+        rates = drop_path_rates(drop_path_rate, len(size.widths))
+        c_ins = (size.stem_width, *size.widths[:-1])
+        self.stages = nn.Sequential(*(Stage(c_in, c_out, size.convs_per_branch, rate)
+                                      for c_in, c_out, rate in zip(c_ins, size.widths, rates)))
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = self.make_head(num_classes)
+
+    def make_head(self, num_classes: int) -> nn.Module:
+        return ScaledLinear(self.num_features, num_classes)
+
+    def feature_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Maps after each stage: (N, w1, ⌈H/2⌉, ⌈W/2⌉), (N, w2, ⌈H/4⌉, ⌈W/4⌉), (N, w3, ⌈H/8⌉, ⌈W/8⌉)."""
+        x = self.stem(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        # Global max pool (N, C, h, w) → (N, C), as airbench's final MaxPool2d(3) over its 3×3 map.
+        return self.stages(self.stem(x)).amax(dim=(2, 3))
+
+    def depth_groups(self) -> list[tuple[str, ...]]:
+        return [("stem.",)] + [(f"stages.{i}.",) for i in range(len(self.stages))]
+
+
+def _make_factory(name: str, size: CNNSize):
+    def factory(num_classes: int, in_chans: int = 3, *, drop_rate: float = 0.0,
+                drop_path_rate: float = 0.0) -> CompactCNN:
+        return CompactCNN(size, num_classes, in_chans, drop_rate=drop_rate, drop_path_rate=drop_path_rate)
+
+    factory.__name__ = name.replace("-", "_")
+    factory.__doc__ = f"{name}: widths {size.widths}, {size.convs_per_branch} conv(s) per residual branch."
+    return factory
+
+
+for _name, _size in CNN_SIZES.items():
+    register_model(_name)(_make_factory(_name, _size))
