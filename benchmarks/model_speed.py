@@ -4,10 +4,13 @@ For each model: parameters, forward FLOPs per 32×32 image (torch.utils.flop_cou
 a training step costs about 3× this), and training images/s for batch 256 at 32×32 (forward + backward + SGD
 step, train mode) in fp32, under bf16 autocast, and under bf16 autocast with channels_last model and input.
 
-    .venv/bin/python benchmarks/model_speed.py            # all models, ~4 minutes on 2 cores
+    .venv/bin/python benchmarks/model_speed.py --threads 1   # all models, about 4 minutes
     .venv/bin/python benchmarks/model_speed.py --models cnn-m resnet20 --min-time 2
 
 Writes benchmarks/results/model_speed.json and .md. Needs nothing outside the repository (random data).
+The committed results use --threads 1 because the 2-core machine was shared with other jobs: there, two threads
+spend most of a bf16 step in oneDNN's AMX weight-gradient kernel (most likely its 2-thread reduction waiting
+for a descheduled thread), which made bf16 look no faster than fp32; with one thread the ranking is stable.
 """
 
 from __future__ import annotations
@@ -95,7 +98,7 @@ def contention_note(data: dict) -> str:
     cores = os.cpu_count() or 1
     if load <= cores:
         return ""
-    return (f"\nOther jobs shared the CPU during this run (1-minute load average up to {load:.1f} on {cores} cores): "
+    return (f"\n\nOther jobs shared the CPU during this run (1-minute load average up to {load:.1f} on {cores} cores): "
             f"these speeds are lower and noisier than on an idle machine; compare rows with each other.\n")
 
 
@@ -112,8 +115,7 @@ def write(data: dict, table_md: str) -> None:
         meta = (f"{data['date']}, {data['cpu']} ({data['cores']} cores, {data['config']['threads']} torch threads), "
                 f"torch {data['torch']}, commit {data['git_commit'][:10]}, load average "
                 f"{data['load_average_before'][0]:.1f} before / {data['load_average_after'][0]:.1f} after")
-        (RESULTS / "model_speed.md").write_text(f"# Model speed\n\n`{data['command']}`\n\n{meta}\n\n{table_md}\n"
-                                                f"{contention_note(data)}")
+        (RESULTS / "model_speed.md").write_text(f"# Model speed\n\n`{data['command']}`\n\n{meta}\n\n{table_md}\n")
         return
     write_results("model_speed", {**data, "machine": machine_info()}, table_md)
 
@@ -149,8 +151,9 @@ def main() -> None:
             # Load averages (1, 5, 15 min) show whether other jobs shared the CPU during the run.
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "results": rows}
-    write(data, table(rows))
-    print(table(rows))
+    table_md = table(rows) + contention_note(data)
+    write(data, table_md)
+    print(table_md)
 
 
 if __name__ == "__main__":

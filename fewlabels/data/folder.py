@@ -346,7 +346,7 @@ def _run_chunks(pool: Executor | None, fn: Callable[[list[str]], Any], paths: Se
     """fn over consecutive chunks of paths, in the pool's processes or here; yields the results in order."""
     chunks = [list(paths[i:i + size]) for i in range(0, len(paths), size)]
     results = map(fn, chunks) if pool is None else pool.map(fn, chunks)
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar:
         for chunk, result in zip(chunks, results):
             yield result
             bar.update(len(chunk))

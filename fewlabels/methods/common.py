@@ -58,8 +58,8 @@ NO_FLIP_SOURCES = ("digits", "mnist", "svhn")  # a mirrored digit is not the sam
 def train_config(cfg: Any, ds: Dataset, **changes: Any) -> TrainConfig:
     """The TrainConfig part of a command's options, with hflip resolved for the dataset."""
     tc = pick(cfg, TrainConfig)
-    if tc.hflip is None:
-        tc = dataclasses.replace(tc, hflip=ds.name not in NO_FLIP_SOURCES)
+    if tc.hflip is None:  # by the source name the user gave: an image folder named "mnist" is still a folder
+        tc = dataclasses.replace(tc, hflip=getattr(cfg, "data", ds.name) not in NO_FLIP_SOURCES)
     return dataclasses.replace(tc, **changes) if changes else tc
 
 

@@ -36,7 +36,7 @@ def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[st
     ds = load_dataset(cfg.data, root=cfg.data_root)
     n = len(ds.train)
     idx = torch.linspace(0, n - 1, min(cfg.images, n)).long()
-    hflip = cfg.hflip if cfg.hflip is not None else ds.name not in NO_FLIP_SOURCES
+    hflip = cfg.hflip if cfg.hflip is not None else cfg.data not in NO_FLIP_SOURCES
     aug = build_augment(cfg.preset, image_size=ds.train.images.shape[-1], ra_num_ops=cfg.ra_num_ops,
                         ra_magnitude=cfg.ra_magnitude, hflip=hflip)
     path = preview_grid(ds.train.images[idx], aug, cfg.views, Path(cfg.out), seed=cfg.seed)

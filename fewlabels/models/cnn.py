@@ -9,7 +9,7 @@ linear head whose output is scaled by 1/9. `cnn-m` is exactly those widths. Chan
 - The second conv of a stage is an explicit residual branch, x = GELU(x + drop_path(BN(conv(x)))): airbench gets the
   same identity-at-init by dirac-initialising the conv; the explicit form lets stochastic depth drop the branch.
   `cnn-l`/`cnn-xl` use two convs in the branch, as airbench96 does (10 conv layers, 96% on CIFAR-10).
-- Pools use ceil_mode and the final pool is a global max, so any input from 8×8 up works (8 → 8/4/2/1).
+- Pools use ceil_mode and the final pool is a global max, so any input from 8×8 up works (8×8 ends as 1×1).
 - BatchNorm weights are trainable and momentum is PyTorch's default (airbench96 dropped its custom momentum too).
 
 Sizes (params at 10 classes, forward GFLOPs per 32×32 image; CPU speed in benchmarks/results/model_speed.md):
@@ -33,7 +33,7 @@ from torch import nn
 from .base import FewLabelsModel, drop_path, drop_path_rates
 from .registry import register_model
 
-BN_EPS = 1e-12  # airbench's value: the BN statistics are fp32 even under bf16 autocast, so no underflow risk
+BN_EPS = 1e-12  # airbench's value (PyTorch: 1e-5); a zero-variance channel still gives 0, not inf
 HEAD_SCALE = 1 / 9  # airbench: smaller initial logits and a smaller effective head learning rate train faster
 
 
