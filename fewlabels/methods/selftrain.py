@@ -117,6 +117,10 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     models = cfg.student_models or [cfg.teacher_model]
     for r in range(1, cfg.rounds + 1):
         rdir = run_dir / f"round{r}"
+        name = models[min(r - 1, len(models) - 1)]
+        if (rdir / "results.json").is_file():  # finished before an interruption: no need to label the pool again
+            rows.append(run_round(r, name, labelled, base, 0.0, 0.0, {}))
+            continue
         teacher, tmeta = load_model(run_dir / f"round{r - 1}", device)
         t0 = time.perf_counter()
         pl = label_pool(teacher, tmeta, pool, hard=not cfg.soft, temperature=cfg.temperature,
@@ -131,7 +135,6 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         del teacher
         train = _student_trainset(labelled, pool.images, pl.probs, pl.indices)
         scfg = replace(base, epochs=cfg.student_epochs, augment=cfg.student_augment)
-        name = models[min(r - 1, len(models) - 1)]
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
                                "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)}))
