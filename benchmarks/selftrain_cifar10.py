@@ -33,6 +33,8 @@ def main() -> None:
     ap.add_argument("--soft", action="store_true")
     ap.add_argument("--threshold", type=float, default=0.5)
     ap.add_argument("--finetune-epochs", type=int, default=0)
+    ap.add_argument("--min-steps-per-epoch", type=int, default=0,
+                    help="with tiny label budgets, give the round-0 teacher at least this many steps per epoch")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
@@ -46,7 +48,8 @@ def main() -> None:
                 student_epochs=a.student_epochs, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=1,
                 teacher_augment="weak", student_augment=a.student_augment, student_drop_rate=a.drop_rate,
                 student_drop_path_rate=a.drop_path_rate, soft=a.soft, finetune_epochs=a.finetune_epochs,
-                threshold=a.threshold, balance=True, unlabelled_ratio=3.0, min_steps_per_epoch=0, seed=0, split_seed=0,
+                threshold=a.threshold, balance=True, unlabelled_ratio=3.0, min_steps_per_epoch=a.min_steps_per_epoch,
+                seed=0, split_seed=0,
                 eval_every=5, out=str(out), quiet=True)
     t0 = time.perf_counter()
     res = selftrain(**opts)
