@@ -25,9 +25,9 @@ from _common import write_results
 from _shared_data import shared_weights, unpacked
 
 from fewlabels.data import load_dataset
+from fewlabels.engine.checkpoint import load_model
 from fewlabels.methods.distill import compression_report, distill
 from fewlabels.methods.supervised import train
-from fewlabels.train.checkpoint import load_model
 
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])  # the shared ResNets' normalisation
 

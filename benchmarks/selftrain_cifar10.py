@@ -58,9 +58,10 @@ def main() -> None:
     sup, last = rounds[0]["test_acc"], rounds[-1]["test_acc"]
     data_out = {"labels": a.labels_per_class * 10, "supervised_only": sup,
                 "rounds": [r["test_acc"] for r in rounds], "total_minutes": total, "table": rounds,
-                "targets": {"gain_points": 6, "accuracy": 0.88, "minutes": 60},
-                "met": {"gain": (last - sup) * 100 >= 6, "accuracy": last >= 0.88, "minutes": total <= 60},
                 "options": opts, "smoke": a.smoke}
+    if a.labels_per_class == 400:  # the targets are stated for the 4,000-label run
+        data_out["targets"] = {"gain_points": 6, "accuracy": 0.88, "minutes": 60}
+        data_out["met"] = {"gain": (last - sup) * 100 >= 6, "accuracy": last >= 0.88, "minutes": total <= 60}
     table = ((out / "rounds.md").read_text()
              + f"\nsupervised only {sup:.4f} → last round {last:.4f} ({(last - sup) * 100:+.1f} points), "
                f"{total:.1f} minutes in all\n")

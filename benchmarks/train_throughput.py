@@ -19,11 +19,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
+from fewlabels.engine.config import TrainConfig  # noqa: E402
+from fewlabels.engine.loop import TrainSet, fit  # noqa: E402
 from fewlabels.eval import normalize, stats_tensors  # noqa: E402
 from fewlabels.losses import smooth_one_hot, soft_cross_entropy  # noqa: E402
 from fewlabels.models import create_model  # noqa: E402
-from fewlabels.train.config import TrainConfig  # noqa: E402
-from fewlabels.train.loop import TrainSet, fit  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 

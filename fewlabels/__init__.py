@@ -1,7 +1,9 @@
 """fewlabels: train accurate image classifiers when labels are scarce.
 
 The Python API mirrors the command line: each command is a function taking the same options as keyword arguments,
-e.g. `fewlabels.train(data="digits", model="cnn-s", labels_per_class=5, epochs=20)`. Functions are imported on
+e.g. `fewlabels.train(data="digits", model="cnn-s", labels_per_class=5, epochs=20)` or
+`fewlabels.selftrain(data="digits", labels_per_class=5, rounds=2)`. The training engine lives in `fewlabels.engine`
+(not `fewlabels.train`, which would shadow the function). Functions are imported on
 first use, so `import fewlabels` stays light.
 """
 
@@ -18,15 +20,22 @@ _API = {
     "train": "fewlabels.methods.supervised",
     "evaluate": "fewlabels.methods.supervised",
     "predict": "fewlabels.methods.supervised",
+    "pseudolabel": "fewlabels.methods.pseudolabel",
+    "selftrain": "fewlabels.methods.selftrain",
+    "distill": "fewlabels.methods.distill",
+    "transfer": "fewlabels.methods.transfer",
+    "augment_preview": "fewlabels.methods.preview",
+    "probe_equivariance": "fewlabels.methods.probes",
+    "probe_fc_vs_cnn": "fewlabels.methods.probes",
     "load_dataset": "fewlabels.data",
     "make_split": "fewlabels.data",
     "ImageSet": "fewlabels.data",
     "create_model": "fewlabels.models",
     "list_models": "fewlabels.models",
-    "load_model": "fewlabels.train.checkpoint",
-    "fit": "fewlabels.train.loop",
-    "TrainConfig": "fewlabels.train.config",
-    "TrainSet": "fewlabels.train.loop",
+    "load_model": "fewlabels.engine.checkpoint",
+    "fit": "fewlabels.engine.loop",
+    "TrainConfig": "fewlabels.engine.config",
+    "TrainSet": "fewlabels.engine.loop",
     "soft_cross_entropy": "fewlabels.losses",
     "kd_loss": "fewlabels.losses",
 }

@@ -146,3 +146,19 @@ def test_help_lists_commands(capsys):
     for c in ["train", "evaluate", "predict", "selftrain", "pseudolabel", "distill", "transfer"]:
         assert c in out
     assert Path(__file__).exists()
+
+
+def test_api_functions_survive_submodule_imports():
+    """`fewlabels.train` etc. stay the command functions after the training engine's modules are imported (a
+    subpackage of the same name would replace the attribute on first import)."""
+    import importlib
+
+    import fewlabels
+
+    for mod in ("fewlabels.engine.loop", "fewlabels.engine.checkpoint", "fewlabels.methods.supervised",
+                "fewlabels.models", "fewlabels.data", "fewlabels.losses"):
+        importlib.import_module(mod)
+    for name in ("train", "evaluate", "predict", "pseudolabel", "selftrain", "distill", "transfer", "augment_preview",
+                 "probe_equivariance", "probe_fc_vs_cnn", "fit", "load_model", "create_model", "load_dataset"):
+        assert callable(getattr(fewlabels, name)), name
+    assert fewlabels.train.__module__ == "fewlabels.methods.supervised"

@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 
+from fewlabels.engine.config import TrainConfig
+from fewlabels.engine.optim import build_optimizer
 from fewlabels.errors import FewLabelsError
 from fewlabels.losses import kd_loss
 from fewlabels.methods.distill import DistillLoss, distill, distill_loss
@@ -13,8 +15,6 @@ from fewlabels.methods.selftrain import selftrain
 from fewlabels.methods.supervised import train
 from fewlabels.methods.transfer import lr_scales, transfer
 from fewlabels.models import create_model
-from fewlabels.train.config import TrainConfig
-from fewlabels.train.optim import build_optimizer
 
 COMMON = {"data": "digits", "hflip": False, "quiet": True, "batch_size": 64}
 
@@ -94,7 +94,7 @@ def teacher_run(tmp_path_factory):
 
 
 def test_distill_keeps_teacher_frozen_and_uses_unlabelled(teacher_run, tmp_path):
-    from fewlabels.train.checkpoint import load_model
+    from fewlabels.engine.checkpoint import load_model
     teacher, _ = load_model(teacher_run)
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     seen_modes = []
@@ -185,7 +185,7 @@ def test_layerwise_learning_rates_in_optimizer():
 
 
 def test_probe_leaves_backbone_unchanged(teacher_run, tmp_path):
-    from fewlabels.train.checkpoint import load_model
+    from fewlabels.engine.checkpoint import load_model
     src, _ = load_model(teacher_run)
     r = transfer(mode="probe", pretrained=str(teacher_run), out=str(tmp_path / "p"), model="cnn-tiny",
                  labels_per_class=10, probe_epochs=20, **COMMON)

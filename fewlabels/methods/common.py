@@ -12,10 +12,10 @@ import torch
 
 from ..config import opt, pick, to_yaml
 from ..data import Dataset, ImageSet, Split, load_dataset, make_split
+from ..engine.config import TrainConfig
+from ..engine.loop import TrainSet
 from ..errors import FewLabelsError
 from ..losses import smooth_one_hot
-from ..train.config import TrainConfig
-from ..train.loop import TrainSet
 from ..utils import atomic_write_text, environment_info, seed_everything, write_json
 
 

@@ -24,12 +24,12 @@ import torch
 from torch import nn
 
 from ..config import opt, resolve
+from ..engine.checkpoint import load_model
+from ..engine.config import TrainConfig
+from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
-from ..train.checkpoint import load_model
-from ..train.config import TrainConfig
-from ..train.loop import TrainSet, fit
 from ..utils import autocast, pick_device, pick_dtype, write_json
 from .common import (
     DataConfig,

@@ -16,14 +16,14 @@ import yaml
 
 from ..config import opt, pick, resolve
 from ..data import load_dataset
+from ..engine.checkpoint import find_checkpoint, load_model
+from ..engine.config import TrainConfig
+from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, predict_logits
 from ..losses import smooth_one_hot
 from ..probes.equivariance import equivariance_markdown, equivariance_probe, plot_equivariance
 from ..probes.fc_vs_cnn import CONDITIONS, conditions, fc_vs_cnn_markdown, matched_pair, plot_fc_vs_cnn
-from ..train.checkpoint import find_checkpoint, load_model
-from ..train.config import TrainConfig
-from ..train.loop import TrainSet, fit
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import DataConfig, RunConfig, check_classes, prepare_data, run_folder, save_config, val_set
 

@@ -17,9 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from ..config import opt, resolve
 from ..data.imageset import ImageSet
+from ..engine.checkpoint import load_model
 from ..errors import FewLabelsError
 from ..eval import predict_logits
-from ..train.checkpoint import load_model
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import DataConfig, RunConfig, check_classes, prepare_data, run_folder, save_config
 

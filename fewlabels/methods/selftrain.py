@@ -19,11 +19,11 @@ from typing import Any
 import torch
 
 from ..config import opt, resolve
+from ..engine.checkpoint import load_model
+from ..engine.config import TrainConfig
+from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..losses import smooth_one_hot
-from ..train.checkpoint import load_model
-from ..train.config import TrainConfig
-from ..train.loop import TrainSet, fit
 from ..utils import pick_device, write_json
 from .common import (
     DataConfig,

@@ -14,11 +14,11 @@ import torch
 
 from ..config import opt, resolve
 from ..data import Split, load_dataset
+from ..engine.checkpoint import load_model
+from ..engine.config import TrainConfig
+from ..engine.loop import fit
 from ..errors import FewLabelsError
 from ..eval import classification_report, predict_logits
-from ..train.checkpoint import load_model
-from ..train.config import TrainConfig
-from ..train.loop import fit
 from ..utils import pick_device, pick_dtype, write_json
 from .common import (
     DataConfig,

@@ -21,11 +21,11 @@ from torch import nn
 
 from ..config import opt, pick, resolve
 from ..data.imageset import ImageSet
+from ..engine.checkpoint import read_meta, save_checkpoint
+from ..engine.config import TrainConfig
+from ..engine.loop import fit
 from ..errors import FewLabelsError
 from ..eval import normalize, stats_tensors
-from ..train.checkpoint import read_meta, save_checkpoint
-from ..train.config import TrainConfig
-from ..train.loop import fit
 from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
 from .common import (
     DataConfig,
