@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/fewlabels selftrain --data digits --labels-per-class 5 --student-epochs 12 --out runs/demo-digits "$@"
+exec .venv/bin/fewlabels selftrain --data digits --labels-per-class 5 --student-models cnn-s,cnn-s --student-epochs 12 --out runs/demo-digits "$@"
