@@ -69,6 +69,30 @@ def test_distill_loss_unlabelled_rows_get_only_kd():
     assert torch.allclose(distill_loss(s, t, y, has, alpha=1.0, temperature=3.0), kd_loss(s, t, 3.0))
 
 
+def test_kd_loss_matches_a_numpy_reference():
+    """kd_loss = T² · mean over images of Σ_k p_t,k (log p_t,k − log p_s,k), recomputed in float64 NumPy; bf16 logits
+    (as under autocast) are promoted to fp32 before the softmax."""
+    import numpy as np
+
+    torch.manual_seed(2)
+    s, t = torch.randn(5, 7) * 3, torch.randn(5, 7) * 3
+
+    def log_softmax(z):
+        z = z - z.max(1, keepdims=True)
+        return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+    for temp in (1.0, 4.0, 10.0):
+        ls, lt = log_softmax(s.double().numpy() / temp), log_softmax(t.double().numpy() / temp)
+        ref = temp**2 * (np.exp(lt) * (lt - ls)).sum(1).mean()
+        assert abs(kd_loss(s, t, temp).item() - ref) < 1e-5 * max(1.0, ref), temp
+        out = kd_loss(s.bfloat16(), t.bfloat16(), temp)
+        assert out.dtype == torch.float32
+        sb, tb = s.bfloat16().double().numpy(), t.bfloat16().double().numpy()
+        lsb, ltb = log_softmax(sb / temp), log_softmax(tb / temp)
+        ref_b = temp**2 * (np.exp(ltb) * (ltb - lsb)).sum(1).mean()
+        assert abs(out.item() - ref_b) < 1e-4 * max(1.0, ref_b), temp
+
+
 def test_kd_gradient_scale_is_about_constant_in_T():
     """Hinton et al.: with the T² factor the gradient tends to (z_s − z_t)/(K·N) for large T, independent of T."""
     torch.manual_seed(1)
