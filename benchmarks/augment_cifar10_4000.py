@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/augment_cifar10_4000.py [--model cnn-s] [--epochs 40] [--presets weak,strong] [--smoke]
 
 Writes benchmarks/results/augment_cifar10_4000.{json,md}; with --epochs other than 40 (e.g. 120, to see whether the
-stronger presets catch up with a longer schedule) the name gets an `_e<epochs>` suffix.
+stronger presets catch up with a longer schedule) the name gets an `_e<epochs>` suffix, and a subset of presets adds
+their names (so two subsets can run side by side, one torch thread each).
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def main() -> None:
              + "\nstrong = weak + RandAugment(2, 9) + Cutout(16); CutMix with probability 1. Stronger augmentation "
                "is a regulariser: it pays off only once the schedule is long enough to fit the harder views (see the "
                "final train losses).\n")
-    name = "augment_cifar10_4000" + (f"_e{a.epochs}" if a.epochs != 40 else "") + ("_smoke" if a.smoke else "")
+    name = ("augment_cifar10_4000" + (f"_e{a.epochs}" if a.epochs != 40 else "")
+            + ("" if list(rows) == list(VARIANTS) else "_" + "-".join(rows)) + ("_smoke" if a.smoke else ""))
     write_results(name, data_out, table)
     print(table)
 
