@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--lr", type=float, default=0.4)
     ap.add_argument("--label-smoothing", type=float, default=0.2)
+    ap.add_argument("--padding", type=int, default=None, help="pad-crop range (default: image size // 8 = 4)")
+    ap.add_argument("--alternating-flip", action="store_true", help="airbench's alternating flip")
     ap.add_argument("--out", default="runs/bench-cifar10-supervised")
     ap.add_argument("--smoke", action="store_true", help="1 epoch on 2,000 labels: checks the script, not the claim")
     a = ap.parse_args()
@@ -37,7 +39,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     opts = dict(data=str(data), model=a.model, epochs=1 if a.smoke else a.epochs, batch_size=a.batch_size, lr=a.lr,
                 label_smoothing=a.label_smoothing, val=0, augment="weak", schedule="onecycle", warmup_epochs=2,
-                weight_decay=5e-4, tta_flip=True, out=str(out), labels=2000 if a.smoke else None)
+                weight_decay=5e-4, tta_flip=True, out=str(out), labels=2000 if a.smoke else None,
+                padding=a.padding, alternating_flip=a.alternating_flip)
     t0 = time.perf_counter()
     res = fewlabels.train(**opts)
     wall = (time.perf_counter() - t0) / 60

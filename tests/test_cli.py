@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from fewlabels.cli import main
@@ -162,3 +163,41 @@ def test_api_functions_survive_submodule_imports():
                  "probe_equivariance", "probe_fc_vs_cnn", "fit", "load_model", "create_model", "load_dataset"):
         assert callable(getattr(fewlabels, name)), name
     assert fewlabels.train.__module__ == "fewlabels.methods.supervised"
+
+
+def test_train_passes_augmentation_options_and_dataset_indices(tmp_path, monkeypatch):
+    """--padding, --cutout and --alternating-flip reach the augmentation pipeline, and the loop gives it each batch's
+    dataset indices (which the alternating flip needs: every image is seen both ways in two consecutive epochs)."""
+    import yaml
+
+    import fewlabels.augment as A
+
+    built, calls = [], []
+    real = A.build_augment
+
+    def spy(*args, **kwargs):
+        aug = real(*args, **kwargs)
+        built.append(aug)
+        orig_call = aug.__class__.__call__
+
+        class Recorder(aug.__class__):
+            def __call__(self, x, generator=None, epoch=0, index=None):
+                calls.append((epoch, None if index is None else index.clone()))
+                return orig_call(self, x, generator=generator, epoch=epoch, index=index)
+
+        aug.__class__ = Recorder
+        return aug
+
+    monkeypatch.setattr(A, "build_augment", spy)
+    run = tmp_path / "r"
+    args = ["train", "--data", "digits", "--out", run, "--epochs", "2", "--batch-size", "50", "--model", "cnn-tiny",
+            "--labels-per-class", "10", "--augment", "strong", "--padding", "1", "--cutout", "3",
+            "--alternating-flip", "--hflip", "true", "--quiet"]
+    assert main([str(a) for a in args]) == 0
+    aug = built[0]
+    assert (aug.padding, aug.cutout, aug.alternating_flip, aug.hflip) == (1, 3, True, True)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["padding"] == 1 and cfg["cutout"] == 3 and cfg["alternating_flip"] is True
+    assert calls and all(idx is not None for _, idx in calls)
+    seen = {e: torch.cat([idx for ep, idx in calls if ep == e]).sort().values for e in (0, 1)}
+    assert torch.equal(seen[0], seen[1]) and seen[0].numel() == 100  # every labelled image once per epoch

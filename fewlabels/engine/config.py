@@ -27,6 +27,11 @@ class TrainConfig:
                        choices=("none", "weak", "strong"))
     hflip: bool | None = opt(None, "random horizontal flips; default: on, except for digit sets (digits, mnist, svhn) "
                              "where a mirror image is not the same class")
+    padding: int | None = opt(None, "pad-and-crop translation range in pixels for weak/strong (default: image "
+                              "size // 8)")
+    alternating_flip: bool = opt(False, "airbench's alternating flip: a random half of the images is mirrored in even "
+                                 "epochs and the other half in odd ones, instead of a coin per image and epoch")
+    cutout: int | None = opt(None, "Cutout side in pixels for the strong preset (default: image size // 2; 0 = off)")
     ra_magnitude: float = opt(9.0, "RandAugment magnitude M (0-10) for the strong preset")
     ra_num_ops: int = opt(2, "RandAugment ops per image for the strong preset")
     mixup: float = opt(0.0, "MixUp Beta(α, α); 0 = off")

@@ -143,7 +143,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     mean, std = stats_tensors(*norm, device)
     _, _, h, w = images.shape
     augment = build_augment(cfg.augment, image_size=h, ra_num_ops=cfg.ra_num_ops, ra_magnitude=cfg.ra_magnitude,
-                            hflip=cfg.hflip is not False)
+                            hflip=cfg.hflip is not False, padding=cfg.padding, cutout=cfg.cutout,
+                            alternating_flip=cfg.alternating_flip)
     mixer = (Mixer(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, per_image=cfg.mix_per_image)
              if cfg.mixup > 0 or cfg.cutmix > 0 else None)
 
@@ -189,7 +190,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             step = epoch * steps_per_epoch + i
             set_lr(opt, cfg.lr, lr_factor(step, total_steps, warmup, cfg.schedule))
             idx = idx.to(device)
-            xb = augment(images[idx], generator=g, epoch=epoch)  # (B, C, H, W) uint8
+            xb = augment(images[idx], generator=g, epoch=epoch, index=idx)  # (B, C, H, W) uint8
             x = normalize(xb, mean, std, cfg.channels_last)
             y, hl = targets[idx], has_label[idx]
             if mixer is not None:
