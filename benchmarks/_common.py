@@ -66,8 +66,26 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+def _portable(obj: Any) -> Any:
+    """Paths in results as a reader can use them: the home folder as ~, the repository as ."""
+    if isinstance(obj, dict):
+        return {k: _portable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_portable(v) for v in obj]
+    if isinstance(obj, Path):
+        obj = str(obj)
+    if isinstance(obj, str):
+        repo = str(RESULTS.parents[1])
+        return obj.replace(repo + "/", "").replace(repo, ".").replace(str(Path.home()), "~")
+    return obj
+
+
 def write_results(name: str, data: dict[str, Any], table_md: str) -> tuple[Path, Path]:
-    """Write results/NAME.json (data + metadata) and results/NAME.md (a metadata header + table_md)."""
+    """Write results/NAME.json (data + metadata) and results/NAME.md (a metadata header + table_md).
+
+    Absolute paths in data are written relative to the repository or the home folder (see _portable)."""
+    data = _portable(data)
+    table_md = _portable(table_md)
     meta = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
