@@ -170,34 +170,25 @@ def test_train_passes_augmentation_options_and_dataset_indices(tmp_path, monkeyp
     dataset indices (which the alternating flip needs: every image is seen both ways in two consecutive epochs)."""
     import yaml
 
-    import fewlabels.augment as A
+    from fewlabels.augment import Augment
 
-    built, calls = [], []
-    real = A.build_augment
+    calls = []
+    real_call = Augment.__call__
 
-    def spy(*args, **kwargs):
-        aug = real(*args, **kwargs)
-        built.append(aug)
-        orig_call = aug.__class__.__call__
+    def recording_call(self, x, generator=None, epoch=0, index=None):
+        calls.append((self, epoch, None if index is None else index.clone()))
+        return real_call(self, x, generator=generator, epoch=epoch, index=index)
 
-        class Recorder(aug.__class__):
-            def __call__(self, x, generator=None, epoch=0, index=None):
-                calls.append((epoch, None if index is None else index.clone()))
-                return orig_call(self, x, generator=generator, epoch=epoch, index=index)
-
-        aug.__class__ = Recorder
-        return aug
-
-    monkeypatch.setattr(A, "build_augment", spy)
+    monkeypatch.setattr(Augment, "__call__", recording_call)
     run = tmp_path / "r"
     args = ["train", "--data", "digits", "--out", run, "--epochs", "2", "--batch-size", "50", "--model", "cnn-tiny",
             "--labels-per-class", "10", "--augment", "strong", "--padding", "1", "--cutout", "3",
             "--alternating-flip", "--hflip", "true", "--quiet"]
     assert main([str(a) for a in args]) == 0
-    aug = built[0]
+    aug = calls[0][0]
     assert (aug.padding, aug.cutout, aug.alternating_flip, aug.hflip) == (1, 3, True, True)
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["padding"] == 1 and cfg["cutout"] == 3 and cfg["alternating_flip"] is True
-    assert calls and all(idx is not None for _, idx in calls)
-    seen = {e: torch.cat([idx for ep, idx in calls if ep == e]).sort().values for e in (0, 1)}
+    assert calls and all(idx is not None for _, _, idx in calls)
+    seen = {e: torch.cat([idx for _, ep, idx in calls if ep == e]).sort().values for e in (0, 1)}
     assert torch.equal(seen[0], seen[1]) and seen[0].numel() == 100  # every labelled image once per epoch

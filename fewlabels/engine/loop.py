@@ -189,8 +189,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         for i, idx in enumerate(batches):
             step = epoch * steps_per_epoch + i
             set_lr(opt, cfg.lr, lr_factor(step, total_steps, warmup, cfg.schedule))
-            idx = idx.to(device)
-            xb = augment(images[idx], generator=g, epoch=epoch, index=idx)  # (B, C, H, W) uint8
+            idx_cpu, idx = idx, idx.to(device)  # the alternating flip hashes CPU indices: no device round trip
+            xb = augment(images[idx], generator=g, epoch=epoch, index=idx_cpu)  # (B, C, H, W) uint8
             x = normalize(xb, mean, std, cfg.channels_last)
             y, hl = targets[idx], has_label[idx]
             if mixer is not None:
