@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .utils import autocast
@@ -25,10 +26,12 @@ def stats_tensors(mean: Sequence[float], std: Sequence[float], device: torch.dev
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                    batch_size: int = 1024, device: torch.device | None = None, dtype: torch.dtype | None = None,
-                   tta_flip: bool = False, channels_last: bool = True) -> torch.Tensor:
+                   tta_flip: bool = False, tta_translate: int = 0, channels_last: bool = True) -> torch.Tensor:
     """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W), in eval mode, large batches, autocast.
 
-    With tta_flip the logits of the image and its mirror are averaged.
+    With tta_flip the logits of the image and its mirror are averaged. With tta_translate = t > 0 (airbench's
+    multi-crop TTA) the result is 1/2 · (unshifted) + 1/4 · (shifted by (-t, -t)) + 1/4 · (shifted by (+t, +t)),
+    each view with its mirror when tta_flip is on; the shifts pad by reflection.
     """
     device = device or next(model.parameters()).device
     was_training = model.training
@@ -38,12 +41,26 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
     for i in range(0, images.shape[0], batch_size):
         x = normalize(images[i:i + batch_size].to(device, non_blocking=True), m, s, channels_last)
         with autocast(device, dtype):
-            z = model(x).float()
-            if tta_flip:
-                z = 0.5 * (z + model(x.flip(3)).float())
+            z = _views(model, x, tta_flip)
+            if tta_translate > 0:
+                t = tta_translate
+                p = F.pad(x, (t, t, t, t), mode="reflect")
+                h, w = x.shape[2:]
+                shifted = [p[:, :, :h, :w], p[:, :, 2 * t:, 2 * t:]]
+                z = 0.5 * z + 0.25 * sum(_views(model, v.contiguous(memory_format=_fmt(x)), tta_flip)
+                                         for v in shifted)
         out.append(z.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _fmt(x: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def _views(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
+    z = model(x).float()
+    return 0.5 * (z + model(x.flip(3)).float()) if flip else z
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

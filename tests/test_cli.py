@@ -192,3 +192,41 @@ def test_train_passes_augmentation_options_and_dataset_indices(tmp_path, monkeyp
     assert calls and all(idx is not None for _, _, idx in calls)
     seen = {e: torch.cat([idx for _, ep, idx in calls if ep == e]).sort().values for e in (0, 1)}
     assert torch.equal(seen[0], seen[1]) and seen[0].numel() == 100  # every labelled image once per epoch
+
+
+def test_train_whiten_stem_and_translate_tta(tmp_path, monkeypatch):
+    """--whiten-stem runs the model's data-dependent init once, on normalised training images, before the first
+    step; --tta-translate reaches every evaluation; evaluate takes --tta-translate too."""
+    import yaml
+
+    from fewlabels.models.cnn import CompactCNN
+
+    seen_init, seen_tta = [], []
+    real_init = CompactCNN.init_from_data
+
+    def recording_init(self, x):
+        seen_init.append((x.shape, x.dtype, float(x.mean()), float(x.std())))
+        return real_init(self, x)
+
+    import fewlabels.engine.loop as loop
+
+    real_predict = loop.predict_logits
+
+    def recording_predict(*args, **kw):
+        seen_tta.append(kw.get("tta_translate"))
+        return real_predict(*args, **kw)
+
+    monkeypatch.setattr(CompactCNN, "init_from_data", recording_init)
+    monkeypatch.setattr(loop, "predict_logits", recording_predict)
+    run = tmp_path / "r"
+    args = ["train", "--data", "digits", "--out", run, "--epochs", "2", "--batch-size", "50", "--model", "cnn-tiny",
+            "--labels-per-class", "10", "--whiten-stem", "--tta-translate", "1", "--quiet"]
+    assert main([str(a) for a in args]) == 0
+    assert len(seen_init) == 1
+    shape, dtype, mean, std = seen_init[0]
+    assert shape[0] == 100 and dtype == torch.float32 and abs(mean) < 0.5 and 0.5 < std < 2  # normalised
+    assert seen_tta and all(t == 1 for t in seen_tta)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["whiten_stem"] is True and cfg["tta_translate"] == 1
+    out = tmp_path / "e.json"
+    assert main(["evaluate", str(run), "--data", "digits", "--tta-translate", "1", "--out", str(out)]) == 0

@@ -364,3 +364,37 @@ def test_shared_resnet20_loads_strictly():
     with torch.no_grad():
         logits = model(torch.randn(8, 3, 32, 32))
     assert logits.shape == (8, 10) and torch.isfinite(logits).all()
+
+
+def test_patch_whitening_init_decorrelates_the_stem():
+    """init_from_data sets the stem to ± whitening filters: on correlated data the stem's first half of channels
+    comes out with unit variance and no correlation (interior pixels, where no padding is involved)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 16, 16, generator=g) * torch.tensor([1.0, 3.0, 0.3]).view(1, 3, 1, 1)
+    x = x + 0.8 * x.roll(1, 3) + 0.5 * x.roll(1, 2) + 0.7 * x[:, :1]  # correlated across pixels and channels
+    m = build("cnn-s")
+    assert m.init_from_data(x)
+    w = m.stem.conv.weight
+    half = w.shape[0] // 2
+    assert torch.allclose(w[:half], -w[half:])
+    y = m.stem.conv(x)[:, :half, 1:-1, 1:-1].permute(0, 2, 3, 1).reshape(-1, half)
+    cov = torch.cov(y.T.double())
+    assert torch.allclose(cov.diagonal(), torch.ones(half, dtype=torch.float64), atol=0.05)
+    assert (cov - torch.diag(cov.diagonal())).abs().max() < 0.05
+    assert not build("mlp").init_from_data(x)  # no data-dependent init: says so instead of pretending
+
+
+def test_translate_tta_averages_shifted_views():
+    """predict_logits(tta_translate=1) = ½·plain + ¼·(shift one way) + ¼·(shift the other way), reflect-padded."""
+    from fewlabels.eval import predict_logits
+
+    m = build("cnn-tiny").eval()
+    x = torch.randint(0, 256, (6, 3, 12, 12), dtype=torch.uint8)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    kw = dict(dtype=None, channels_last=False)
+    got = predict_logits(m, x, mean, std, tta_translate=1, **kw)
+    p = torch.nn.functional.pad(x.float(), (1, 1, 1, 1), mode="reflect").to(torch.uint8)
+    want = (0.5 * predict_logits(m, x, mean, std, **kw) + 0.25 * predict_logits(m, p[:, :, :12, :12], mean, std, **kw)
+            + 0.25 * predict_logits(m, p[:, :, 2:, 2:], mean, std, **kw))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(got, predict_logits(m, x, mean, std, **kw), atol=1e-4)

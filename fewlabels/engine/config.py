@@ -44,6 +44,10 @@ class TrainConfig:
                          choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
     tta_flip: bool = opt(False, "average predictions over the image and its mirror at evaluation")
+    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (airbench's multi-crop "
+                             "test-time augmentation: weight 1/2 unshifted, 1/4 each shift); 0 = off")
+    whiten_stem: bool = opt(False, "start the first conv from the data: patch-whitening filters computed on up to "
+                            "5,000 training images (airbench; compact CNNs only)")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
     seed: int = opt(0, "random seed (model init, batches, augmentation)")
     eval_batch_size: int = opt(1024, "images per step at evaluation")

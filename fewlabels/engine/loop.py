@@ -107,9 +107,20 @@ def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple, cfg: Tra
     out = {}
     for name, s in sets.items():
         logits = predict_logits(model, s.images, *norm, batch_size=cfg.eval_batch_size, device=device, dtype=dtype,
-                                tta_flip=cfg.tta_flip, channels_last=cfg.channels_last)
+                                tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate,
+                                channels_last=cfg.channels_last)
         out[f"{name}_acc"] = accuracy(logits, s.labels)
     return out
+
+
+def _init_from_data(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                    cfg: TrainConfig, log: Callable[[str], None]) -> None:
+    """The model's data-dependent initialisation (patch whitening) on up to 5,000 seeded training images."""
+    init = getattr(model, "init_from_data", None)
+    g = torch.Generator().manual_seed(cfg.seed)
+    pick = torch.randperm(images.shape[0], generator=g)[:5000].to(images.device)
+    if init is None or not init(normalize(images[pick], mean, std, channels_last=False)):
+        log(f"note: {type(model).__name__} has no data-dependent initialisation; whiten_stem is ignored")
 
 
 def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tuple[float, ...], tuple[float, ...]],
@@ -148,6 +159,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     mixer = (Mixer(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, per_image=cfg.mix_per_image)
              if cfg.mixup > 0 or cfg.cutmix > 0 else None)
 
+    if cfg.whiten_stem:
+        _init_from_data(model, images, mean, std, cfg, log)
     opt = build_optimizer(model, cfg, lr_scale)
     g0 = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(_batches(train, cfg.batch_size, cfg.unlabelled_ratio, g0, cfg.min_steps_per_epoch))

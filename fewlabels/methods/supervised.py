@@ -68,6 +68,7 @@ class EvaluateCommand(DataConfig):
     on: str = opt("test", "which images: test, val (the run's validation split) or train", choices=("test", "val",
                                                                                                       "train"))
     tta_flip: bool = opt(False, "average over the image and its mirror")
+    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)")
     device: str = opt("auto", "auto, cpu, cuda, ...")
     out: str | None = opt(None, "write the report as JSON here")
 
@@ -94,7 +95,8 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     else:
         s = ds.train
     logits = predict_logits(model, s.images, meta["mean"], meta["std"], device=device,
-                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip)
+                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
+                            tta_translate=cfg.tta_translate)
     report = classification_report(logits, s.labels, ds.train.classes)
     report.update({"model": cfg.model_path, "data": cfg.data, "on": cfg.on})
     if cfg.out:
@@ -112,6 +114,7 @@ class PredictCommand:
     format: str = opt("csv", "output format", choices=("csv", "json"))
     out: str | None = opt(None, "write here instead of standard output")
     tta_flip: bool = opt(False, "average over the image and its mirror")
+    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)")
     device: str = opt("auto", "auto, cpu, cuda, ...")
 
 
@@ -155,7 +158,8 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     size = tuple(meta["image_size"])
     images = torch.from_numpy(np.stack([_decode(f, meta["in_chans"], size) for f in files]))
     logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
-                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip)
+                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
+                            tta_translate=cfg.tta_translate)
     probs = logits.softmax(1)
     k = min(cfg.top_k, probs.shape[1])
     p, idx = probs.topk(k, dim=1)

@@ -116,6 +116,12 @@ class FewLabelsModel(nn.Module):
         setattr(self, self._head_attr, self.make_head(num_classes).to(device=old.device, dtype=old.dtype))
         self.num_classes = num_classes
 
+    def init_from_data(self, x: torch.Tensor) -> bool:
+        """Data-dependent initialisation from a sample of normalised training images (N, C, H, W).
+
+        Returns whether the model used it; the default does nothing (see CompactCNN's patch whitening)."""
+        return False
+
     def param_depths(self) -> dict[str, int]:
         """For each parameter name, its depth from the head (head 0, last stage 1, ..., stem max): for layer-wise
         learning-rate decay, lr_scale = decay ** depth."""

@@ -6,6 +6,9 @@ linear head whose output is scaled by 1/9. `cnn-m` is exactly those widths. Chan
 
 - Stem: a learned conv3x3 → BN → GELU (full resolution, no pooling) instead of airbench's 2x2 conv whose weights are
   set by whitening the training patches, because a library model cannot assume access to the data at build time.
+  The trainer can still start it from the data: `init_from_data` (the `--whiten-stem` option) sets the stem's
+  filters to the leading eigenvectors of the covariance of 3x3 training patches, each scaled by 1/sqrt(eigenvalue)
+  and used with both signs, as airbench does; the filters then keep training.
 - The second conv of a stage is an explicit residual branch, x = GELU(x + drop_path(BN(conv(x)))): airbench gets the
   same identity-at-init by dirac-initialising the conv; the explicit form lets stochastic depth drop the branch.
   `cnn-l`/`cnn-xl` use two convs in the branch, as airbench96 does (10 conv layers, 96% on CIFAR-10).
@@ -153,6 +156,26 @@ class CompactCNN(FewLabelsModel):
             x = stage(x)
             maps.append(x)
         return maps
+
+    @torch.no_grad()
+    def init_from_data(self, x: torch.Tensor) -> bool:
+        """Patch-whitening initialisation of the stem (airbench): the stem conv's filters become the leading
+        eigenvectors of the covariance of the 3x3 patches of `x`, divided by sqrt(eigenvalue + eps), in ± pairs.
+        x: normalised training images (N, C, H, W), a few thousand are plenty."""
+        conv = self.stem.conv
+        k = conv.kernel_size[0]
+        patches = F.unfold(x.float(), k).transpose(1, 2).reshape(-1, conv.in_channels * k * k)  # (N·L, C·k·k)
+        patches = patches - patches.mean(0)
+        cov = patches.T @ patches / max(1, patches.shape[0] - 1)
+        eigval, eigvec = torch.linalg.eigh(cov.double())  # ascending
+        n = conv.out_channels // 2
+        if n == 0 or n > eigval.numel():
+            return False
+        top = eigvec[:, -n:].flip(1).T / (eigval[-n:].flip(0).clamp(min=0) + 5e-4).sqrt()[:, None]  # (n, C·k·k)
+        w = torch.cat([top, -top]).float().view(2 * n, conv.in_channels, k, k)
+        conv.weight.zero_()
+        conv.weight[: 2 * n].copy_(w.to(conv.weight.dtype))
+        return True
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         # Global max pool (N, C, h, w) → (N, C), as airbench's final MaxPool2d(3) over its 3×3 map.
