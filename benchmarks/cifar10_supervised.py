@@ -61,7 +61,7 @@ def main() -> None:
     data_out = {"test_accuracy": acc, "train_minutes": train_minutes, "wall_minutes_including_load_and_eval": wall,
                 "target_accuracy": 0.90, "target_minutes": 15, "met": acc >= 0.90 and train_minutes <= 15,
                 "minutes_to_0.90": first90["train_minutes"] if first90 else None, "per_epoch": curve,
-                "options": opts, "smoke": a.smoke,
+                "options": opts, "smoke": a.smoke, "malloc_tuned": fewlabels.utils.tune_cpu_allocator(),
                 "note": "train_minutes sums the training time of each epoch (forward/backward/augment); the per-epoch "
                         "test evaluation (with flip, and translate when on, TTA) and data loading are excluded and "
                         "reported in wall minutes"}

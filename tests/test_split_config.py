@@ -75,3 +75,22 @@ def test_losses_against_reference():
         pt = (t / temp).softmax(1)
         ref = (pt * (pt.log() - (z / temp).log_softmax(1))).sum(1).mean() * temp**2
         assert torch.allclose(kd_loss(z, t, temp), ref, atol=1e-6)
+
+
+@pytest.mark.skipif(
+    __import__("platform").system() != "Linux" or __import__("platform").libc_ver()[0] != "glibc",
+    reason="the allocator tuning is glibc-only",
+)
+def test_cpu_allocator_tuning_switch():
+    """tune_cpu_allocator applies glibc's mallopt once per process, and FEWLABELS_MALLOC_TUNING=0 turns it off
+    (each case in a fresh process: the setting is process-wide)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from fewlabels.utils import tune_cpu_allocator, environment_info; "
+            "a = tune_cpu_allocator(); print(a, tune_cpu_allocator() == a, environment_info()['malloc_tuned'])")
+    for env_value, expect in (("1", "True True True"), ("0", "False True False")):
+        env = {**os.environ, "FEWLABELS_MALLOC_TUNING": env_value}
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split("\n")[-2].strip() == expect

@@ -26,7 +26,7 @@ from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, predict_logits, stats_tensors
 from ..losses import soft_cross_entropy
-from ..utils import autocast, environment_info, is_main_process, pick_device, pick_dtype
+from ..utils import autocast, environment_info, is_main_process, pick_device, pick_dtype, tune_cpu_allocator
 from .checkpoint import load_train_state, save_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, lr_factor, set_lr
@@ -141,6 +141,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
+    if device.type == "cpu":
+        tune_cpu_allocator()  # fewer page faults per step (benchmarks/results/cpu_allocator.md)
     if not is_main_process():  # under torchrun only rank 0 logs and writes the run folder
         log, run_dir = (lambda *_: None), None
     evals = evals or {}
