@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import FewLabelsError
 from .utils import autocast
 
 
@@ -33,6 +34,11 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
     multi-crop TTA) the result is 1/2 · (unshifted) + 1/4 · (shifted by (-t, -t)) + 1/4 · (shifted by (+t, +t)),
     each view with its mirror when tta_flip is on; the shifts pad by reflection.
     """
+    t = int(tta_translate)
+    if t < 0 or (t > 0 and t >= min(images.shape[2:])):
+        raise FewLabelsError(f"tta_translate must be between 0 and {min(images.shape[2:]) - 1} for "
+                             f"{images.shape[2]}x{images.shape[3]} images, got {t}")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -42,20 +48,13 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
         x = normalize(images[i:i + batch_size].to(device, non_blocking=True), m, s, channels_last)
         with autocast(device, dtype):
             z = _views(model, x, tta_flip)
-            if tta_translate > 0:
-                t = tta_translate
+            if t > 0:
                 p = F.pad(x, (t, t, t, t), mode="reflect")
-                h, w = x.shape[2:]
-                shifted = [p[:, :, :h, :w], p[:, :, 2 * t:, 2 * t:]]
-                z = 0.5 * z + 0.25 * sum(_views(model, v.contiguous(memory_format=_fmt(x)), tta_flip)
-                                         for v in shifted)
+                shifted = [p[:, :, :-2 * t, :-2 * t], p[:, :, 2 * t:, 2 * t:]]
+                z = 0.5 * z + 0.25 * sum(_views(model, v.contiguous(memory_format=fmt), tta_flip) for v in shifted)
         out.append(z.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
-
-
-def _fmt(x: torch.Tensor) -> torch.memory_format:
-    return torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
 def _views(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
