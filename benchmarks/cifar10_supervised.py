@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--alternating-flip", action="store_true", help="airbench's alternating flip")
     ap.add_argument("--whiten-stem", action="store_true", help="patch-whitening init of the first conv (airbench)")
     ap.add_argument("--tta-translate", type=int, default=0, help="multi-crop TTA shift in pixels (airbench: 1)")
+    ap.add_argument("--lookahead", type=float, default=0.0, help="airbench's lookahead decay per step (airbench: 0.95)")
     ap.add_argument("--ema", type=float, default=0.0, help="weight EMA decay per step (0 = off)")
     ap.add_argument("--out", default="runs/bench-cifar10-supervised")
     ap.add_argument("--smoke", action="store_true", help="1 epoch on 2,000 labels: checks the script, not the claim")
@@ -45,7 +46,7 @@ def main() -> None:
                 label_smoothing=a.label_smoothing, val=0, augment="weak", schedule="onecycle", warmup_epochs=2,
                 weight_decay=5e-4, tta_flip=True, out=str(out), labels=2000 if a.smoke else None,
                 padding=a.padding, alternating_flip=a.alternating_flip, whiten_stem=a.whiten_stem,
-                tta_translate=a.tta_translate, ema=a.ema)
+                tta_translate=a.tta_translate, ema=a.ema, lookahead=a.lookahead)
     t0 = time.perf_counter()
     res = fewlabels.train(**opts)
     wall = (time.perf_counter() - t0) / 60

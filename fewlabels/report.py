@@ -18,7 +18,7 @@ def plot_history(history: list[dict], path: Path) -> None:
     plt = _plt()
     epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(6, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], color="tab:gray", label="train loss")
+    ax1.plot(epochs, [h.get("train_loss", float("nan")) for h in history], color="tab:gray", label="train loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("train loss")
     ax2 = ax1.twinx()

@@ -23,6 +23,10 @@ class TrainConfig:
     warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs")
     label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets")
     ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999); 0 = off. Evaluation and checkpoints use the EMA")
+    lookahead: float = opt(0.0, "airbench's lookahead: every `lookahead_every` steps the weights are pulled to a slow "
+                           "copy (EMA with this per-step decay, ramped up as progress³) and the run ends on the slow "
+                           "copy; airbench uses 0.95. 0 = off")
+    lookahead_every: int = opt(5, "steps between lookahead updates")
     augment: str = opt("weak", "augmentation preset: none, weak (crop+flip), strong (weak+RandAugment+Cutout)",
                        choices=("none", "weak", "strong"))
     hflip: bool | None = opt(None, "random horizontal flips; default: on, except for digit sets (digits, mnist, svhn) "

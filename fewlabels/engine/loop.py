@@ -29,7 +29,7 @@ from ..losses import soft_cross_entropy
 from ..utils import autocast, environment_info, is_main_process, pick_device, pick_dtype, tune_cpu_allocator
 from .checkpoint import load_train_state, save_checkpoint
 from .config import TrainConfig
-from .optim import build_optimizer, lr_factor, set_lr
+from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 
 # (model, images (B, C, H, W) float, soft targets (B, K), has_label (B,)) -> scalar loss
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -172,6 +172,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     if cfg.ema > 0:
         from timm.utils import ModelEmaV3
         ema = ModelEmaV3(model, decay=cfg.ema)
+    lookahead = Lookahead(model, cfg.lookahead, cfg.lookahead_every) if cfg.lookahead > 0 else None
 
     start_epoch, history, best, best_row = 0, [], None, None
     last_dir = run_dir / "checkpoints" / "last" if run_dir else None
@@ -181,6 +182,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         opt.load_state_dict(state["optimizer"])
         if ema is not None and "ema" in state:
             ema.module.load_state_dict(state["ema"])
+        if lookahead is not None and "lookahead" in state:
+            lookahead.load_state_dict(state["lookahead"])
         start_epoch = int(state["epoch"]) + 1
         history = [dict(h) for h in _decode_history(state)]
         best = state.get("best")
@@ -215,6 +218,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if lookahead is not None:
+                lookahead.step(model, step, total_steps)
             if ema is not None:
                 ema.update(model, step=step)
             loss_sum += loss.detach()
@@ -223,6 +228,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if lookahead is not None and epoch + 1 == cfg.epochs:
+            lookahead.finish(model)  # the run ends on the slow weights
         seconds = time.perf_counter() - t0
         eval_model = ema.module if ema is not None else model
         due = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
@@ -233,6 +240,9 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
                "images_per_s": round(seen / max(seconds, 1e-9), 1), **metrics}
         history.append(row)
         log(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+        if not math.isfinite(row["train_loss"]):
+            log(f"warning: the training loss is {row['train_loss']} in epoch {epoch + 1}: the run has diverged; "
+                f"lower --lr (now {cfg.lr}) or lengthen --warmup-epochs")
         sel = metrics.get(f"{select}_acc")
         improved = sel is not None and (best is None or sel > best)
         if improved:
@@ -246,6 +256,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
                      "history": _encode_history(history), "best": best}
             if ema is not None:
                 state["ema"] = ema.module.state_dict()
+            if lookahead is not None:
+                state["lookahead"] = lookahead.state_dict()
             save_checkpoint(last_dir, eval_model, m, state)
             if new_best:
                 save_checkpoint(run_dir / "checkpoints" / "best", eval_model, m)

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from ..errors import FewLabelsError
 from .config import TrainConfig
 
 
@@ -55,3 +56,47 @@ def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
 def set_lr(opt: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
     for g in opt.param_groups:
         g["lr"] = base_lr * g.get("lr_scale", 1.0) * factor
+
+
+class Lookahead:
+    """airbench's lookahead: a slow copy of the weights that the fast ones are reset to every few steps.
+
+    Every `every` steps: slow ← lerp(slow, fast, 1 - d), fast ← slow, with d = decay^every × progress³ (no pull
+    early in training, the most at the end). `finish()` leaves the model on the slow copy. Buffers that are floats
+    (BatchNorm statistics) follow the same rule, as in airbench.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, every: int = 5):
+        if not 0.0 < decay < 1.0:
+            raise FewLabelsError(f"lookahead decay must be in (0, 1), got {decay}")
+        if every < 1:
+            raise FewLabelsError(f"lookahead_every must be ≥ 1, got {every}")
+        self.decay, self.every = decay, every
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, model: nn.Module, step: int, total: int) -> None:
+        """Call after the optimizer step number `step` (0-based) of `total`."""
+        done = step + 1
+        if done % self.every:
+            return
+        self._pull(model, self.decay ** self.every * (done / max(1, total)) ** 3)
+
+    @torch.no_grad()
+    def finish(self, model: nn.Module) -> None:
+        self._pull(model, 1.0)
+
+    def _pull(self, model: nn.Module, d: float) -> None:
+        state = model.state_dict()
+        slow = list(self.slow.values())
+        fast = [state[k] for k in self.slow]
+        torch._foreach_lerp_(slow, fast, 1.0 - d)
+        for f, s in zip(fast, slow):
+            f.copy_(s)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.slow)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in self.slow.items():
+            v.copy_(state[k])

@@ -1,0 +1,97 @@
+"""The training loop's pieces: airbench's lookahead."""
+
+import pytest
+import torch
+from torch import nn
+
+from fewlabels.engine.config import TrainConfig
+from fewlabels.engine.loop import TrainSet, fit
+from fewlabels.engine.optim import Lookahead
+from fewlabels.errors import FewLabelsError
+from fewlabels.models import create_model
+
+
+def test_lookahead_pulls_to_the_slow_copy_every_k_steps():
+    """Every k steps: slow ← slow + (1 − d)(fast − slow) with d = decay^k · progress³, then fast ← slow; other steps
+    leave the weights alone; integer buffers are untouched; finish() leaves the model on the slow copy."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    la = Lookahead(model, decay=0.9, every=2)
+    w0 = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    la.step(model, step=0, total=4)  # 1 step done: not a multiple of 2, nothing happens
+    assert torch.allclose(model[0].weight, w0 + 1)
+    la.step(model, step=1, total=4)  # 2 of 4 done: d = 0.9² · 0.5³
+    d = 0.9 ** 2 * 0.5 ** 3
+    expect = w0 + (1 - d) * 1.0
+    assert torch.allclose(model[0].weight, expect, atol=1e-6)
+    assert torch.allclose(la.state_dict()["0.weight"], expect, atol=1e-6)
+    assert "1.num_batches_tracked" not in la.state_dict() and int(model[1].num_batches_tracked) == 7
+    with torch.no_grad():
+        model[0].weight.add_(5.0)
+    la.finish(model)
+    assert torch.allclose(model[0].weight, expect, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [dict(decay=0.0), dict(decay=1.0), dict(decay=0.9, every=0)])
+def test_lookahead_rejects_bad_settings(kw):
+    with pytest.raises(FewLabelsError, match="lookahead"):
+        Lookahead(nn.Linear(2, 2), **kw)
+
+
+def _data(n=96, k=4):
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % k
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    images[:, y % 3] = 0  # a learnable signal: one colour channel off per class group
+    return TrainSet(images, nn.functional.one_hot(y, k).float(), torch.ones(n, dtype=torch.bool))
+
+
+def _model():
+    torch.manual_seed(0)
+    return create_model("cnn-tiny", 4)
+
+
+def test_lookahead_run_resumes_exactly(tmp_path):
+    """A lookahead run stopped after an epoch and resumed from its run folder ends on the same weights as an
+    uninterrupted run: the slow copy is part of the saved training state."""
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, lookahead=0.9, lookahead_every=2, precision="fp32",
+                      augment="none", channels_last=False)
+    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    whole = fit(_model(), _data(), cfg, norm=norm, log=lambda *_: None).model
+
+    def stop_at_epoch_2(_model, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None, on_epoch_start=stop_at_epoch_2)
+    resumed = fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None).model
+    for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+    # and the lookahead changed the run: without it the weights differ
+    plain = fit(_model(), _data(), TrainConfig(**{**cfg.__dict__, "lookahead": 0.0}), norm=norm,
+                log=lambda *_: None).model
+    assert any(not torch.allclose(a, b) for a, b in zip(plain.parameters(), whole.parameters()))
+
+
+def test_a_diverged_run_warns_and_still_resumes(tmp_path):
+    """A NaN training loss is reported with the fix (lower the learning rate), and the run folder it leaves can be
+    resumed (the NaN loss is kept out of the saved history, the learning curve still draws)."""
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e12, warmup_epochs=0, precision="fp32", augment="none",
+                      channels_last=False)
+    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    logs = []
+
+    def stop_at_epoch_1(_model, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append, on_epoch_start=stop_at_epoch_1)
+    assert any("diverged" in m and "--lr" in m for m in logs)
+    res = fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append)
+    assert len(res.history) == 2 and (tmp_path / "learning_curve.png").is_file()
