@@ -65,7 +65,9 @@ def at_size(x32: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def measure(size: int, batch: int, x: torch.Tensor, repeats: int, ours_batches: int, tv_batches: int) -> dict:
-    aug = build_augment("strong", image_size=size)
+    aug = build_augment("strong", image_size=size)  # the fused C kernels on CPU (fewlabels/augment/native.py)
+    aug_torch = build_augment("strong", image_size=size)
+    aug_torch.use_native = False  # the batched PyTorch path (what runs on GPU, or without a C compiler)
     tv = T.Compose([
         T.RandomCrop(size, padding=size // 8),
         T.RandomHorizontalFlip(),
@@ -92,6 +94,9 @@ def measure(size: int, batch: int, x: torch.Tensor, repeats: int, ours_batches: 
     def ours_into(i: int) -> None:  # the same, writing into one of two reused output buffers
         aug.normalized(batches[i % len(batches)], MEAN, STD, generator=g, out=preallocated[i % 2])
 
+    def ours_pytorch_path(i: int) -> None:
+        aug_torch.normalized(batches[i % len(batches)], MEAN, STD, generator=g)
+
     def ours_uint8(i: int) -> None:
         aug(batches[i % len(batches)], generator=g)
 
@@ -100,7 +105,8 @@ def measure(size: int, batch: int, x: torch.Tensor, repeats: int, ours_batches: 
         assert out.dtype == torch.float32 and out.shape == (batch, 3, size, size)
 
     runs = {"ours": (ours, ours_batches), "ours_preallocated_out": (ours_into, ours_batches),
-            "ours_uint8_no_normalize": (ours_uint8, ours_batches), "torchvision": (torchvision, tv_batches)}
+            "ours_uint8_no_normalize": (ours_uint8, ours_batches),
+            "ours_pytorch_path": (ours_pytorch_path, ours_batches), "torchvision": (torchvision, tv_batches)}
     for step, _ in runs.values():  # warm-up: workspaces, allocator, lazy initialisation
         step(0), step(1)
     wall: dict[str, list[float]] = {k: [] for k in runs}
@@ -119,6 +125,8 @@ def measure(size: int, batch: int, x: torch.Tensor, repeats: int, ours_batches: 
         "speedup": round(med["ours"] / med["torchvision"], 2),
         "speedup_by_cpu_time": round(med_cpu["ours"] / med_cpu["torchvision"], 2),
         "speedup_preallocated_out": round(med["ours_preallocated_out"] / med["torchvision"], 2),
+        "speedup_pytorch_path": round(med["ours_pytorch_path"] / med["torchvision"], 2),
+        "native_kernels": aug.uses_native(batches[0]),
         "cpu_time_images_per_s": {k: round(v, 1) for k, v in med_cpu.items()},
         "runs_images_per_s": {k: [round(v, 1) for v in vs] for k, vs in wall.items()},
     }
@@ -158,6 +166,9 @@ def main() -> None:
         },
         "speedup_by_cpu_time_32": rows[32]["speedup_by_cpu_time"],
         "speedup_by_cpu_time_224": rows[224]["speedup_by_cpu_time"],
+        "speedup_pytorch_path_32": rows[32]["speedup_pytorch_path"],
+        "speedup_pytorch_path_224": rows[224]["speedup_pytorch_path"],
+        "native_kernels": rows[224]["native_kernels"],
         "threads": a.threads,
         "repeats": a.repeats,
         "data": source,
@@ -170,15 +181,17 @@ def main() -> None:
     }
     lines = [
         "| size | batch | ours (img/s) | torchvision per image (img/s) | speedup | target | met "
-        "| speedup by CPU time | ours, reused output (img/s) | ours, uint8 out (img/s) |",
-        "|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|",
+        "| speedup by CPU time | ours, reused output (img/s) | ours, uint8 out (img/s) "
+        "| ours, PyTorch path (img/s) | PyTorch path speedup |",
+        "|---:|---:|---:|---:|---:|---:|:---:|---:|---:|---:|---:|---:|",
     ]
     for s, r in rows.items():
         lines.append(
             f"| {s} | {r['batch']} | {r['ours_images_per_s']:.0f} | {r['torchvision_images_per_s']:.0f} | "
             f"{r['speedup']:.1f}x | {TARGETS[s]:.0f}x | {'yes' if r['speedup'] >= TARGETS[s] else 'no'} | "
             f"{r['speedup_by_cpu_time']:.1f}x | {r['ours_preallocated_out_images_per_s']:.0f} | "
-            f"{r['ours_uint8_no_normalize_images_per_s']:.0f} |"
+            f"{r['ours_uint8_no_normalize_images_per_s']:.0f} | {r['ours_pytorch_path_images_per_s']:.0f} | "
+            f"{r['speedup_pytorch_path']:.1f}x |"
         )
     lines += [
         "",
@@ -192,13 +205,14 @@ def main() -> None:
         ),
         "",
         (
-            "Why the 224 px gain is smaller: at 32 px torchvision's cost is Python and dispatch overhead per image, "
-            "which batching removes; at 224 px each per-image kernel already works on 150k values, so both sides "
-            "are bound by memory traffic. Ours streams the batch through each op (a float copy, a few float passes "
-            "and a uint8 conversion per op and image), and a fresh 38 MB float output costs ~20 ms of page faults "
-            "per batch on this VM. Where ours spends its time at 224 px on one core (stage by stage, process time, "
-            "measured when this benchmark was written): RandAugment about half, normalising into a fresh float "
-            "tensor 20-35 % (mostly page faults), pad-crop + flip 15-20 %, Cutout 3 %."
+            "Ours on CPU runs the fused C kernels (fewlabels/augment/_native.c, built on first use): each image goes "
+            "through crop, flip, both RandAugment ops, Cutout and normalisation while it sits in the CPU cache. "
+            "'PyTorch path' is the same preset with `use_native=False`: the batched PyTorch ops that run on GPU or "
+            "where no C compiler is available. At 32 px torchvision's cost is Python and dispatch overhead per image, "
+            "which batching removes on either path; at 224 px it is memory traffic: the PyTorch path streams the "
+            "whole batch through memory once per op, the fused kernels once per image. What remains at 224 px is "
+            "mostly writing the 38 MB float batch (a fresh tensor costs page faults on first touch: compare the "
+            "'reused output' column)."
         ),
     ]
     if a.smoke:

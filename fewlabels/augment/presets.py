@@ -7,13 +7,14 @@
 * ``strong``: weak + RandAugment(2, 9) (Cubuk et al. 2020) + Cutout of size image_size // 2 (DeVries & Taylor
   2017) — FixMatch's strong view.
 
-The pipeline runs on the batch's device with per-image random choices and no loop over images. ``aug(x)``
-returns uint8; ``aug.normalized(x, mean, std)`` returns the normalised float batch a training step consumes,
-with the conversion fused into the pipeline's last reordering step.
+The pipeline runs on the batch's device with per-image random choices and no Python loop over images. ``aug(x)``
+returns uint8; ``aug.normalized(x, mean, std)`` returns the normalised float batch a training step consumes.
 
-Measured (benchmarks/results/augment_throughput.md): on a 2-core CPU, strong + normalise on a batch of 256
-32 px images is well over 10x faster than torchvision.transforms.v2 applied per image; at 224 px the gain is
-smaller (memory traffic, not Python overhead, dominates there).
+Two implementations give the same images for the same seed (the random choices are drawn once, in Python, by
+the same code): on CPU uint8 batches, fused C kernels (:mod:`~fewlabels.augment.native`, compiled on first use)
+take each image through every step while it is in the CPU cache; elsewhere (GPU, float input, no C compiler,
+``use_native=False`` or ``FEWLABELS_NATIVE_AUGMENT=0``) batched PyTorch ops run each step once over the batch.
+Speed against torchvision.transforms.v2 applied per image: benchmarks/results/augment_throughput.md.
 """
 
 from __future__ import annotations
@@ -23,12 +24,39 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fewlabels.augment import native
 from fewlabels.augment.functional import Workspace
 from fewlabels.augment.ops import PAD_MODES, _randint, cutout_, flip_mask, normalize, pad_crop
-from fewlabels.augment.randaugment import RandAugment
+from fewlabels.augment.randaugment import RandAugment, RandAugmentParams
 from fewlabels.errors import FewLabelsError
 
 PRESETS: tuple[str, ...] = ("none", "weak", "strong")
+
+
+@dataclass
+class _Draws:
+    """One batch's random choices, in batch order (CPU tensors; None where the step is off)."""
+
+    offsets: torch.Tensor | None  # (N, 2) pad-crop offsets (dy, dx)
+    flips: torch.Tensor | None  # (N,) bool
+    params: RandAugmentParams | None
+    centres: torch.Tensor | None  # (N, 2) Cutout centres (cy, cx)
+
+
+def _fill_u8(fill: float | Sequence[float], c: int, what: str) -> torch.Tensor:
+    """A fill value (number or one per channel) as the (C,) uint8 the PyTorch path would use."""
+    f = torch.as_tensor(fill, dtype=torch.float32).flatten()
+    if f.numel() not in (1, c):
+        raise FewLabelsError(f"{what} must be a number or {c} values, got {f.numel()}")
+    return f.expand(c).to(torch.uint8).contiguous()
+
+
+def normalize_scale_shift(mean: Sequence[float], std: Sequence[float], c: int) -> torch.Tensor:
+    """(2, C) float32 (scale, shift) with x·scale + shift = (x/255 − mean)/std, formed with the same float32 steps
+    as :func:`~fewlabels.augment.ops.normalize` (so both paths give identical floats)."""
+    m = torch.as_tensor(mean, dtype=torch.float32).flatten().expand(c)
+    s = torch.as_tensor(std, dtype=torch.float32).flatten().expand(c)
+    return torch.stack([1.0 / (255.0 * s), -m / s])
 
 
 @dataclass
@@ -58,14 +86,15 @@ class Augment:
     cutout_fill: float | str = 0
     _ws: Workspace = field(default_factory=Workspace, repr=False, compare=False)
 
-    def _run(
+    use_native: bool | None = None  # None: the fused C kernels on CPU uint8 batches when they build (see native.py)
+
+    def _draw(
         self, x: torch.Tensor, generator: torch.Generator | None, epoch: int, index: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(out, pos): out[k] is the augmented image pos[k]; out is x itself when nothing was applied."""
+    ) -> _Draws:
+        """All random choices for the batch, in a fixed order, so results do not depend on which steps run."""
         if x.ndim != 4 or x.shape[1] not in (1, 3):
             raise FewLabelsError(f"augment expects a batch (N, C, H, W) with C = 1 or 3, got {tuple(x.shape)}")
         n = x.shape[0]
-        # all random draws first, in a fixed order, so results do not depend on which steps run
         offsets = _randint(2 * self.padding + 1, (n, 2), generator) if self.padding > 0 else None
         flips = None
         if self.hflip:
@@ -74,7 +103,13 @@ class Augment:
         centres = None
         if self.cutout > 0:
             centres = torch.stack([_randint(x.shape[2], (n,), generator), _randint(x.shape[3], (n,), generator)], 1)
+        return _Draws(offsets, flips, params, centres)
 
+    def _run(self, x: torch.Tensor, d: _Draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batched PyTorch path. (out, pos): out[k] is the augmented image pos[k]; out is x itself when nothing
+        was applied."""
+        n = x.shape[0]
+        offsets, flips, params, centres = d.offsets, d.flips, d.params, d.centres
         out, pos = x, torch.arange(n)
         if offsets is not None or flips is not None:
             # group the images by their first RandAugment op already here: the crop's gather reorders for free
@@ -91,6 +126,33 @@ class Augment:
             cutout_(out, centres[pos], self.cutout, self.cutout_fill)
         return out, pos
 
+    def uses_native(self, x: torch.Tensor) -> bool:
+        """Whether a batch like x goes through the fused C kernels (CPU uint8, kernels built, not turned off)."""
+        if self.use_native is False or x.device.type != "cpu" or x.dtype != torch.uint8 or x.ndim != 4:
+            return False
+        if self.pad_mode not in ("reflect", "zeros"):
+            return False
+        return native.library() is not None
+
+    def _run_native(self, x: torch.Tensor, d: _Draws, out: torch.Tensor,
+                    scale_shift: torch.Tensor | None = None) -> torch.Tensor:
+        c, h, w = x.shape[1:]
+        if self.pad_mode == "reflect" and self.padding > 0 and (self.padding >= h or self.padding >= w):
+            raise FewLabelsError(f"reflect padding {self.padding} needs images larger than {self.padding} px, got "
+                                 f"{h}x{w}; use mode='zeros'")
+        ra = d.params
+        fill = _fill_u8(self.randaugment.fill if self.randaugment is not None else 0, c, "RandAugment fill")
+        mean = isinstance(self.cutout_fill, str)
+        if mean and self.cutout_fill != "mean":
+            raise FewLabelsError(f"cutout fill must be a number, one per channel, or 'mean'; got {self.cutout_fill!r}")
+        cfill = torch.zeros(c, dtype=torch.uint8) if mean else _fill_u8(self.cutout_fill, c, "cutout fill")
+        return native.run(x, padding=self.padding, reflect=self.pad_mode == "reflect", offsets=d.offsets,
+                          flips=d.flips, ops=ra.op if ra is not None else None,
+                          magnitudes=ra.magnitude if ra is not None else None,
+                          signs=ra.sign if ra is not None else None, fill=fill,
+                          cutout=self.cutout if d.centres is not None else 0, centres=d.centres, cutout_mean=mean,
+                          cutout_fill=cfill, out=out, scale_shift=scale_shift)
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -98,7 +160,10 @@ class Augment:
         epoch: int = 0,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out, pos = self._run(x, generator, epoch, index)
+        d = self._draw(x, generator, epoch, index)
+        if self.uses_native(x):
+            return self._run_native(x, d, native.empty_batch(tuple(x.shape), torch.uint8))
+        out, pos = self._run(x, d)
         if out is x:
             return x.clone()
         return out.index_select(0, torch.argsort(pos).to(x.device, non_blocking=True))
@@ -116,7 +181,15 @@ class Augment:
     ) -> torch.Tensor:
         """``normalize(aug(x), mean, std, dtype, out)``, with the final reordering done on uint8 in the workspace."""
         result = out
-        out, pos = self._run(x, generator, epoch, index)
+        d = self._draw(x, generator, epoch, index)
+        if dtype == torch.float32 and self.uses_native(x):
+            if result is None:
+                result = native.empty_batch(tuple(x.shape), dtype)
+            elif result.shape != x.shape or result.dtype != dtype:
+                raise ValueError(f"out must be {dtype} of shape {tuple(x.shape)}, got {result.dtype} "
+                                 f"{tuple(result.shape)}")
+            return self._run_native(x, d, result, normalize_scale_shift(mean, std, x.shape[1]))
+        out, pos = self._run(x, d)
         inverse = torch.argsort(pos)
         if out is not x or not bool((inverse == torch.arange(x.shape[0])).all()):
             dst = self._ws.get("final", x.shape, x.dtype, x.device)
