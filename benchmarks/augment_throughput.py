@@ -211,8 +211,9 @@ def main() -> None:
             "where no C compiler is available. At 32 px torchvision's cost is Python and dispatch overhead per image, "
             "which batching removes on either path; at 224 px it is memory traffic: the PyTorch path streams the "
             "whole batch through memory once per op, the fused kernels once per image. What remains at 224 px is "
-            "mostly writing the 38 MB float batch (a fresh tensor costs page faults on first touch: compare the "
-            "'reused output' column)."
+            "mostly writing the 38 MB float batch: a fresh tensor costs page faults on first touch (fewlabels asks "
+            "Linux for 2 MB huge pages for its output batches, which removes most of them; compare the 'reused "
+            "output' column)."
         ),
     ]
     if a.smoke:
