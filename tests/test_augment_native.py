@@ -165,3 +165,25 @@ def test_zero_padding_wider_than_the_image():
     x = _images(n=16, h=6, w=5)
     a, b = _both(build_augment("weak", image_size=6, padding=9, pad_mode="zeros"), x)
     assert torch.equal(a, b)
+
+
+def test_unusable_outputs_and_out_of_range_fills():
+    """An output the kernels cannot write (overlapping elements, not in CPU memory) goes to the PyTorch path, which
+    reports it; a fill outside 0..255 is an error that names it, not a silently wrapped value."""
+    x = _images(n=4, h=16, w=16)
+    aug = build_augment("weak", image_size=16)
+    with pytest.raises(RuntimeError):
+        aug.normalized(x, MEAN, STD, out=torch.empty(1, 3, 16, 16).expand(4, 3, 16, 16))
+    meta = aug.normalized(x, MEAN, STD, out=torch.empty(x.shape, device="meta"))  # no crash: PyTorch path
+    assert meta.device.type == "meta"
+    with pytest.raises(FewLabelsError, match="outside 0..255"):
+        Augment("x", randaugment=RandAugment(1, 9, ops=["ShearX"], fill=300))(x)
+
+
+def test_a_cached_build_that_does_not_load_is_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEWLABELS_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_tried", False)
+    path = native.build()
+    path.write_bytes(b"not a shared library")
+    assert native.library() is not None and native.build() == path

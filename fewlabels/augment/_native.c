@@ -77,11 +77,10 @@ static void crop_flip(const uint8_t *src, uint8_t *dst, const Shape *s, int64_t 
             }
             const uint8_t *srow = src + (ch * h + r) * w;
             for (int64_t j = 0; j < j0; j++) d[j] = cols[j] >= 0 ? srow[cols[j]] : 0;
-            if (!flip) {
+            if (j1 > j0 && !flip) { /* only then are the run's pointers inside the row */
                 memcpy(d + j0, srow + j0 + shift, (size_t)(j1 - j0));
-            } else {
-                const uint8_t *e = srow + (w - 1 - shift);
-                for (int64_t j = j0; j < j1; j++) d[j] = e[-j];
+            } else if (j1 > j0) {
+                for (int64_t j = j0; j < j1; j++) d[j] = srow[w - 1 - shift - j];
             }
             for (int64_t j = j1; j < w; j++) d[j] = cols[j] >= 0 ? srow[cols[j]] : 0;
         }
@@ -178,7 +177,7 @@ static void brightness(uint8_t *x, const Shape *s, double factor) {
 /* ITU-R 601 luma floored, as functional._gray on uint8 */
 static inline float gray_at(const uint8_t *x, int64_t hw, int64_t k) {
     float g = (float)x[k] * 0.2989f;
-#ifdef __FMA__ /* PyTorch's vectorised add(alpha=) is a fused multiply-add where the CPU has one */
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) /* PyTorch's vectorised add(alpha=) is fused there */
     g = fmaf((float)x[hw + k], 0.587f, g);
     g = fmaf((float)x[2 * hw + k], 0.114f, g);
 #else
@@ -210,7 +209,7 @@ static void color(uint8_t *x, const Shape *s, double factor) {
     for (int64_t k = 0; k < hw; k++) {
         float g = gray_at(x, hw, k);
         for (int ch = 0; ch < 3; ch++) {
-#ifdef __FMA__ /* as PyTorch's vectorised addcmul_ */
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA) /* as PyTorch's vectorised addcmul_ */
             x[ch * hw + k] = trunc_clamp(fmaf(g, omf, (float)x[ch * hw + k] * f));
 #else
             x[ch * hw + k] = trunc_clamp((float)x[ch * hw + k] * f + g * omf);

@@ -43,9 +43,11 @@ _pool: ThreadPoolExecutor | None = None
 
 
 def _forget_pool() -> None:
-    """A forked child (e.g. a DataLoader worker) inherits the pool object but not its threads: start afresh."""
-    global _pool
+    """A forked child (e.g. a DataLoader worker) inherits the pool object but not its threads, and possibly a lock
+    held by a thread that does not exist there: start afresh."""
+    global _pool, _lock
     _pool = None
+    _lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -60,6 +62,24 @@ def cache_dir() -> Path:
     base = os.environ.get("FEWLABELS_CACHE")
     root = Path(base).expanduser() if base else Path.home() / ".cache" / "fewlabels"
     return root / "native"
+
+
+def _cache_dirs() -> tuple[Path, Path]:
+    """Where builds live: cache_dir(), then a per-user temp folder (used when the first is not writable)."""
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return cache_dir(), Path(tempfile.gettempdir()) / f"fewlabels-native-{uid}"
+
+
+def _writable_cache_dir() -> Path:
+    """cache_dir(), or a per-user folder in the temp dir when that cannot be written (e.g. a read-only home)."""
+    for d in _cache_dirs():
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if os.access(d, os.W_OK):
+                return d
+        except OSError:
+            continue
+    raise RuntimeError(f"no writable folder for the compiled kernels (tried {cache_dir()} and the temp dir)")
 
 
 def _compiler() -> str | None:
@@ -79,8 +99,9 @@ def _cpu_identity() -> str:
     return "\n".join(sorted(set(keep)))
 
 
-def build(verbose: bool = False) -> Path:
+def build(verbose: bool = False, rebuild: bool = False) -> Path:
     """Compile _native.c for this machine (cached by source, flags and platform); returns the library path.
+    rebuild: compile again even when a cached build exists (e.g. one that fails to load).
 
     Raises RuntimeError with the compiler's message when there is no compiler or the build fails."""
     cc = _compiler()
@@ -89,10 +110,11 @@ def build(verbose: bool = False) -> Path:
     src = SOURCE.read_bytes()
     ident = " ".join([cc, *FLAGS, *NATIVE_FLAGS, platform.machine(), sys.platform, _cpu_identity()])
     key = hashlib.sha256(src + ident.encode()).hexdigest()[:16]
-    out = cache_dir() / f"fl_augment-{key}.so"
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    name = f"fl_augment-{key}.so"
+    for d in _cache_dirs():
+        if (d / name).is_file() and not rebuild:
+            return d / name
+    out = _writable_cache_dir() / name
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
@@ -105,6 +127,7 @@ def build(verbose: bool = False) -> Path:
             raise RuntimeError(f"`{' '.join(cmd)}` failed: {res.stderr.strip()[-2000:]}")
         if verbose:
             print(f"built {out}")
+        os.chmod(tmp, 0o755)  # mkstemp makes it private; a shared cache folder should be usable by others
         os.replace(tmp, out)  # atomic: a concurrent process sees the old state or the whole library
     finally:
         if os.path.exists(tmp):
@@ -123,7 +146,10 @@ def library() -> ctypes.CDLL | None:
         if _tried:
             return _lib
         try:
-            lib = ctypes.CDLL(str(build()))
+            try:
+                lib = ctypes.CDLL(str(build()))
+            except OSError:  # a cached build that does not load here (other libc, noexec mount): build it again
+                lib = ctypes.CDLL(str(build(rebuild=True)))
             fn = lib.fl_augment
             fn.restype = ctypes.c_int
             fn.argtypes = [_U8, *[ctypes.c_int64] * 6, ctypes.c_int64, ctypes.c_int32, _I64, _U8, ctypes.c_int64,
@@ -172,6 +198,26 @@ def empty_batch(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> t
     return t
 
 
+def can_write(out: torch.Tensor) -> bool:
+    """Whether the kernels can write into out: CPU memory, strided, no two elements at one address."""
+    if out.device.type != "cpu" or out.layout != torch.strided:
+        return False
+    overlap = getattr(torch, "_debug_has_internal_overlap", None)  # 0: none, 1: yes, 2: cannot tell
+    if overlap is not None:
+        return overlap(out) == 0
+    return out.is_contiguous() or out.is_contiguous(memory_format=torch.channels_last)
+
+
+def _thread_pool(threads: int) -> ThreadPoolExecutor:
+    global _pool
+    with _lock:
+        if _pool is None or _pool._max_workers < threads:
+            old, _pool = _pool, ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fewlabels-augment")
+            if old is not None:
+                old.shutdown(wait=False)
+        return _pool
+
+
 def _ptr(t: torch.Tensor | None, kind):
     return ctypes.cast(t.data_ptr(), kind) if t is not None else ctypes.cast(None, kind)
 
@@ -190,10 +236,19 @@ def run(x: torch.Tensor, *, padding: int, reflect: bool, offsets: torch.Tensor |
         raise ValueError(f"the native kernels take CPU uint8 (N, 1 or 3, H, W) batches, got {x.dtype} {tuple(x.shape)} "
                          f"on {x.device}")
     x = x.contiguous()
-    if offsets is not None:  # the C code trusts its indices: keep every read inside the image
+    if not can_write(out):
+        raise ValueError("the native kernels write into a CPU tensor whose elements do not overlap")
+    if h * w >= 2**31:
+        raise ValueError(f"images of {h}x{w} pixels are too large for the native kernels")
+    # the C code trusts its indices and arguments: keep every read inside the image and every conversion in range
+    if offsets is not None:
         offsets = offsets.clamp(0, 2 * padding)
     if ops is not None:
         ops = ops.clamp(0, 13)
+    if magnitudes is not None:
+        magnitudes = magnitudes.to(torch.float64).nan_to_num(0.0).clamp(0.0, 10.0)
+    if signs is not None:
+        signs = torch.where(signs.to(torch.float64) < 0, -1.0, 1.0)
 
     def i64(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(torch.int64).contiguous()
@@ -226,11 +281,9 @@ def run(x: torch.Tensor, *, padding: int, reflect: bool, offsets: torch.Tensor |
     if threads == 1:
         codes = [work(0, n)]
     else:
-        global _pool
-        if _pool is None or _pool._max_workers < threads:
-            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fewlabels-augment")
+        pool = _thread_pool(threads)
         bounds = [n * k // threads for k in range(threads + 1)]
-        codes = list(_pool.map(lambda k: work(bounds[k], bounds[k + 1]), range(threads)))
+        codes = list(pool.map(lambda k: work(bounds[k], bounds[k + 1]), range(threads)))
     if any(codes):
         raise MemoryError("the native augmentation kernels could not allocate their scratch memory")
     return out

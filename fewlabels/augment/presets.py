@@ -48,6 +48,8 @@ def _fill_u8(fill: float | Sequence[float], c: int, what: str) -> torch.Tensor:
     f = torch.as_tensor(fill, dtype=torch.float32).flatten()
     if f.numel() not in (1, c):
         raise FewLabelsError(f"{what} must be a number or {c} values, got {f.numel()}")
+    if bool(((f < 0) | (f > 255)).any()):
+        raise FewLabelsError(f"{what} {fill} is outside 0..255, the range of uint8 images")
     return f.expand(c).to(torch.uint8).contiguous()
 
 
@@ -150,7 +152,7 @@ class Augment:
                           flips=d.flips, ops=ra.op if ra is not None else None,
                           magnitudes=ra.magnitude if ra is not None else None,
                           signs=ra.sign if ra is not None else None, fill=fill,
-                          cutout=self.cutout if d.centres is not None else 0, centres=d.centres, cutout_mean=mean,
+                          cutout=int(self.cutout) if d.centres is not None else 0, centres=d.centres, cutout_mean=mean,
                           cutout_fill=cfill, out=out, scale_shift=scale_shift)
 
     def __call__(
@@ -182,7 +184,7 @@ class Augment:
         """``normalize(aug(x), mean, std, dtype, out)``, with the final reordering done on uint8 in the workspace."""
         result = out
         d = self._draw(x, generator, epoch, index)
-        if dtype == torch.float32 and self.uses_native(x):
+        if dtype == torch.float32 and self.uses_native(x) and (result is None or native.can_write(result)):
             if result is None:
                 result = native.empty_batch(tuple(x.shape), dtype)
             elif result.shape != x.shape or result.dtype != dtype:
