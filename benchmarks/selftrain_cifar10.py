@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--finetune-epochs", type=int, default=0)
     ap.add_argument("--min-steps-per-epoch", type=int, default=0,
                     help="with tiny label budgets, give the round-0 teacher at least this many steps per epoch")
+    ap.add_argument("--tta-flip", action="store_true",
+                    help="flip test-time augmentation for evaluation and for the teacher's pseudo-labels")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
@@ -49,7 +51,7 @@ def main() -> None:
                 teacher_augment="weak", student_augment=a.student_augment, student_drop_rate=a.drop_rate,
                 student_drop_path_rate=a.drop_path_rate, soft=a.soft, finetune_epochs=a.finetune_epochs,
                 threshold=a.threshold, balance=True, unlabelled_ratio=3.0, min_steps_per_epoch=a.min_steps_per_epoch,
-                seed=0, split_seed=0,
+                seed=0, split_seed=0, tta_flip=a.tta_flip, tta_flip_teacher=a.tta_flip,
                 eval_every=5, out=str(out), quiet=True)
     t0 = time.perf_counter()
     res = selftrain(**opts)
