@@ -244,6 +244,14 @@ def random_cutout(
 # ------------------------------------------------------------------------------------------------- normalisation
 
 
+def normalize_scale_shift(mean: Sequence[float], std: Sequence[float], c: int, div: float = 255.0) -> torch.Tensor:
+    """(2, C) float32 (scale, shift) with x·scale + shift = (x/div − mean)/std: what :func:`normalize` applies, and
+    what the native kernels are given, so both paths produce identical floats."""
+    m = torch.as_tensor(mean, dtype=torch.float32).flatten().expand(c)
+    s = torch.as_tensor(std, dtype=torch.float32).flatten().expand(c)
+    return torch.stack([1.0 / (div * s), -m / s])
+
+
 def normalize(
     x: torch.Tensor,
     mean: Sequence[float],
@@ -260,11 +268,8 @@ def normalize(
     arithmetic).
     """
     _check(x)
-    div = 255.0 if x.dtype == torch.uint8 else 1.0
-    m = torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    scale = (1.0 / (div * s)).to(x.device)  # (1, C, 1, 1)
-    shift = (-m / s).to(x.device)
+    scale, shift = normalize_scale_shift(mean, std, x.shape[1], 255.0 if x.dtype == torch.uint8 else 1.0)
+    scale, shift = scale.view(1, -1, 1, 1).to(x.device), shift.view(1, -1, 1, 1).to(x.device)
     if out is None:
         out = torch.empty(x.shape, dtype=dtype, device=x.device)
     elif out.shape != x.shape or out.dtype != dtype:

@@ -26,7 +26,15 @@ import torch
 
 from fewlabels.augment import native
 from fewlabels.augment.functional import Workspace
-from fewlabels.augment.ops import PAD_MODES, _randint, cutout_, flip_mask, normalize, pad_crop
+from fewlabels.augment.ops import (
+    PAD_MODES,
+    _randint,
+    cutout_,
+    flip_mask,
+    normalize,
+    normalize_scale_shift,
+    pad_crop,
+)
 from fewlabels.augment.randaugment import RandAugment, RandAugmentParams
 from fewlabels.errors import FewLabelsError
 
@@ -51,14 +59,6 @@ def _fill_u8(fill: float | Sequence[float], c: int, what: str) -> torch.Tensor:
     if bool(((f < 0) | (f > 255)).any()):
         raise FewLabelsError(f"{what} {fill} is outside 0..255, the range of uint8 images")
     return f.expand(c).to(torch.uint8).contiguous()
-
-
-def normalize_scale_shift(mean: Sequence[float], std: Sequence[float], c: int) -> torch.Tensor:
-    """(2, C) float32 (scale, shift) with x·scale + shift = (x/255 − mean)/std, formed with the same float32 steps
-    as :func:`~fewlabels.augment.ops.normalize` (so both paths give identical floats)."""
-    m = torch.as_tensor(mean, dtype=torch.float32).flatten().expand(c)
-    s = torch.as_tensor(std, dtype=torch.float32).flatten().expand(c)
-    return torch.stack([1.0 / (255.0 * s), -m / s])
 
 
 @dataclass
