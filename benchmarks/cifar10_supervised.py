@@ -36,6 +36,12 @@ def main() -> None:
     ap.add_argument("--tta-translate", type=int, default=0, help="multi-crop TTA shift in pixels (airbench: 1)")
     ap.add_argument("--lookahead", type=float, default=0.0, help="airbench's lookahead decay per step (airbench: 0.95)")
     ap.add_argument("--ema", type=float, default=0.0, help="weight EMA decay per step (0 = off)")
+    ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--norm-bias-lr", type=float, default=1.0,
+                    help="learning-rate multiplier of the norm layers' biases (airbench: 64)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results-name", default="cifar10_supervised",
+                    help="file name under benchmarks/results/ (keep the main result when trying a variant)")
     ap.add_argument("--out", default="runs/bench-cifar10-supervised")
     ap.add_argument("--smoke", action="store_true", help="1 epoch on 2,000 labels: checks the script, not the claim")
     a = ap.parse_args()
@@ -44,7 +50,8 @@ def main() -> None:
     shutil.rmtree(out, ignore_errors=True)
     opts = dict(data=str(data), model=a.model, epochs=1 if a.smoke else a.epochs, batch_size=a.batch_size, lr=a.lr,
                 label_smoothing=a.label_smoothing, val=0, augment="weak", schedule="onecycle", warmup_epochs=2,
-                weight_decay=5e-4, tta_flip=True, out=str(out), labels=2000 if a.smoke else None,
+                weight_decay=a.weight_decay, norm_bias_lr=a.norm_bias_lr, seed=a.seed, tta_flip=True, out=str(out),
+                labels=2000 if a.smoke else None,
                 padding=a.padding, alternating_flip=a.alternating_flip, whiten_stem=a.whiten_stem,
                 tta_translate=a.tta_translate, ema=a.ema, lookahead=a.lookahead)
     t0 = time.perf_counter()
@@ -72,7 +79,7 @@ def main() -> None:
     table = (f"CIFAR-10 (JPEG copy), 50,000 labels, {a.model}, {len(curve)} epochs: test accuracy **{acc:.4f}** after "
              f"{train_minutes:.1f} training minutes (target ≥ 0.90 within 15: {verdict})"
              f"\n\n| epoch | train minutes | test accuracy | images/s |\n|---|---|---|---|\n{rows}")
-    write_results("cifar10_supervised" + ("_smoke" if a.smoke else ""), data_out, table)
+    write_results(a.results_name + ("_smoke" if a.smoke else ""), data_out, table)
     print(table)
 
 

@@ -37,12 +37,22 @@ def main() -> None:
                     help="with tiny label budgets, give the round-0 teacher at least this many steps per epoch")
     ap.add_argument("--tta-flip", action="store_true",
                     help="flip test-time augmentation for evaluation and for the teacher's pseudo-labels")
+    ap.add_argument("--padding", type=int, default=None, help="pad-crop range (default: image size // 8 = 4)")
+    ap.add_argument("--alternating-flip", action="store_true", help="airbench's alternating flip")
+    ap.add_argument("--whiten-stem", action="store_true", help="patch-whitening init of the first conv (airbench)")
+    ap.add_argument("--tta-translate", type=int, default=0,
+                    help="multi-crop TTA shift in pixels for evaluation and the teacher's pseudo-labels "
+                         "(airbench: 1)")
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--results-name", default=None,
+                    help="file name under benchmarks/results/ (default selftrain_cifar10_<labels>; use another "
+                         "name to keep the main result when trying a variant)")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         a.labels_per_class, a.teacher_epochs, a.student_epochs, a.rounds = 20, 1, 1, 1
     data = unpacked("cifar10")
-    name = f"selftrain_cifar10_{a.labels_per_class * 10}" + ("_smoke" if a.smoke else "")
+    name = (a.results_name or f"selftrain_cifar10_{a.labels_per_class * 10}") + ("_smoke" if a.smoke else "")
     out = Path("runs") / f"bench-{name}"
     shutil.rmtree(out, ignore_errors=True)
     opts = dict(data=str(data), labels_per_class=a.labels_per_class, val=0, rounds=a.rounds,
@@ -52,6 +62,8 @@ def main() -> None:
                 student_drop_path_rate=a.drop_path_rate, soft=a.soft, finetune_epochs=a.finetune_epochs,
                 threshold=a.threshold, balance=True, unlabelled_ratio=3.0, min_steps_per_epoch=a.min_steps_per_epoch,
                 seed=0, split_seed=0, tta_flip=a.tta_flip, tta_flip_teacher=a.tta_flip,
+                padding=a.padding, alternating_flip=a.alternating_flip, whiten_stem=a.whiten_stem,
+                tta_translate=a.tta_translate, tta_translate_teacher=a.tta_translate, label_smoothing=a.label_smoothing,
                 eval_every=5, out=str(out), quiet=True)
     t0 = time.perf_counter()
     res = selftrain(**opts)

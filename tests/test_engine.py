@@ -6,7 +6,7 @@ from torch import nn
 
 from fewlabels.engine.config import TrainConfig
 from fewlabels.engine.loop import TrainSet, fit
-from fewlabels.engine.optim import Lookahead
+from fewlabels.engine.optim import Lookahead, build_optimizer, norm_bias_names, set_lr
 from fewlabels.errors import FewLabelsError
 from fewlabels.models import create_model
 
@@ -95,3 +95,19 @@ def test_a_diverged_run_warns_and_still_resumes(tmp_path):
     assert any("diverged" in m and "--lr" in m for m in logs)
     res = fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append)
     assert len(res.history) == 2 and (tmp_path / "learning_curve.png").is_file()
+
+
+def test_norm_bias_learning_rate_multiplier():
+    """--norm-bias-lr (airbench's bias_scaler) raises only the norm layers' biases, and survives schedule updates."""
+    m = create_model("cnn-s", 10, 3)
+    names = norm_bias_names(m)
+    bn = {n for n, mod in m.named_modules() if isinstance(mod, nn.BatchNorm2d)}
+    assert names == {f"{n}.bias" for n in bn} and names
+    opt = build_optimizer(m, TrainConfig(lr=0.1, norm_bias_lr=64.0))
+    set_lr(opt, 0.1, 0.5)  # what the schedule does every step
+    rate = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    for n, p in m.named_parameters():
+        assert rate[id(p)] == pytest.approx(0.05 * (64 if n in names else 1)), n
+    assert "head.bias" not in names  # a linear layer's bias is not a norm bias
+    with pytest.raises(FewLabelsError, match="norm_bias_lr must be > 0"):
+        build_optimizer(m, TrainConfig(norm_bias_lr=0.0))

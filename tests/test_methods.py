@@ -117,6 +117,26 @@ def teacher_run(tmp_path_factory):
     return out
 
 
+def test_pseudolabel_teacher_translate_tta(teacher_run, tmp_path):
+    """--tta-translate-teacher reaches the teacher's inference: the confidences are those of the multi-crop logits."""
+    from fewlabels.engine.checkpoint import load_model
+    from fewlabels.eval import predict_logits
+    from fewlabels.methods.pseudolabel import pseudolabel
+    conf = {}
+    for t in (0, 1):
+        pseudolabel(teacher=str(teacher_run), out=str(tmp_path / f"t{t}"), balance=False, threshold=0.0,
+                    tta_translate_teacher=t, data="digits", quiet=True)
+        conf[t] = PseudoLabels.load(tmp_path / f"t{t}")
+    assert torch.equal(conf[0].indices, conf[1].indices)
+    assert not torch.allclose(conf[0].confidence, conf[1].confidence)
+    teacher, meta = load_model(teacher_run)
+    from fewlabels.data import load_dataset
+    split = json.loads((teacher_run / "split.json").read_text())
+    pool = load_dataset("digits").train.subset(torch.tensor(split["unlabelled"]))
+    ref = predict_logits(teacher, pool.images, meta["mean"], meta["std"], tta_translate=1).softmax(1)
+    assert torch.allclose(conf[1].confidence, ref.max(1).values[conf[1].indices], atol=2e-2)
+
+
 def test_distill_keeps_teacher_frozen_and_uses_unlabelled(teacher_run, tmp_path):
     from fewlabels.engine.checkpoint import load_model
     teacher, _ = load_model(teacher_run)

@@ -18,6 +18,8 @@ class TrainConfig:
     momentum: float = opt(0.9, "SGD momentum / AdamW beta1")
     nesterov: bool = opt(True, "Nesterov momentum for SGD")
     weight_decay: float = opt(5e-4, "weight decay; never applied to norm and bias parameters")
+    norm_bias_lr: float = opt(1.0, "learning-rate multiplier for the biases of normalisation layers (airbench's "
+                              "bias_scaler: 64); 1 = the same rate as the other parameters")
     schedule: str = opt("cosine", "cosine: warm-up then cosine to 0; onecycle: warm-up then linear to 0; constant",
                         choices=("cosine", "onecycle", "constant"))
     warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs")

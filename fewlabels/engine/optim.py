@@ -11,17 +11,29 @@ from torch import nn
 from ..errors import FewLabelsError
 from .config import TrainConfig
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def norm_bias_names(model: nn.Module) -> set[str]:
+    """Names of the bias (shift) parameters of the model's normalisation layers."""
+    return {f"{name}.bias" if name else "bias" for name, m in model.named_modules()
+            if isinstance(m, NORM_LAYERS) and getattr(m, "bias", None) is not None}
+
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float,
-                 lr_scale: Mapping[str, float] | None = None) -> list[dict]:
+                 lr_scale: Mapping[str, float] | None = None, norm_bias_lr: float = 1.0) -> list[dict]:
     """Groups of trainable parameters: no weight decay on norm and bias (1-D) parameters, and an optional
-    per-parameter learning-rate multiplier (layer-wise decay, backbone vs head). Frozen parameters are left out."""
+    per-parameter learning-rate multiplier (layer-wise decay, backbone vs head). norm_bias_lr further multiplies the
+    rate of the norm layers' biases (airbench's `bias_scaler`). Frozen parameters are left out."""
     groups: dict[tuple[float, float], dict] = {}
+    norm_biases = norm_bias_names(model) if norm_bias_lr != 1.0 else set()
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         wd = 0.0 if p.ndim <= 1 or name.endswith(".bias") else weight_decay
         scale = 1.0 if lr_scale is None else float(lr_scale.get(name, 1.0))
+        if name in norm_biases:
+            scale *= norm_bias_lr
         g = groups.setdefault((wd, scale), {"params": [], "weight_decay": wd, "lr": lr * scale, "lr_scale": scale,
                                             "names": []})
         g["params"].append(p)
@@ -31,7 +43,9 @@ def param_groups(model: nn.Module, weight_decay: float, lr: float,
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, lr_scale: Mapping[str, float] | None = None
                     ) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay, cfg.lr, lr_scale)
+    if cfg.norm_bias_lr <= 0:
+        raise FewLabelsError(f"norm_bias_lr must be > 0 (got {cfg.norm_bias_lr}); 1 = the same rate as the weights")
+    groups = param_groups(model, cfg.weight_decay, cfg.lr, lr_scale, cfg.norm_bias_lr)
     for g in groups:
         g.pop("names")
     if not groups:

@@ -134,12 +134,14 @@ def _first_label(pl: PseudoLabels, uniq: torch.Tensor) -> torch.Tensor:
 
 
 def label_pool(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, hard: bool = True, temperature: float = 1.0,
-               tta_flip: bool = False, threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
-               fill: bool = True, batch_size: int = 1024, device: torch.device | None = None) -> PseudoLabels:
+               tta_flip: bool = False, tta_translate: int = 0, threshold: float = 0.0, balance: bool = True,
+               per_class: int | None = None, fill: bool = True, batch_size: int = 1024,
+               device: torch.device | None = None) -> PseudoLabels:
     """Teacher inference on the clean pool (no grad, big batches, bf16), then selection."""
     device = device or next(teacher.parameters()).device
     logits = predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
-                            dtype=pick_dtype("auto", device), tta_flip=tta_flip)
+                            dtype=pick_dtype("auto", device), tta_flip=tta_flip,
+                            tta_translate=tta_translate)
     probs = logits.softmax(1)
     return make_pseudo_labels(probs, soft_targets(logits, temperature, hard), threshold=threshold, balance=balance,
                               per_class=per_class, fill=fill)
@@ -153,6 +155,8 @@ class PseudoLabelOptions:
     balance: bool = opt(True, "balance classes: at most --per-class images each, sparse classes duplicated")
     per_class: int | None = opt(None, "per-class cap when balancing (default: the mean kept count per class)")
     tta_flip_teacher: bool = opt(False, "the teacher averages the image and its mirror")
+    tta_translate_teacher: int = opt(0, "the teacher also averages the image shifted by ± this many pixels "
+                                        "(multi-crop TTA, as --tta-translate does for evaluation)")
 
 
 @dataclass
@@ -181,8 +185,8 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
                              "that some training images are left unlabelled")
     pool = ds.train.subset(split.unlabelled)
     pl = label_pool(teacher, meta, pool, hard=not cfg.soft, temperature=cfg.temperature,
-                    tta_flip=cfg.tta_flip_teacher, threshold=cfg.threshold, balance=cfg.balance,
-                    per_class=cfg.per_class, device=device)
+                    tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher, threshold=cfg.threshold,
+                    balance=cfg.balance, per_class=cfg.per_class, device=device)
     if len(pl) == 0:
         raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
     pl.save(run_dir, pool.paths, ds.train.classes)

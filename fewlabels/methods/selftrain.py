@@ -124,8 +124,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         teacher, tmeta = load_model(run_dir / f"round{r - 1}", device)
         t0 = time.perf_counter()
         pl = label_pool(teacher, tmeta, pool, hard=not cfg.soft, temperature=cfg.temperature,
-                        tta_flip=cfg.tta_flip_teacher, threshold=cfg.threshold, balance=cfg.balance,
-                        per_class=cfg.per_class, device=device)
+                        tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
+                        threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class, device=device)
         label_s = time.perf_counter() - t0
         if len(pl) == 0:
             raise FewLabelsError(f"round {r}: no pseudo-label passed --threshold {cfg.threshold}; lower it")
