@@ -173,13 +173,13 @@ def test_train_passes_augmentation_options_and_dataset_indices(tmp_path, monkeyp
     from fewlabels.augment import Augment
 
     calls = []
-    real_call = Augment.__call__
+    real_call = Augment.normalized
 
-    def recording_call(self, x, generator=None, epoch=0, index=None):
+    def recording_call(self, x, mean, std, generator=None, epoch=0, index=None, **kw):
         calls.append((self, epoch, None if index is None else index.clone()))
-        return real_call(self, x, generator=generator, epoch=epoch, index=index)
+        return real_call(self, x, mean, std, generator=generator, epoch=epoch, index=index, **kw)
 
-    monkeypatch.setattr(Augment, "__call__", recording_call)
+    monkeypatch.setattr(Augment, "normalized", recording_call)
     run = tmp_path / "r"
     args = ["train", "--data", "digits", "--out", run, "--epochs", "2", "--batch-size", "50", "--model", "cnn-tiny",
             "--labels-per-class", "10", "--augment", "strong", "--padding", "1", "--cutout", "3",

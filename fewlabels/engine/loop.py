@@ -154,6 +154,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     targets = train.targets.to(device, torch.float32)
     has_label = train.has_label.to(device)
     mean, std = stats_tensors(*norm, device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     _, _, h, w = images.shape
     augment = build_augment(cfg.augment, image_size=h, ra_num_ops=cfg.ra_num_ops, ra_magnitude=cfg.ra_magnitude,
                             hflip=cfg.hflip is not False, padding=cfg.padding, cutout=cfg.cutout,
@@ -208,8 +209,10 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             step = epoch * steps_per_epoch + i
             set_lr(opt, cfg.lr, lr_factor(step, total_steps, warmup, cfg.schedule))
             idx_cpu, idx = idx, idx.to(device)  # the alternating flip hashes CPU indices: no device round trip
-            xb = augment(images[idx], generator=g, epoch=epoch, index=idx_cpu)  # (B, C, H, W) uint8
-            x = normalize(xb, mean, std, cfg.channels_last)
+            # augmented and normalised in one pass over the batch (fused on CPU), straight into the step's layout
+            xb = images[idx]
+            x = augment.normalized(xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
+                                   out=torch.empty(xb.shape, device=device, memory_format=memory_format))
             y, hl = targets[idx], has_label[idx]
             if mixer is not None:
                 x, y = mixer(x, y, generator=g)
