@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--lookahead", type=float, default=0.0, help="airbench's lookahead decay per step (airbench: 0.95)")
     ap.add_argument("--ema", type=float, default=0.0, help="weight EMA decay per step (0 = off)")
     ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum (airbench: 0.85)")
+    ap.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warm-up before the one-cycle decay")
     ap.add_argument("--norm-bias-lr", type=float, default=1.0,
                     help="learning-rate multiplier of the norm layers' biases (airbench: 64)")
     ap.add_argument("--seed", type=int, default=0)
@@ -49,7 +51,8 @@ def main() -> None:
     out = Path(a.out + ("-smoke" if a.smoke else ""))
     shutil.rmtree(out, ignore_errors=True)
     opts = dict(data=str(data), model=a.model, epochs=1 if a.smoke else a.epochs, batch_size=a.batch_size, lr=a.lr,
-                label_smoothing=a.label_smoothing, val=0, augment="weak", schedule="onecycle", warmup_epochs=2,
+                label_smoothing=a.label_smoothing, val=0, augment="weak", schedule="onecycle",
+                warmup_epochs=a.warmup_epochs, momentum=a.momentum,
                 weight_decay=a.weight_decay, norm_bias_lr=a.norm_bias_lr, seed=a.seed, tta_flip=True, out=str(out),
                 labels=2000 if a.smoke else None,
                 padding=a.padding, alternating_flip=a.alternating_flip, whiten_stem=a.whiten_stem,

@@ -384,6 +384,36 @@ def test_patch_whitening_init_decorrelates_the_stem():
     assert not build("mlp").init_from_data(x)  # no data-dependent init: says so instead of pretending
 
 
+def test_patch_stem_variant_whitens_all_directions_and_freezes_its_filters():
+    """cnn-*-p2: airbench's 2x2 stem (no padding, bias, 2·C·4 filters, no BatchNorm). init_from_data fills every
+    filter (all 2x2 patch directions with both signs), whitens the patches, and freezes the filters but not the bias,
+    so the optimizer leaves them out; the stage after it takes the 2·C·4 channels; 8×8 inputs still work."""
+    from fewlabels.engine.config import TrainConfig
+    from fewlabels.engine.optim import build_optimizer
+    from fewlabels.models.cnn import CNN_SIZES, CompactCNN
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 16, 16, generator=g) * torch.tensor([1.0, 3.0, 0.3]).view(1, 3, 1, 1)
+    x = x + 0.8 * x.roll(1, 3) + 0.5 * x.roll(1, 2)
+    m = build("cnn-s-p2")
+    assert isinstance(m.stem.conv, nn.Conv2d) and m.stem.conv.kernel_size == (2, 2) and m.stem.conv.out_channels == 24
+    assert not any(isinstance(mod, nn.BatchNorm2d) for mod in m.stem.modules())
+    assert m.init_from_data(x)
+    w = m.stem.conv.weight
+    assert w.abs().sum(dim=(1, 2, 3)).min() > 0 and torch.allclose(w[:12], -w[12:])
+    y = m.stem.conv(x)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12) - m.stem.conv.bias[:12]
+    cov = torch.cov(y.T.double())
+    assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.05)
+    assert not w.requires_grad and m.stem.conv.bias.requires_grad
+    trained = {id(p) for group in build_optimizer(m, TrainConfig()).param_groups for p in group["params"]}
+    assert id(w) not in trained and id(m.stem.conv.bias) in trained
+    assert m(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert build("cnn-tiny-p2", in_chans=1, size=8)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    assert build("cnn-s").stem.conv.weight.requires_grad  # the default stem keeps training after whitening
+    with pytest.raises(FewLabelsError, match="unknown stem"):
+        CompactCNN(CNN_SIZES["cnn-s"], 10, stem="patch3")
+
+
 def test_translate_tta_averages_shifted_views():
     """predict_logits(tta_translate=1) = ½·plain + ¼·(shift one way) + ¼·(shift the other way), reflect-padded."""
     from fewlabels.eval import predict_logits

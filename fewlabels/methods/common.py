@@ -39,7 +39,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    model: str = opt("cnn-s", "model name: cnn-tiny/s/m/l/xl, mlp, resnet20/32/44/56, timm:<name>")
+    model: str = opt("cnn-s", "model name: cnn-tiny/s/m/l/xl (each also as -p2: airbench's 2x2 stem, faster), "
+                              "mlp, resnet20/32/44/56, timm:<name>")
     drop_rate: float = opt(0.0, "dropout before the classifier")
     drop_path_rate: float = opt(0.0, "stochastic depth rate (deepest block)")
     pretrained: str | None = opt(None, "initial weights: a weights file, a fewlabels run folder, or 'true' for the "
