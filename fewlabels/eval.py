@@ -63,7 +63,9 @@ def _views(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return (logits.argmax(1) == labels).float().mean().item() if labels.numel() else float("nan")
+    """Fraction of correct top-1 predictions, exact (count / total in Python floats: 9,000 of 10,000 is 0.9, not
+    float32's 0.8999999762)."""
+    return int((logits.argmax(1) == labels).sum()) / labels.numel() if labels.numel() else float("nan")
 
 
 def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:

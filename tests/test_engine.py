@@ -111,3 +111,14 @@ def test_norm_bias_learning_rate_multiplier():
     assert "head.bias" not in names  # a linear layer's bias is not a norm bias
     with pytest.raises(FewLabelsError, match="norm_bias_lr must be > 0"):
         build_optimizer(m, TrainConfig(norm_bias_lr=0.0))
+
+
+def test_accuracy_is_exact_count_over_total():
+    """9,000 correct of 10,000 is 0.9 exactly (a float32 mean gives 0.8999999762, which fails a ≥ 0.90 check)."""
+    from fewlabels.eval import accuracy
+
+    labels = torch.zeros(10_000, dtype=torch.long)
+    logits = torch.zeros(10_000, 2)
+    logits[9_000:, 1] = 1.0  # the last 1,000 predict class 1: wrong
+    assert accuracy(logits, labels) == 0.9
+    assert accuracy(logits[:0], labels[:0]) != accuracy(logits[:0], labels[:0])  # empty: nan

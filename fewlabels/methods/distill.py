@@ -28,7 +28,7 @@ from ..engine.checkpoint import load_model
 from ..engine.config import TrainConfig
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
-from ..eval import predict_logits
+from ..eval import accuracy, predict_logits
 from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
 from ..utils import autocast, pick_device, pick_dtype, write_json
 from .common import (
@@ -178,7 +178,7 @@ def compression_report(models: dict[str, tuple[nn.Module, dict]], test, device: 
                      "flops_per_image": count_flops(m, shape),
                      "latency_ms_batch1": latency_ms(m, shape, 1, device, repeats=20),
                      "latency_ms_per_image_batch256": latency_ms(m, shape, 256, device),
-                     "test_accuracy": float((logits.argmax(1) == test.labels).float().mean())}
+                     "test_accuracy": accuracy(logits, test.labels)}
     return out
 
 

@@ -113,7 +113,7 @@ def quality(pl: PseudoLabels, true_labels: torch.Tensor, classes: list[str]) -> 
     uniq = pl.indices.unique()
     k = len(classes)
     correct = (pl.labels == true_labels[pl.indices]).float()
-    uniq_correct = float((true_labels[uniq] == _first_label(pl, uniq)).float().mean()) if uniq.numel() else 0.0
+    uniq_correct = int((true_labels[uniq] == _first_label(pl, uniq)).sum()) / uniq.numel() if uniq.numel() else 0.0
     per = {}
     for c in range(k):
         sel = pl.labels == c

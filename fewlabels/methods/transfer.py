@@ -25,7 +25,7 @@ from ..engine.checkpoint import read_meta, save_checkpoint
 from ..engine.config import TrainConfig
 from ..engine.loop import fit
 from ..errors import FewLabelsError
-from ..eval import normalize, stats_tensors
+from ..eval import accuracy, normalize, stats_tensors
 from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
 from .common import (
     DataConfig,
@@ -129,7 +129,7 @@ def train_probe_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor,
         if evals and (epoch + 1 == epochs or (epoch + 1) % 10 == 0):
             with torch.no_grad():
                 for name, (f, y) in evals.items():
-                    row[f"{name}_acc"] = float((head(f.to(dev)).argmax(1) == y.to(dev)).float().mean())
+                    row[f"{name}_acc"] = accuracy(head(f.to(dev)), y.to(dev))
         history.append(row)
     return history
 
