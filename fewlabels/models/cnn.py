@@ -12,7 +12,8 @@ linear head whose output is scaled by 1/9. `cnn-m` is exactly those widths. Chan
 - The second conv of a stage is an explicit residual branch, x = GELU(x + drop_path(BN(conv(x)))): airbench gets the
   same identity-at-init by dirac-initialising the conv; the explicit form lets stochastic depth drop the branch.
   `cnn-l`/`cnn-xl` use two convs in the branch, as airbench96 does (10 conv layers, 96% on CIFAR-10).
-- Pools use ceil_mode and the final pool is a global max, so any input from 8×8 up works (8×8 ends as 1×1).
+- Pools use ceil_mode (the -p2 models: floor mode, see below) and the final pool is a global max, so any input from
+  8×8 up works (8×8 ends as 1×1).
 - BatchNorm weights are trainable and momentum is PyTorch's default (airbench96 dropped its custom momentum too).
 
 Each size also comes as `<name>-p2` (e.g. `cnn-s-p2`) with airbench's own stem: a 2x2 conv without padding, a bias
@@ -144,7 +145,7 @@ class ResidualBranch(nn.Module):
 
 
 class Stage(nn.Module):
-    """conv3x3 → maxpool2 (halves H, W, rounding up) → BN → GELU → residual branch."""
+    """conv3x3 → maxpool2 (halves H, W, rounding up; rounding down with ceil_mode=False) → BN → GELU → residual."""
 
     def __init__(self, c_in: int, c_out: int, convs: int, drop_path_rate: float, ceil_mode: bool = True) -> None:
         super().__init__()
