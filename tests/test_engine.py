@@ -54,6 +54,14 @@ def _model():
     return create_model("cnn-tiny", 4)
 
 
+def _interrupt_at(stop_epoch: int):
+    """An on_epoch_start hook that interrupts the run (as Ctrl-C would) when epoch `stop_epoch` starts."""
+    def hook(_model, epoch):
+        if epoch == stop_epoch:
+            raise KeyboardInterrupt
+    return hook
+
+
 def test_lookahead_run_resumes_exactly(tmp_path):
     """A lookahead run stopped after an epoch and resumed from its run folder ends on the same weights as an
     uninterrupted run: the slow copy is part of the saved training state."""
@@ -62,13 +70,9 @@ def test_lookahead_run_resumes_exactly(tmp_path):
     norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     whole = fit(_model(), _data(), cfg, norm=norm, log=lambda *_: None).model
 
-    def stop_at_epoch_2(_model, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None, on_epoch_start=stop_at_epoch_2)
+        fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None, on_epoch_start=_interrupt_at(2))
     resumed = fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None).model
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
@@ -86,12 +90,8 @@ def test_a_diverged_run_warns_and_still_resumes(tmp_path):
     norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     logs = []
 
-    def stop_at_epoch_1(_model, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append, on_epoch_start=stop_at_epoch_1)
+        fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append, on_epoch_start=_interrupt_at(1))
     assert any("diverged" in m and "--lr" in m for m in logs)
     res = fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append)
     assert len(res.history) == 2 and (tmp_path / "learning_curve.png").is_file()
@@ -122,3 +122,31 @@ def test_accuracy_is_exact_count_over_total():
     logits[9_000:, 1] = 1.0  # the last 1,000 predict class 1: wrong
     assert accuracy(logits, labels) == 0.9
     assert accuracy(logits[:0], labels[:0]) != accuracy(logits[:0], labels[:0])  # empty: nan
+
+
+def _sd_distance(a: dict, b: dict) -> float:
+    keys = [k for k in a if a[k].is_floating_point() and "running_" not in k]  # weights, not BatchNorm statistics
+    return sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in keys) ** 0.5
+
+
+def test_ema_warms_up_so_a_short_run_does_not_keep_its_starting_weights(tmp_path):
+    """With ema=0.999 and ~20 steps, a plain EMA would still be ~98 % the initial weights; with the warm-up it tracks
+    the trained weights. The EMA is also part of the saved state: a resumed run ends on the same EMA weights."""
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, ema=0.999, precision="fp32", augment="none",
+                      channels_last=False)
+    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    live = _model()
+    init = {k: v.clone() for k, v in live.state_dict().items()}
+    res = fit(live, _data(), cfg, norm=norm, log=lambda *_: None)
+    ema_sd, live_sd = res.model.state_dict(), live.state_dict()
+    assert res.model is not live
+    moved = _sd_distance(live_sd, init)
+    assert moved > 0
+    assert _sd_distance(ema_sd, live_sd) < 0.5 * _sd_distance(ema_sd, init)
+
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None, on_epoch_start=_interrupt_at(2))
+    resumed = fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None).model
+    for (k, a), b in zip(ema_sd.items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k

@@ -24,7 +24,8 @@ class TrainConfig:
                         choices=("cosine", "onecycle", "constant"))
     warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs")
     label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets")
-    ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999); 0 = off. Evaluation and checkpoints use the EMA")
+    ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999), reached after a warm-up; 0 = off. Evaluation "
+                     "and checkpoints use the EMA")
     lookahead: float = opt(0.0, "airbench's lookahead: every `lookahead_every` steps the weights are pulled to a slow "
                            "copy (EMA with this per-step decay, ramped up as progress³) and the run ends on the slow "
                            "copy; airbench uses 0.95. 0 = off")
