@@ -1,0 +1,172 @@
+"""An online baseline for the self-training benchmark: does refreshing pseudo-labels at every step beat offline rounds
+on a CPU budget? FixMatch-style consistency (Sohn et al. 2020): each step the model labels a weakly augmented view
+(pad-crop + flip) of unlabelled images, keeps the labels whose confidence is ≥ τ, and is trained to give those labels
+to a strongly augmented view (RandAugment + Cutout) of the same images, next to cross-entropy on the labelled batch
+(64 labelled + μ · 64 unlabelled images per step). Warm-started from the round-0 teacher of `selftrain_cifar10.py`
+(cnn-s-p2, 60 epochs on the 4,000 labels), so its curve compares with the self-training rounds that start from the
+same teacher (`selftrain_cifar10_4000_p2nw_r4`). This loop lives here, not in the library: it is the measurement
+behind issue 6's note that online consistency does not pay at this budget.
+
+    .venv/bin/python benchmarks/fixmatch_cifar10.py [--teacher RUN/round0] [--epochs 16] [--tau 0.8] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, write_results
+from _shared_data import unpacked
+
+from fewlabels.augment import build_augment
+from fewlabels.engine.checkpoint import load_model
+from fewlabels.engine.config import TrainConfig
+from fewlabels.engine.optim import build_optimizer, lr_factor, set_lr
+from fewlabels.eval import accuracy, predict_logits
+from fewlabels.methods.common import DataConfig, prepare_data
+from fewlabels.methods.selftrain import selftrain
+from fewlabels.utils import autocast, pick_device, pick_dtype, tune_cpu_allocator
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--labels-per-class", type=int, default=400)
+    ap.add_argument("--teacher", default=None,
+                    help="a finished round-0 folder (e.g. runs/bench-selftrain_cifar10_4000_p2nw_r4/round0) with "
+                         "the same split; default: train one here with selftrain_cifar10.py's p2nw options")
+    ap.add_argument("--epochs", type=int, default=16, help="passes over the unlabelled pool")
+    ap.add_argument("--tau", type=float, default=0.8, help="confidence threshold (FixMatch: 0.95)")
+    ap.add_argument("--mu", type=int, default=7, help="unlabelled images per labelled image in a step")
+    ap.add_argument("--labelled-batch", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--results-name", default=None)
+    ap.add_argument("--smoke", action="store_true")
+    a = ap.parse_args()
+    teacher_epochs = 60
+    if a.smoke:
+        a.labels_per_class, a.epochs, teacher_epochs, a.teacher = 20, 1, 1, None
+    name = (a.results_name or f"fixmatch_cifar10_{a.labels_per_class * 10}") + ("_smoke" if a.smoke else "")
+    data = str(unpacked("cifar10"))
+    tune_cpu_allocator()
+    t_start = time.perf_counter()
+    teacher_minutes = None
+    if a.teacher is None:  # the round-0 teacher of selftrain_cifar10.py --teacher cnn-s-p2 --tta-flip --tta-translate 1
+        out = Path("runs") / f"bench-{name}-teacher"
+        res = selftrain(data=data, labels_per_class=a.labels_per_class, val=0, rounds=0, teacher_model="cnn-s-p2",
+                        teacher_epochs=teacher_epochs, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=1,
+                        teacher_augment="weak", min_steps_per_epoch=0, seed=0, split_seed=0, tta_flip=True,
+                        tta_translate=1, eval_every=5, out=str(out), quiet=True)
+        teacher_dir = out / "round0"
+        teacher_minutes = res["rounds"][0]["minutes"]
+    else:
+        teacher_dir = Path(a.teacher)
+    ds, split = prepare_data(DataConfig(data=data, labels_per_class=a.labels_per_class, val=0, split_seed=0), None,
+                             lambda *_: None)
+    device = pick_device("auto")
+    dtype = pick_dtype("auto", device)
+    model, _ = load_model(teacher_dir, device)
+    model = model.to(memory_format=torch.channels_last)
+    lab = ds.train.subset(split.labelled)
+    lab_x, lab_y = lab.images.to(device), lab.labels.to(device)
+    pool_x = ds.train.images[split.unlabelled].to(device)
+    pool_y = ds.train.labels[split.unlabelled].to(device)  # only to report pseudo-label precision
+    mean, std = ds.mean, ds.std
+    weak = build_augment("weak", image_size=pool_x.shape[-1])
+    strong = build_augment("strong", image_size=pool_x.shape[-1])
+    bl, bu = a.labelled_batch, a.labelled_batch * a.mu
+    steps = max(1, pool_x.shape[0] // bu)
+    if a.smoke:
+        steps = min(steps, 3)
+    total = steps * a.epochs
+    opt = build_optimizer(model, TrainConfig(lr=a.lr, epochs=a.epochs), None)
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    cl = torch.channels_last
+
+    timing = {"eval_s": 0.0}  # evaluation time, left out of the training minutes
+
+    def test_acc() -> float:
+        t_eval = time.perf_counter()
+        model.eval()
+        logits = predict_logits(model, ds.test.images, mean, std, batch_size=1024, device=device, dtype=dtype,
+                                tta_flip=True, tta_translate=1)
+        model.train()
+        timing["eval_s"] += time.perf_counter() - t_eval
+        return accuracy(logits, ds.test.labels)
+
+    def view(aug, x: torch.Tensor) -> torch.Tensor:
+        return aug.normalized(x, mean, std, generator=g, out=torch.empty(x.shape, device=device, memory_format=cl))
+
+    curve = [{"epoch": 0, "minutes": 0.0, "test_acc": test_acc()}]
+    print(json.dumps(curve[-1]), flush=True)
+    t0, timing["eval_s"] = time.perf_counter(), 0.0
+    for ep in range(a.epochs):
+        model.train()
+        perm_u = torch.randperm(pool_x.shape[0], generator=g)
+        perm_l = torch.cat([torch.randperm(len(lab), generator=g) for _ in range(math.ceil(steps * bl / len(lab)))])
+        kept = right = loss_sum = 0.0
+        for i in range(steps):
+            set_lr(opt, a.lr, lr_factor(ep * steps + i, total, round(0.5 * steps), "cosine"))
+            il, iu = perm_l[i * bl:(i + 1) * bl].to(device), perm_u[i * bu:(i + 1) * bu].to(device)
+            xl, xu = view(weak, lab_x[il]), pool_x[iu]
+            xw, xs = view(weak, xu), view(strong, xu)
+            with torch.no_grad(), autocast(device, dtype):
+                conf, pl = model(xw).float().softmax(1).max(1)
+            mask = (conf >= a.tau).float()
+            with autocast(device, dtype):
+                out = model(torch.cat([xl, xs])).float()
+            loss = F.cross_entropy(out[:bl], lab_y[il]) + (F.cross_entropy(out[bl:], pl, reduction="none")
+                                                            * mask).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            kept += mask.sum().item()
+            right += ((pl == pool_y[iu]).float() * mask).sum().item()
+            loss_sum += loss.item()
+        row = {"epoch": ep + 1, "minutes": round((time.perf_counter() - t0 - timing["eval_s"]) / 60, 2),
+               "loss": round(loss_sum / steps, 4), "mask_rate": round(kept / (steps * bu), 3),
+               "pl_precision": round(right / max(kept, 1), 4)}
+        if (ep + 1) % 2 == 0 or ep + 1 == a.epochs:
+            row["test_acc"] = test_acc()
+        curve.append(row)
+        print(json.dumps(row), flush=True)
+    minutes = (time.perf_counter() - t0 - timing["eval_s"]) / 60  # training only
+    start, last = curve[0]["test_acc"], curve[-1]["test_acc"]
+    ref = RESULTS / "selftrain_cifar10_4000_p2nw_r4.json"
+    offline = []
+    if ref.is_file() and a.labels_per_class == 400:
+        acc_min = 0.0
+        for r in json.loads(ref.read_text())["table"][1:]:
+            acc_min += r["minutes"]
+            offline.append({"round": r["round"], "model": r["model"], "minutes": round(acc_min, 2),
+                            "test_acc": r["test_acc"]})
+    data_out = {"labels": a.labels_per_class * 10, "teacher": str(teacher_dir), "teacher_minutes": teacher_minutes,
+                "teacher_test_acc": start, "final_test_acc": last, "fixmatch_minutes": minutes, "curve": curve,
+                "options": vars(a), "offline_rounds_same_teacher": offline,
+                "total_minutes": (time.perf_counter() - t_start) / 60}
+    md = ["| epoch | training minutes | mask rate | pl precision | test_acc |", "|---|---|---|---|---|"]
+    for r in curve:
+        acc = f"{r['test_acc']:.4f}" if "test_acc" in r else "–"
+        md.append(f"| {r['epoch']} | {r['minutes']:.2f} | {r.get('mask_rate', '–')} | {r.get('pl_precision', '–')} "
+                  f"| {acc} |")
+    table = "\n".join(md) + (f"\n\nFixMatch (τ {a.tau}, μ {a.mu}) from the teacher's {start:.4f}: {last:.4f} "
+                             f"({(last - start) * 100:+.1f} points) in {minutes:.1f} training minutes "
+                             "(evaluations excluded)\n")
+    if offline:
+        table += ("\nOffline self-training rounds from the same teacher (`selftrain_cifar10_4000_p2nw_r4`), minutes "
+                  "after the teacher: " + ", ".join(f"round {o['round']} ({o['model']}) {o['test_acc']:.4f} at "
+                                                    f"{o['minutes']:.1f}" for o in offline) + "\n")
+    write_results(name, data_out, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
