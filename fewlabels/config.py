@@ -22,11 +22,19 @@ from .errors import FewLabelsError
 T = TypeVar("T")
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, **kw: Any) -> Any:
-    """A config field with its help text (and allowed values)."""
-    md = {"help": help}
+_BOUNDS = {"ge": ("≥", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
+           "le": ("≤", lambda v, b: v <= b), "lt": ("<", lambda v, b: v < b)}
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None, **kw: Any) -> Any:
+    """A config field with its help text, allowed values (choices) and numeric bounds (ge/gt/le/lt, as pydantic's)."""
+    md: dict[str, Any] = {"help": help}
     if choices is not None:
         md["choices"] = choices
+    bounds = {k: b for k, b in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if b is not None}
+    if bounds:
+        md["bounds"] = bounds
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=md, **kw)
     return dataclasses.field(default=default, metadata=md, **kw)
@@ -41,7 +49,18 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _coerce(name: str, value: Any, tp: Any, choices: tuple | None) -> Any:
+def _check_bounds(name: str, value: Any, bounds: dict[str, float] | None) -> None:
+    if not bounds or value is None:
+        return
+    for v in value if isinstance(value, list) else [value]:
+        for kind, bound in bounds.items():
+            sign, ok = _BOUNDS[kind]
+            if isinstance(v, (int, float)) and not ok(v, bound):
+                rule = " and ".join(f"{_BOUNDS[k][0]} {b:g}" for k, b in bounds.items())
+                raise FewLabelsError(f"config key '{name}' (--{name.replace('_', '-')}) must be {rule}, got {v:g}")
+
+
+def _coerce(name: str, value: Any, tp: Any, choices: tuple | None, bounds: dict[str, float] | None = None) -> Any:
     base, optional = _base_type(tp)
     if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and optional):
         if optional:
@@ -79,6 +98,7 @@ def _coerce(name: str, value: Any, tp: Any, choices: tuple | None) -> Any:
         raise FewLabelsError(f"config key '{name}': {value!r} is not a valid {_type_name(tp)}") from None
     if choices is not None and value not in choices:
         raise FewLabelsError(f"config key '{name}': {value!r} is not one of {', '.join(map(str, choices))}")
+    _check_bounds(name, value, bounds)
     return value
 
 
@@ -120,7 +140,7 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
         values[k] = v
     out = {}
     for k, v in values.items():
-        out[k] = _coerce(k, v, hints[k], known[k].metadata.get("choices"))
+        out[k] = _coerce(k, v, hints[k], known[k].metadata.get("choices"), known[k].metadata.get("bounds"))
     return cls(**out)
 
 

@@ -16,12 +16,26 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import FewLabelsError
+
 
 def pick_device(name: str = "auto") -> torch.device:
     """'auto' → CUDA when available, else CPU (MPS is opt-in: its bf16 support varies)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise FewLabelsError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise FewLabelsError(f"--device {name}: this PyTorch sees no CUDA GPU; use --device auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise FewLabelsError(f"--device {name}: there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                                 f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    elif device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise FewLabelsError(f"--device {name}: MPS is not available here; use --device auto or cpu")
+    return device
 
 
 # glibc mallopt parameters (malloc.h)

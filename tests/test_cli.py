@@ -230,3 +230,32 @@ def test_train_whiten_stem_and_translate_tta(tmp_path, monkeypatch):
     assert cfg["whiten_stem"] is True and cfg["tta_translate"] == 1
     out = tmp_path / "e.json"
     assert main(["evaluate", str(run), "--data", "digits", "--tta-translate", "1", "--out", str(out)]) == 0
+
+
+def test_bad_numbers_device_and_reused_out(tmp_path, capsys, trained):
+    """Nonsense numbers and devices stop before any work; a run folder is never overwritten by another run."""
+    _bad(["train", "--epochs", "-1", "--out", tmp_path / "o"], capsys, "--epochs) must be ≥ 1")
+    _bad(["train", "--device", "foo", "--out", tmp_path / "o"], capsys, "unknown device 'foo'")
+    _bad(["selftrain", "--threshold", "1.5", "--out", tmp_path / "o"], capsys, "--threshold) must be ≥ 0 and ≤ 1")
+    _bad(["train", "--val", "1.5", "--out", tmp_path / "o"], capsys, "--val 1.5")
+    _bad(["predict", trained, "--top-k", "0"], capsys, "top_k")
+    # the same --out with other options, or for another command: refused, config.yaml untouched
+    before = (trained / "config.yaml").read_text()
+    _bad(["train", "--data", "digits", "--out", trained, *FAST[:-1], "20"], capsys, "labels_per_class: 10 → 20")
+    _bad(["pseudolabel", "--teacher", trained, "--out", trained], capsys, "holds a `fewlabels train` run")
+    assert (trained / "config.yaml").read_text() == before
+
+
+def test_one_class_folder_and_corrupt_checkpoint_metadata(tmp_path, capsys, trained):
+    root = tmp_path / "one"
+    (root / "cat").mkdir(parents=True)
+    for i in range(4):
+        Image.fromarray(np.full((16, 16), i * 40, np.uint8)).save(root / "cat" / f"{i}.png")
+    _bad(["train", "--data", root, "--out", tmp_path / "o"], capsys, "has one class (cat)")
+    import shutil
+    bad = tmp_path / "bad"
+    shutil.copytree(trained, bad)
+    (bad / "checkpoints/best/model.json").write_text('{"model": "cnn-tiny", "classes": [')
+    _bad(["evaluate", bad, "--data", "digits"], capsys, "model.json is unreadable")
+    (bad / "checkpoints/best/model.json").write_text('{"model": "cnn-tiny"}')
+    _bad(["evaluate", bad, "--data", "digits"], capsys, "lacks classes, in_chans")

@@ -94,3 +94,37 @@ def test_cpu_allocator_tuning_switch():
         env = {**os.environ, "FEWLABELS_MALLOC_TUNING": env_value}
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.split("\n")[-2].strip() == expect
+
+
+@pytest.mark.parametrize("cmd, key, value, msg", [
+    (TrainCommand, "epochs", "-1", "'epochs' .*must be ≥ 1, got -1"),
+    (TrainCommand, "batch_size", 0, "must be ≥ 1"),
+    (TrainCommand, "lr", "-1", "'lr' .*must be > 0"),
+    (TrainCommand, "lr", "nan", "'lr' .*must be > 0"),
+    (TrainCommand, "ema", 1.5, "'ema' .*must be ≥ 0 and < 1"),
+    (TrainCommand, "mix_prob", 2, "≤ 1"),
+    (TrainCommand, "std", "0.5,0", "'std' .*> 0, got 0"),
+])
+def test_config_bounds(cmd, key, value, msg):
+    with pytest.raises(FewLabelsError, match=msg):
+        resolve(cmd, None, {key: value})
+
+
+def test_every_default_is_within_its_bounds():
+    """The bounds hold for every command's defaults (and a subclass that overrides a default keeps its bound)."""
+    import dataclasses
+
+    from fewlabels.cli import _commands
+    from fewlabels.config import _check_bounds
+
+    for cmd in _commands():
+        for f in dataclasses.fields(cmd.cls):
+            if f.default is not dataclasses.MISSING:
+                _check_bounds(f.name, f.default, f.metadata.get("bounds"))
+    from fewlabels.methods.pseudolabel import PseudoLabelCommand
+    from fewlabels.methods.selftrain import SelfTrainCommand
+
+    with pytest.raises(FewLabelsError, match="threshold"):
+        resolve(PseudoLabelCommand, None, {"threshold": 1.5})
+    with pytest.raises(FewLabelsError, match="teacher_epochs"):
+        resolve(SelfTrainCommand, None, {"teacher_epochs": 0})

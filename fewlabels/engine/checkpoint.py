@@ -13,6 +13,7 @@ A checkpoint folder is replaced as a whole: written to `NAME.new/`, then `NAME` 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,29 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any],
     write_json(new / "model.json", meta)
     if train_state is not None:
         torch.save(train_state, new / "train_state.pt")
+    _fsync_folder(new)  # on disk before the renames: after a power cut either folder is whole, not an empty file
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
         folder.rename(old)
     new.rename(folder)
+    _fsync_folder(folder.parent, files=False)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _fsync_folder(folder: Path, files: bool = True) -> None:
+    """fsync the files of a folder, then the folder itself (its entries); a no-op where the OS does not allow it."""
+    paths = [f for f in folder.iterdir() if f.is_file()] if files else []
+    for path in [*paths, folder]:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass  # e.g. directories on Windows
+        finally:
+            os.close(fd)
 
 
 def _resolve(folder: Path) -> Path | None:
@@ -86,7 +105,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer: str
     from ..models import create_model
 
     folder = find_checkpoint(path, prefer)
-    meta = json.loads((folder / "model.json").read_text())
+    meta = read_meta(folder)
+    missing = [k for k in ("model", "classes", "in_chans") if k not in meta]
+    if missing:
+        raise FewLabelsError(f"checkpoint metadata {folder / 'model.json'} lacks {', '.join(missing)}: it was not "
+                             f"written by fewlabels, or was edited; use the run's other checkpoint or retrain")
     model = create_model(meta["model"], num_classes=len(meta["classes"]), in_chans=meta["in_chans"],
                          **meta.get("model_kwargs", {}))
     try:

@@ -9,54 +9,55 @@ from ..config import opt
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(30, "passes over the training images")
-    batch_size: int = opt(256, "images per step")
+    epochs: int = opt(30, "passes over the training images", ge=1)
+    batch_size: int = opt(256, "images per step", ge=1)
     min_steps_per_epoch: int = opt(0, "a training set smaller than this many batches is passed over several times "
-                                   "(reshuffled) per epoch, so that tiny labelled sets still get enough steps")
+                                   "(reshuffled) per epoch, so that tiny labelled sets still get enough steps", ge=0)
     optimizer: str = opt("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
-    lr: float = opt(0.1, "peak learning rate (for the head when per-layer rates are used)")
-    momentum: float = opt(0.9, "SGD momentum / AdamW beta1")
+    lr: float = opt(0.1, "peak learning rate (for the head when per-layer rates are used)", gt=0)
+    momentum: float = opt(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)
     nesterov: bool = opt(True, "Nesterov momentum for SGD")
-    weight_decay: float = opt(5e-4, "weight decay; never applied to norm and bias parameters")
+    weight_decay: float = opt(5e-4, "weight decay; never applied to norm and bias parameters", ge=0)
     norm_bias_lr: float = opt(1.0, "learning-rate multiplier for the biases of normalisation layers (airbench's "
-                              "bias_scaler: 64); 1 = the same rate as the other parameters")
+                              "bias_scaler: 64); 1 = the same rate as the other parameters", gt=0)
     schedule: str = opt("cosine", "cosine: warm-up then cosine to 0; onecycle: warm-up then linear to 0; constant",
                         choices=("cosine", "onecycle", "constant"))
-    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs")
-    label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets")
+    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs", ge=0)
+    label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets", ge=0, lt=1)
     ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999), reached after a warm-up; 0 = off. Evaluation "
-                     "and checkpoints use the EMA")
+                     "and checkpoints use the EMA", ge=0, lt=1)
     lookahead: float = opt(0.0, "airbench's lookahead: every `lookahead_every` steps the weights are pulled to a slow "
                            "copy (EMA with this per-step decay, ramped up as progress³) and the run ends on the slow "
-                           "copy; airbench uses 0.95. 0 = off")
-    lookahead_every: int = opt(5, "steps between lookahead updates")
+                           "copy; airbench uses 0.95. 0 = off", ge=0, lt=1)
+    lookahead_every: int = opt(5, "steps between lookahead updates", ge=1)
     augment: str = opt("weak", "augmentation preset: none, weak (crop+flip), strong (weak+RandAugment+Cutout)",
                        choices=("none", "weak", "strong"))
     hflip: bool | None = opt(None, "random horizontal flips; default: on, except for digit sets (digits, mnist, svhn) "
                              "where a mirror image is not the same class")
     padding: int | None = opt(None, "pad-and-crop translation range in pixels for weak/strong (default: image "
-                              "size // 8)")
+                              "size // 8)", ge=0)
     alternating_flip: bool = opt(False, "airbench's alternating flip: a random half of the images is mirrored in even "
                                  "epochs and the other half in odd ones, instead of a coin per image and epoch")
-    cutout: int | None = opt(None, "Cutout side in pixels for the strong preset (default: image size // 2; 0 = off)")
-    ra_magnitude: float = opt(9.0, "RandAugment magnitude M (0-10) for the strong preset")
-    ra_num_ops: int = opt(2, "RandAugment ops per image for the strong preset")
-    mixup: float = opt(0.0, "MixUp Beta(α, α); 0 = off")
-    cutmix: float = opt(0.0, "CutMix Beta(α, α); 0 = off")
-    mix_prob: float = opt(1.0, "probability of mixing a batch when MixUp/CutMix are on")
+    cutout: int | None = opt(None, "Cutout side in pixels for the strong preset (default: image size // 2; 0 = off)",
+                             ge=0)
+    ra_magnitude: float = opt(9.0, "RandAugment magnitude M (0-10) for the strong preset", ge=0, le=10)
+    ra_num_ops: int = opt(2, "RandAugment ops per image for the strong preset", ge=0)
+    mixup: float = opt(0.0, "MixUp Beta(α, α); 0 = off", ge=0)
+    cutmix: float = opt(0.0, "CutMix Beta(α, α); 0 = off", ge=0)
+    mix_prob: float = opt(1.0, "probability of mixing a batch when MixUp/CutMix are on", ge=0, le=1)
     mix_per_image: bool = opt(False, "draw the MixUp/CutMix λ per image instead of per batch")
     unlabelled_ratio: float = opt(0.0, "with pseudo-labelled images: pseudo-labelled images per labelled image in "
-                                  "each batch (0 = one shuffled pool)")
+                                  "each batch (0 = one shuffled pool)", ge=0)
     precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16, fp16, fp32",
                          choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
     tta_flip: bool = opt(False, "average predictions over the image and its mirror at evaluation")
     tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (airbench's multi-crop "
-                             "test-time augmentation: weight 1/2 unshifted, 1/4 each shift); 0 = off")
+                             "test-time augmentation: weight 1/2 unshifted, 1/4 each shift); 0 = off", ge=0)
     whiten_stem: bool = opt(False, "start the first conv from the data: patch-whitening filters computed on up to "
                             "5,000 training images (airbench; compact CNNs only; the -p2 models then freeze them). "
                             "Helps with all 50,000 CIFAR-10 labels, cost ~2 points with 4,000")
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
     seed: int = opt(0, "random seed (model init, batches, augmentation)")
-    eval_batch_size: int = opt(1024, "images per step at evaluation")
-    eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)")
+    eval_batch_size: int = opt(1024, "images per step at evaluation", ge=1)
+    eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)", ge=1)

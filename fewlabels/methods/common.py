@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from ..config import opt, pick, to_yaml
 from ..data import Dataset, ImageSet, Split, load_dataset, make_split
@@ -26,14 +27,14 @@ class DataConfig:
     data_root: str | None = opt(None, "where torchvision datasets live (default ~/.cache/fewlabels/datasets)")
     cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)")
     bad_images: str = opt("stop", "on an unreadable image: stop, or skip it (with a count)", choices=("stop", "skip"))
-    image_size: int | None = opt(None, "resize images of an image folder to this size")
-    labels: int | None = opt(None, "label budget: labelled images in all (stratified); default all")
-    labels_per_class: int | None = opt(None, "label budget per class")
-    val: float = opt(0.1, "validation images held out of the training pool: a fraction (<1) or a count")
+    image_size: int | None = opt(None, "resize images of an image folder to this size", ge=1)
+    labels: int | None = opt(None, "label budget: labelled images in all (stratified); default all", ge=1)
+    labels_per_class: int | None = opt(None, "label budget per class", ge=1)
+    val: float = opt(0.1, "validation images held out of the training pool: a fraction (<1) or a count", ge=0)
     split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
     mean: list[float] | None = opt(None, "per-channel normalisation mean on [0, 1] (default: the dataset's; use the "
                                    "pretrained model's for transfer, e.g. 0.485,0.456,0.406)")
-    std: list[float] | None = opt(None, "per-channel normalisation std on [0, 1] (default: the dataset's)")
+    std: list[float] | None = opt(None, "per-channel normalisation std on [0, 1] (default: the dataset's)", gt=0)
     split_seed: int = opt(0, "seed of the label-budget split")
 
 
@@ -41,15 +42,16 @@ class DataConfig:
 class ModelConfig:
     model: str = opt("cnn-s", "model name: cnn-tiny/s/m/l/xl (each also as -p2: airbench's 2x2 stem, faster), "
                               "mlp, resnet20/32/44/56, timm:<name>")
-    drop_rate: float = opt(0.0, "dropout before the classifier")
-    drop_path_rate: float = opt(0.0, "stochastic depth rate (deepest block)")
+    drop_rate: float = opt(0.0, "dropout before the classifier", ge=0, lt=1)
+    drop_path_rate: float = opt(0.0, "stochastic depth rate (deepest block)", ge=0, lt=1)
     pretrained: str | None = opt(None, "initial weights: a weights file, a fewlabels run folder, or 'true' for the "
                                  "model's own pretrained weights")
 
 
 @dataclass
 class RunConfig:
-    out: str | None = opt(None, "run folder (default runs/<command>-<time>); an existing one is resumed")
+    out: str | None = opt(None, "run folder (default runs/<command>-<time>); an existing one is resumed, given "
+                              "the same options")
     quiet: bool = opt(False, "print less")
 
 
@@ -70,9 +72,43 @@ def run_folder(out: str | None, command: str) -> Path:
     return p
 
 
+# Options that may change when a run is resumed: where it lives, what it prints, where it runs, and (selftrain) how
+# far it goes. Any other difference would mix two runs in one folder.
+RESUME_MAY_CHANGE = {"out", "quiet", "device", "eval_batch_size", "data_root", "cache_dir", "rounds",
+                     "finetune_epochs"}
+
+
 def save_config(run_dir: Path, cfg: Any, command: str) -> None:
-    """Save the resolved config; refuse to resume a run folder with a different config for a different command."""
-    atomic_write_text(run_dir / "config.yaml", f"# fewlabels {command}\n" + to_yaml(cfg))
+    """Save the resolved config; refuse to resume a run folder made by another command or with other options.
+
+    A folder in which a run stopped before doing any work (it holds only config.yaml, environment.json and
+    split.json, e.g. after a typo in --data) is reused: its split is derived from the options and made again.
+    """
+    path = run_dir / "config.yaml"
+    if path.is_file():
+        started = sorted(e.name for e in run_dir.iterdir()
+                         if e.name not in ("config.yaml", "environment.json", "split.json"))
+        text = path.read_text()
+        first = text.split("\n", 1)[0]
+        old_command = first.removeprefix("# fewlabels ").strip() if first.startswith("# fewlabels ") else "?"
+        try:
+            old = yaml.safe_load(text) or {}
+        except yaml.YAMLError:
+            old = None
+        new = dataclasses.asdict(cfg)
+        changed = ([k for k in new if k not in RESUME_MAY_CHANGE and k in old and old[k] != new[k]]
+                   if isinstance(old, dict) else ["config.yaml (unreadable)"])
+        if started and old_command != command:
+            raise FewLabelsError(f"{run_dir} holds a `fewlabels {old_command}` run; `fewlabels {command}` will not "
+                                 f"write into it: give it a new --out")
+        if started and changed:
+            diff = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" if isinstance(old, dict) else k for k in changed[:6])
+            raise FewLabelsError(f"{run_dir} holds a run with other options ({diff}{', …' if len(changed) > 6 else ''})"
+                                 f"; to resume it rerun with its own options (they are in {path}), or give a new "
+                                 f"--out for a new run")
+        if changed or old_command != command:  # nothing was done there: start afresh, with a split of these options
+            (run_dir / "split.json").unlink(missing_ok=True)
+    atomic_write_text(path, f"# fewlabels {command}\n" + to_yaml(cfg))
     write_json(run_dir / "environment.json", environment_info())
 
 
@@ -80,6 +116,11 @@ def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Datas
     """Load the dataset and make (or reuse) the label-budget split; save it in the run folder."""
     ds = load_dataset(dc.data, root=dc.data_root, cache_dir=dc.cache_dir, bad_images=dc.bad_images,
                       image_size=dc.image_size)
+    if ds.train.num_classes < 2:
+        only = ds.train.classes[0] if ds.train.classes else "?"
+        raise FewLabelsError(f"{dc.data} has one class ({only}): a classifier needs at least two. Give each class "
+                             f"its own subfolder (DIR/<class>/image.jpg); if {only}/ holds the class folders, pass "
+                             f"that folder as --data")
     if dc.mean is not None or dc.std is not None:
         c = ds.train.image_shape[0]
         mean, std = tuple(dc.mean or ds.mean), tuple(dc.std or ds.std)
@@ -93,6 +134,8 @@ def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Datas
     elif existing is not None and existing.is_file():
         split = Split.load(existing, pool_size=n)  # resuming: keep the split the run started with
     else:
+        if dc.val >= 1 and not float(dc.val).is_integer():
+            raise FewLabelsError(f"--val {dc.val:g}: give a fraction below 1 (e.g. 0.1) or a whole number of images")
         val = dc.val if dc.val < 1 else int(dc.val)
         if ds.val is not None:
             val = 0  # the source has its own validation split
@@ -147,11 +190,22 @@ def build_model(mc: ModelConfig, ds: Dataset, log=print, seed: int = 0) -> tuple
     return model, meta
 
 
-def check_classes(meta: dict, classes: list[str], what: str) -> None:
+def check_classes(meta: dict, classes: list[str], what: str, images: ImageSet | None = None) -> None:
+    """A trained model meets data: same classes, and (given the images) the same channels and image size."""
     if list(meta["classes"]) != list(classes):
         raise FewLabelsError(f"{what} was trained for classes {meta['classes'][:10]} but the data has classes "
-                             f"{classes[:10]}: use a model trained on this class set, or --pretrained to start from "
-                             f"its weights with a new head")
+                             f"{classes[:10]}: pass the data it was trained on, or use a model trained on this class "
+                             f"set (train starts from its weights with a new head: --pretrained)")
+    if images is None:
+        return
+    c, h, w = images.image_shape
+    if "in_chans" in meta and int(meta["in_chans"]) != c:
+        raise FewLabelsError(f"{what} takes {meta['in_chans']}-channel images but the data has {c} channels: pass "
+                             f"the data it was trained on")
+    if "image_size" in meta and list(meta["image_size"]) != [h, w]:
+        th, tw = meta["image_size"]
+        raise FewLabelsError(f"{what} was trained on {th}x{tw} images but the data has {h}x{w}: pass the data it "
+                             f"was trained on (for an image folder, --image-size {th})")
 
 
 def asdict(cfg: Any) -> dict:

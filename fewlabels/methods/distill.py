@@ -78,8 +78,8 @@ class DistillLoss:
 @dataclass
 class DistillOptions:
     teacher: str = opt("", "the teacher: a fewlabels run folder or checkpoint trained on the same classes")
-    alpha: float = opt(0.9, "weight α of the distillation term: L = α·T²·KL + (1−α)·CE")
-    temperature: float = opt(4.0, "softmax temperature T")
+    alpha: float = opt(0.9, "weight α of the distillation term: L = α·T²·KL + (1−α)·CE", ge=0, le=1)
+    temperature: float = opt(4.0, "softmax temperature T", gt=0)
     use_unlabelled: bool = opt(False, "add the split's unlabelled images (distillation term only)")
     cache_teacher: bool = opt(False, "compute teacher logits once on clean images (faster; stale under augmentation)")
 
@@ -101,7 +101,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     run_dir = run_folder(cfg.out, "distill")
     save_config(run_dir, cfg, "distill")
     ds, split = prepare_data(cfg, run_dir, log)
-    check_classes(tmeta, ds.train.classes, f"the teacher {cfg.teacher}")
+    check_classes(tmeta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     k = ds.train.num_classes
     idx = torch.cat([split.labelled, split.unlabelled]) if cfg.use_unlabelled else split.labelled
     sub = ds.train.subset(idx)

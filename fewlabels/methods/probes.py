@@ -34,12 +34,12 @@ from .common import DataConfig, RunConfig, check_classes, prepare_data, run_fold
 class EquivarianceOptions:
     # opt() turns a list default into a default_factory (no shared mutable default), which RUF009 cannot see
     shifts: list[int] = opt([1, 2, 4, 8],  # noqa: RUF009
-                            "shifts in pixels (comma-separated), each applied horizontally and vertically")
+                            "shifts in pixels (comma-separated), each applied horizontally and vertically", ge=1)
     circular: bool = opt(False, "circular shifts (torch.roll) instead of shifting in background and leaving the "
                          "border out of the comparison")
     margin: int = opt(4, "without --circular: input pixels left out on every side of the compared region "
-                      "(ceil(margin / stride) pixels of each map)")
-    num_images: int = opt(512, "images to probe (a seeded random sample)")
+                      "(ceil(margin / stride) pixels of each map)", ge=0)
+    num_images: int = opt(512, "images to probe (a seeded random sample)", ge=1)
     seed: int = opt(0, "seed of the image sample")
 
 
@@ -105,13 +105,10 @@ def probe_equivariance(cfg: ProbeEquivarianceCommand | None = None, **kwargs: An
         raise FewLabelsError(f"cannot tell which data {cfg.model} was trained on: pass --data")
     ds = load_dataset(data, root=cfg.data_root or run_cfg.get("data_root"),
                       cache_dir=cfg.cache_dir or run_cfg.get("cache_dir"), image_size=run_cfg.get("image_size"))
-    check_classes(meta, ds.train.classes, f"the model at {cfg.model}")
     images = ds.test if cfg.on == "test" else ds.train
     if images is None:
         raise FewLabelsError(f"{data} has no test split: use --on train")
-    if list(images.image_shape[1:]) != list(meta["image_size"]):
-        raise FewLabelsError(f"the model was trained on {meta['image_size']} images but {data} has "
-                             f"{list(images.image_shape[1:])}: pass the data it was trained on")
+    check_classes(meta, ds.train.classes, f"the model at {cfg.model}", images)
     run_dir = run_folder(cfg.out, "probe-equivariance")
     save_config(run_dir, cfg, "probe equivariance")
     g = torch.Generator().manual_seed(cfg.seed)
@@ -139,7 +136,7 @@ def probe_equivariance(cfg: ProbeEquivarianceCommand | None = None, **kwargs: An
 @dataclass
 class FcVsCnnOptions:
     cnn: str = opt("cnn-tiny", "the CNN (any model name); the MLP's hidden width is chosen to match its parameters")
-    mlp_layers: int = opt(2, "hidden layers of the MLP (all of one width)")
+    mlp_layers: int = opt(2, "hidden layers of the MLP (all of one width)", ge=1)
     conditions: list[str] = opt(list(CONDITIONS),  # noqa: RUF009
                                 "which of standard, shifted (train left, test right), permuted (one fixed pixel "
                                 "permutation) to run, comma-separated")
@@ -153,11 +150,11 @@ class ProbeFcVsCnnCommand(RunConfig, FcVsCnnOptions, TrainConfig, DataConfig):
 
     # Translation augmentation (random crops) would teach the FC net the shifts the probe is about, and flips change
     # digits: both off unless asked for. No validation split: nothing is selected, the last epoch is tested.
-    epochs: int = opt(10, "passes over the training images (per model and condition)")
+    epochs: int = opt(10, "passes over the training images (per model and condition)", ge=1)
     augment: str = opt("none", "augmentation preset: none, weak (crop+flip), strong", choices=("none", "weak",
                                                                                                   "strong"))
     hflip: bool = opt(False, "random horizontal flips (with --augment weak/strong)")
-    val: float = opt(0.0, "validation images held out of the training pool: a fraction (<1) or a count")
+    val: float = opt(0.0, "validation images held out of the training pool: a fraction (<1) or a count", ge=0)
 
 
 def _train_and_test(model: torch.nn.Module, meta: dict[str, Any], train_set: TrainSet, tests: dict[str, Any],

@@ -58,8 +58,12 @@ class PseudoLabels:
             p = p / "pseudo_labels.safetensors"
         if not p.is_file():
             raise FewLabelsError(f"no pseudo-label file at {p}: run `fewlabels pseudolabel` first")
-        d = load_file(str(p))
-        return cls(d["indices"], d["labels"], d["probs"], d["confidence"])
+        try:
+            d = load_file(str(p))
+            return cls(d["indices"], d["labels"], d["probs"], d["confidence"])
+        except Exception as e:  # safetensors raises its own error types for corrupt files; KeyError for others
+            raise FewLabelsError(f"the pseudo-label file {p} is unreadable or not fewlabels' ({e!r}); run "
+                                 f"`fewlabels pseudolabel` again to rewrite it") from None
 
 
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0, hard: bool = True) -> torch.Tensor:
@@ -149,14 +153,14 @@ def label_pool(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, hard: bo
 
 @dataclass
 class PseudoLabelOptions:
-    threshold: float = opt(0.0, "keep pseudo-labels whose top probability is at least this")
+    threshold: float = opt(0.0, "keep pseudo-labels whose top probability is at least this", ge=0, le=1)
     soft: bool = opt(False, "soft labels softmax(logits/T) instead of the teacher's hard argmax")
-    temperature: float = opt(1.0, "temperature T of soft labels")
+    temperature: float = opt(1.0, "temperature T of soft labels", gt=0)
     balance: bool = opt(True, "balance classes: at most --per-class images each, sparse classes duplicated")
-    per_class: int | None = opt(None, "per-class cap when balancing (default: the mean kept count per class)")
+    per_class: int | None = opt(None, "per-class cap when balancing (default: the mean kept count per class)", ge=1)
     tta_flip_teacher: bool = opt(False, "the teacher averages the image and its mirror")
     tta_translate_teacher: int = opt(0, "the teacher also averages the image shifted by ± this many pixels "
-                                        "(multi-crop TTA, as --tta-translate does for evaluation)")
+                                        "(multi-crop TTA, as --tta-translate does for evaluation)", ge=0)
 
 
 @dataclass
@@ -179,7 +183,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     run_dir = run_folder(cfg.out, "pseudolabel")
     save_config(run_dir, cfg, "pseudolabel")
     ds, split = prepare_data(cfg, run_dir, log)
-    check_classes(meta, ds.train.classes, f"the teacher {cfg.teacher}")
+    check_classes(meta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     if len(split.unlabelled) == 0:
         raise FewLabelsError("the unlabelled pool is empty: give a label budget (--labels or --labels-per-class) so "
                              "that some training images are left unlabelled")

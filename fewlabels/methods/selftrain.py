@@ -42,17 +42,17 @@ from .pseudolabel import PseudoLabelOptions, label_pool, quality
 
 @dataclass
 class SelfTrainOptions:
-    rounds: int = opt(2, "student rounds after the teacher (round 0)")
+    rounds: int = opt(2, "student rounds after the teacher (round 0)", ge=0)
     teacher_model: str = opt("cnn-s", "round-0 teacher model")
     student_models: list[str] = opt(["cnn-s", "cnn-m"], "student model per round, comma-separated; the last one "
                                     "repeats. Use equal or larger models")
-    teacher_epochs: int = opt(40, "epochs of the round-0 teacher")
-    student_epochs: int = opt(20, "epochs of each student")
+    teacher_epochs: int = opt(40, "epochs of the round-0 teacher", ge=1)
+    student_epochs: int = opt(20, "epochs of each student", ge=1)
     teacher_augment: str = opt("weak", "augmentation of the teacher", choices=("none", "weak", "strong"))
     student_augment: str = opt("strong", "input noise of the students", choices=("none", "weak", "strong"))
-    student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier")
-    student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students")
-    finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)")
+    student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier", ge=0, lt=1)
+    student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students", ge=0, lt=1)
+    finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)", ge=0)
 
 
 @dataclass
@@ -60,7 +60,7 @@ class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainCon
     """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
 
     min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
-                                   "per epoch (the round-0 teacher sees only the labelled images)")
+                                   "per epoch (the round-0 teacher sees only the labelled images)", ge=0)
 
 
 def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,

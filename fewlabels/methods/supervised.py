@@ -19,7 +19,7 @@ from ..engine.config import TrainConfig
 from ..engine.loop import fit
 from ..errors import FewLabelsError
 from ..eval import classification_report, predict_logits
-from ..utils import pick_device, pick_dtype, write_json
+from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     DataConfig,
     ModelConfig,
@@ -68,7 +68,7 @@ class EvaluateCommand(DataConfig):
     on: str = opt("test", "which images: test, val (the run's validation split) or train", choices=("test", "val",
                                                                                                       "train"))
     tta_flip: bool = opt(False, "average over the image and its mirror")
-    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)")
+    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)", ge=0)
     device: str = opt("auto", "auto, cpu, cuda, ...")
     out: str | None = opt(None, "write the report as JSON here")
 
@@ -81,7 +81,7 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     model, meta = load_model(cfg.model_path, device)
     ds = load_dataset(cfg.data, root=cfg.data_root, cache_dir=cfg.cache_dir, bad_images=cfg.bad_images,
                       image_size=cfg.image_size)
-    check_classes(meta, ds.train.classes, f"the model at {cfg.model_path}")
+    check_classes(meta, ds.train.classes, f"the model at {cfg.model_path}", ds.train)
     if cfg.on == "test":
         if ds.test is None:
             raise FewLabelsError(f"{cfg.data} has no test split: use --on val")
@@ -110,11 +110,11 @@ class PredictCommand:
 
     model_path: str = opt("", "run folder or checkpoint")
     inputs: list[str] = opt([], "image files or folders")
-    top_k: int = opt(3, "classes per image")
+    top_k: int = opt(3, "classes per image", ge=1)
     format: str = opt("csv", "output format", choices=("csv", "json"))
     out: str | None = opt(None, "write here instead of standard output")
     tta_flip: bool = opt(False, "average over the image and its mirror")
-    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)")
+    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)", ge=0)
     device: str = opt("auto", "auto, cpu, cuda, ...")
 
 
@@ -167,7 +167,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
                                      for q, j in zip(p[i], idx[i])]} for i, f in enumerate(files)]
     text = json.dumps(rows, indent=2) if cfg.format == "json" else _csv(rows, k)
     if cfg.out:
-        Path(cfg.out).write_text(text)
+        atomic_write_text(Path(cfg.out), text)
     else:
         print(text, end="" if text.endswith("\n") else "\n")
     return rows

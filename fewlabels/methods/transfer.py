@@ -45,14 +45,14 @@ from .common import (
 class TransferOptions:
     mode: str = opt("finetune", "probe, finetune, or compare (scratch vs probe vs finetune)",
                     choices=("probe", "finetune", "compare"))
-    backbone_lr: float | None = opt(None, "fine-tune: learning rate of every layer but the head (default lr/10)")
+    backbone_lr: float | None = opt(None, "fine-tune: learning rate of every layer but the head (default lr/10)", ge=0)
     layer_decay: float | None = opt(None, "fine-tune: layer-wise decay; lr · decay^depth from the head (overrides "
-                                    "--backbone-lr)")
-    freeze_epochs: int = opt(0, "fine-tune: first epochs with the backbone frozen (head only)")
-    probe_epochs: int = opt(100, "probe: epochs over the cached features")
-    probe_lr: float = opt(1e-2, "probe: AdamW learning rate of the head")
-    probe_weight_decay: float = opt(1e-4, "probe: weight decay of the head")
-    probe_views: int = opt(1, "probe: cached views per image (1 = the clean image; more adds augmented views)")
+                                    "--backbone-lr)", gt=0, le=1)
+    freeze_epochs: int = opt(0, "fine-tune: first epochs with the backbone frozen (head only)", ge=0)
+    probe_epochs: int = opt(100, "probe: epochs over the cached features", ge=1)
+    probe_lr: float = opt(1e-2, "probe: AdamW learning rate of the head", gt=0)
+    probe_weight_decay: float = opt(1e-4, "probe: weight decay of the head", ge=0)
+    probe_views: int = opt(1, "probe: cached views per image (1 = the clean image; more adds augmented views)", ge=1)
 
 
 @dataclass
