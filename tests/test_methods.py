@@ -203,6 +203,32 @@ def test_selftrain_resume_skips_finished_rounds(selftrain_run, capsys):
     assert res2["rounds"] == json.loads((out / "rounds.json").read_text())
 
 
+def test_selftrain_run_extends_but_is_not_overwritten(selftrain_run):
+    """A finished run takes a fine-tune later; other options, or another fine-tune length, are refused."""
+    out, _ = selftrain_run
+    kw = dict(out=str(out), labels_per_class=5, rounds=1, teacher_model="cnn-tiny", student_models=["cnn-tiny"],
+              teacher_epochs=30, student_epochs=15, min_steps_per_epoch=4, **COMMON)
+    with pytest.raises(FewLabelsError, match="other options.*student_epochs: 15 → 16"):
+        selftrain(**{**kw, "student_epochs": 16})
+    res = selftrain(**kw, finetune_epochs=1)
+    assert [r["round"] for r in res["rounds"]] == [0, 1, "finetune"]
+    with pytest.raises(FewLabelsError, match="holds a 1-epoch fine-tune.*--finetune-epochs 1"):
+        selftrain(**kw, finetune_epochs=2)
+
+
+def test_student_trainset_smooths_pseudo_labels_like_labels():
+    from fewlabels.engine.loop import TrainSet
+    from fewlabels.losses import smooth_one_hot
+    from fewlabels.methods.selftrain import _student_trainset
+
+    lab = TrainSet(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), smooth_one_hot(torch.tensor([0, 1]), 4, 0.2),
+                   torch.ones(2, dtype=torch.bool))
+    pl = torch.nn.functional.one_hot(torch.tensor([3, 2]), 4).float()
+    ts = _student_trainset(lab, torch.ones(5, 1, 4, 4, dtype=torch.uint8), pl, torch.tensor([4, 1]), 0.2)
+    assert torch.allclose(ts.targets[2:], smooth_one_hot(torch.tensor([3, 2]), 4, 0.2))
+    assert ts.images.shape[0] == 4 and ts.images[2:].eq(1).all()
+
+
 def test_selftrain_needs_unlabelled_pool(tmp_path):
     with pytest.raises(FewLabelsError, match="unlabelled pool is empty"):
         selftrain(out=str(tmp_path), rounds=1, **COMMON)

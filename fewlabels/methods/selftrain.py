@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import opt, resolve
-from ..engine.checkpoint import load_model
+from ..engine.checkpoint import load_model, read_meta
 from ..engine.config import TrainConfig
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
@@ -64,8 +64,10 @@ class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainCon
 
 
 def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,
-                      pl_indices: torch.Tensor) -> TrainSet:
+                      pl_indices: torch.Tensor, smoothing: float = 0.0) -> TrainSet:
+    """Labelled + pseudo-labelled images; the pseudo-labels smoothed by ε as the labelled targets already are."""
     n_lab, n_ps = labelled.images.shape[0], pl_indices.numel()
+    pl_targets = pl_targets * (1 - smoothing) + smoothing / pl_targets.shape[1]
     return TrainSet(torch.cat([labelled.images, pool_images[pl_indices]]),
                     torch.cat([labelled.targets, pl_targets]),
                     torch.ones(n_lab + n_ps, dtype=torch.bool),
@@ -133,7 +135,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         pl.save(rdir, pool.paths, ds.train.classes)
         write_json(rdir / "pseudo_labels_report.json", q)
         del teacher
-        train = _student_trainset(labelled, pool.images, pl.probs, pl.indices)
+        train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing)
         scfg = replace(base, epochs=cfg.student_epochs, augment=cfg.student_augment)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
@@ -150,6 +152,11 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
 def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[str, Any]:
     from ..models import load_pretrained
     rdir = run_dir / "finetune"
+    if (rdir / "checkpoints").is_dir():  # resuming: only the fine-tune this folder started
+        done = read_meta(rdir / "checkpoints" / "last").get("train_config", {}).get("epochs")
+        if done is not None and done != cfg.finetune_epochs:
+            raise FewLabelsError(f"{rdir} holds a {done}-epoch fine-tune; rerun with --finetune-epochs {done}, or "
+                                 f"delete that folder to fine-tune for {cfg.finetune_epochs} epochs")
     _, meta = load_model(src)
     model, meta = build_model(ModelConfig(meta["model"], 0.0, 0.0, None), ds, log, cfg.seed)
     load_pretrained(model, str(src), strict=True)
