@@ -44,6 +44,18 @@ def _show_eval(report: dict) -> None:
     print(f"accuracy {report['accuracy']:.4f} on {report['n']} {report['on']} images")
     for c, a in report["per_class_accuracy"].items():
         print(f"  {c:>16s}  {a:.4f}")
+    cm, classes = report.get("confusion_matrix"), report.get("classes", [])
+    if not cm:
+        return
+    if len(classes) > 20:
+        print(f"confusion matrix ({len(classes)} classes): in the JSON report (--out report.json)")
+        return
+    w = max(4, *(len(str(v)) for row in cm for v in row)) + 1
+    names = [c[:w - 1] for c in classes]
+    print("confusion matrix (rows: true class, columns: predicted)")
+    print(" " * 18 + "".join(f"{n:>{w}s}" for n in names))
+    for c, row in zip(classes, cm):
+        print(f"  {c[:16]:>16s}" + "".join(f"{v:>{w}d}" for v in row))
 
 
 def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:

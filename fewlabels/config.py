@@ -141,7 +141,9 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
     out = {}
     for k, v in values.items():
         out[k] = _coerce(k, v, hints[k], known[k].metadata.get("choices"), known[k].metadata.get("bounds"))
-    return cls(**out)
+    cfg = cls(**out)
+    object.__setattr__(cfg, "_explicit", frozenset(values))  # what the user set (YAML or flags), for resuming
+    return cfg
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:

@@ -125,12 +125,28 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _umask() -> int:
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)  # reading the umask means setting it; put it straight back
+        os.umask(_UMASK)
+    return _UMASK
+
+
+_UMASK: int | None = None
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file so that a reader (or a crash) sees either the old content or the new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        try:  # mkstemp makes the file 0600: give it the mode of the file it replaces, else what open() would give
+            mode = path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask()
+            os.chmod(tmp, mode)
+        except OSError:
+            pass
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -183,7 +183,7 @@ def test_train_passes_augmentation_options_and_dataset_indices(tmp_path, monkeyp
     run = tmp_path / "r"
     args = ["train", "--data", "digits", "--out", run, "--epochs", "2", "--batch-size", "50", "--model", "cnn-tiny",
             "--labels-per-class", "10", "--augment", "strong", "--padding", "1", "--cutout", "3",
-            "--alternating-flip", "--hflip", "true", "--quiet"]
+            "--alternating-flip", "--hflip", "true", "--min-steps-per-epoch", "0", "--quiet"]
     assert main([str(a) for a in args]) == 0
     aug = calls[0][0]
     assert (aug.padding, aug.cutout, aug.alternating_flip, aug.hflip) == (1, 3, True, True)
@@ -259,3 +259,21 @@ def test_one_class_folder_and_corrupt_checkpoint_metadata(tmp_path, capsys, trai
     _bad(["evaluate", bad, "--data", "digits"], capsys, "model.json is unreadable")
     (bad / "checkpoints/best/model.json").write_text('{"model": "cnn-tiny"}')
     _bad(["evaluate", bad, "--data", "digits"], capsys, "lacks classes, in_chans")
+
+
+def test_out_folder_with_user_files_and_a_changed_default(tmp_path, capsys, trained):
+    """A folder that is not a run but holds what a run writes is refused; a run whose saved option differs from
+    today's default (one the user did not set) resumes with its own value instead of being refused."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.json").write_text('{"mine": 1}')
+    _bad(["train", "--data", "digits", "--out", mine, *FAST], capsys, "not a fewlabels run folder")
+    assert (mine / "results.json").read_text() == '{"mine": 1}'
+    import shutil
+    run = tmp_path / "old"
+    shutil.copytree(trained, run)
+    cfg = run / "config.yaml"
+    cfg.write_text(cfg.read_text().replace("weight_decay: 0.0005", "weight_decay: 0.001"))
+    code, out, err = run_cli(["train", "--data", "digits", "--out", run, *FAST], capsys)
+    assert code == 0, err
+    assert "weight_decay: 0.001" in cfg.read_text()

@@ -1,5 +1,9 @@
 """The training loop's pieces: airbench's lookahead."""
 
+import math
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -150,3 +154,80 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_starting_weights(tmp_path
     resumed = fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None).model
     for (k, a), b in zip(ema_sd.items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+
+
+def test_fp16_runs_with_loss_scaling_and_resumes_exactly(tmp_path):
+    """fp16 autocast (CUDA GPUs without bf16) trains through a GradScaler, whose state is saved for resuming."""
+    from fewlabels.data import load_dataset
+    from fewlabels.losses import smooth_one_hot
+    from fewlabels.models import create_model
+
+    ds = load_dataset("digits")
+    n = 192
+    data = TrainSet(ds.train.images[:n], smooth_one_hot(ds.train.labels[:n], 10), torch.ones(n, dtype=torch.bool))
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, precision="fp16", augment="none", channels_last=False,
+                      min_steps_per_epoch=0)
+
+    def model():
+        torch.manual_seed(0)
+        return create_model("mlp", 10, 1, image_size=16)
+
+    calls = []
+    real = torch.amp.GradScaler.step
+
+    def counting(self, *a, **kw):
+        calls.append(1)
+        return real(self, *a, **kw)
+
+    torch.amp.GradScaler.step = counting
+    try:
+        res = fit(model(), data, cfg, norm=(ds.mean, ds.std), log=lambda *_: None)
+        run = tmp_path / "run"
+        with pytest.raises(KeyboardInterrupt):
+            fit(model(), data, cfg, norm=(ds.mean, ds.std), run_dir=run, log=lambda *_: None,
+                on_epoch_start=_interrupt_at(2))
+        state = torch.load(run / "checkpoints" / "last" / "train_state.pt", weights_only=True)
+        assert "scale" in state["scaler"]
+        resumed = fit(model(), data, cfg, norm=(ds.mean, ds.std), run_dir=run, log=lambda *_: None).model
+    finally:
+        torch.amp.GradScaler.step = real
+    assert len(calls) == 3 * 6 + 2 * 6 + 6  # every step of the three runs went through the scaler
+    losses = [h["train_loss"] for h in res.history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0], losses
+    for (k, a), b in zip(res.model.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5), k
+
+
+def test_best_is_saved_before_last_and_checkpoint_copies_are_atomic(tmp_path, monkeypatch):
+    """`last` records the best score, so `best` must be on disk first (a crash in between replays the epoch); a
+    checkpoint copied over another (selftrain's final model) leaves the old one readable if the copy fails."""
+    import shutil
+
+    from fewlabels.engine import loop
+    from fewlabels.engine.checkpoint import copy_checkpoint, find_checkpoint
+    from fewlabels.utils import atomic_write_text
+
+    order = []
+    real = loop.save_checkpoint
+    monkeypatch.setattr(loop, "save_checkpoint", lambda folder, *a, **k: (order.append(folder.name),
+                                                                          real(folder, *a, **k)))
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, precision="fp32", augment="none", channels_last=False)
+    fit(_model(), _data(), cfg, norm=((0.5,) * 3, (0.25,) * 3), run_dir=tmp_path / "run", log=lambda *_: None)
+    assert order == ["best", "last", "best", "last"]
+
+    dst = tmp_path / "dst"
+    copy_checkpoint(tmp_path / "run" / "checkpoints" / "last", dst)
+    before = (dst / "model.safetensors").read_bytes()
+
+    def broken(src, new, *a, **k):
+        Path(new).mkdir()
+        (Path(new) / "model.json").write_text("{}")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copytree", broken)
+    with pytest.raises(OSError):
+        copy_checkpoint(tmp_path / "run" / "checkpoints" / "best", dst)
+    assert find_checkpoint(dst) == dst and (dst / "model.safetensors").read_bytes() == before
+    # files written atomically get the usual permissions, not mkstemp's 0600
+    atomic_write_text(tmp_path / "f.txt", "x")
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~os.umask(os.umask(0o022))

@@ -204,7 +204,7 @@ def test_selftrain_resume_skips_finished_rounds(selftrain_run, capsys):
 
 
 def test_selftrain_run_extends_but_is_not_overwritten(selftrain_run):
-    """A finished run takes a fine-tune later; other options, or another fine-tune length, are refused."""
+    """A finished run takes a fine-tune and more rounds later; other options are refused."""
     out, _ = selftrain_run
     kw = dict(out=str(out), labels_per_class=5, rounds=1, teacher_model="cnn-tiny", student_models=["cnn-tiny"],
               teacher_epochs=30, student_epochs=15, min_steps_per_epoch=4, **COMMON)
@@ -212,8 +212,13 @@ def test_selftrain_run_extends_but_is_not_overwritten(selftrain_run):
         selftrain(**{**kw, "student_epochs": 16})
     res = selftrain(**kw, finetune_epochs=1)
     assert [r["round"] for r in res["rounds"]] == [0, 1, "finetune"]
-    with pytest.raises(FewLabelsError, match="holds a 1-epoch fine-tune.*--finetune-epochs 1"):
-        selftrain(**kw, finetune_epochs=2)
+    # a longer fine-tune, then one more round: each earlier fine-tune is kept aside, not resumed on another schedule
+    selftrain(**kw, finetune_epochs=2)
+    assert (out / "finetune-round1-1ep" / "checkpoints" / "best" / "model.safetensors").is_file()
+    res = selftrain(**{**kw, "rounds": 2}, finetune_epochs=2)
+    assert [r["round"] for r in res["rounds"]] == [0, 1, 2, "finetune"]
+    assert (out / "finetune-round1-2ep").is_dir()
+    assert json.loads((out / "finetune" / "source.json").read_text()) == {"from": "round2", "epochs": 2}
 
 
 def test_student_trainset_smooths_pseudo_labels_like_labels():

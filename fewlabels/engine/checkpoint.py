@@ -34,13 +34,28 @@ def _state_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any],
                     train_state: dict[str, Any] | None = None) -> None:
     folder = Path(folder)
-    new, old = folder.with_name(folder.name + ".new"), folder.with_name(folder.name + ".old")
+    new = folder.with_name(folder.name + ".new")
     shutil.rmtree(new, ignore_errors=True)
     new.mkdir(parents=True)
     save_file(_state_for_save(model), str(new / "model.safetensors"))
     write_json(new / "model.json", meta)
     if train_state is not None:
         torch.save(train_state, new / "train_state.pt")
+    _swap_in(new, folder)
+
+
+def copy_checkpoint(src: Path, folder: Path) -> None:
+    """Copy a checkpoint folder over another as save_checkpoint writes one: the old or the new one stays readable."""
+    src, folder = Path(src), Path(folder)
+    new = folder.with_name(folder.name + ".new")
+    shutil.rmtree(new, ignore_errors=True)
+    new.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(_resolve(src) or src, new)
+    _swap_in(new, folder)
+
+
+def _swap_in(new: Path, folder: Path) -> None:
+    old = folder.with_name(folder.name + ".old")
     _fsync_folder(new)  # on disk before the renames: after a power cut either folder is whole, not an empty file
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)

@@ -11,8 +11,9 @@ from ..config import opt
 class TrainConfig:
     epochs: int = opt(30, "passes over the training images", ge=1)
     batch_size: int = opt(256, "images per step", ge=1)
-    min_steps_per_epoch: int = opt(0, "a training set smaller than this many batches is passed over several times "
-                                   "(reshuffled) per epoch, so that tiny labelled sets still get enough steps", ge=0)
+    min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
+                                   "(reshuffled) per epoch, so that tiny labelled sets still get enough steps (200 "
+                                   "labels at batch size 256 are one step otherwise); 0 = one pass", ge=0)
     optimizer: str = opt("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
     lr: float = opt(0.1, "peak learning rate (for the head when per-layer rates are used)", gt=0)
     momentum: float = opt(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)

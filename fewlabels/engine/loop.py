@@ -176,6 +176,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         # ema^steps of the average, e.g. 25 % after 1,400 steps at 0.999, and a short run's EMA model is far worse
         ema = ModelEmaV3(model, decay=cfg.ema, use_warmup=True)
     lookahead = Lookahead(model, cfg.lookahead, cfg.lookahead_every) if cfg.lookahead > 0 else None
+    # fp16 (CUDA GPUs without bf16, or --precision fp16) needs loss scaling: small gradients underflow otherwise
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
 
     start_epoch, history, best, best_row = 0, [], None, None
     last_dir = run_dir / "checkpoints" / "last" if run_dir else None
@@ -187,6 +189,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             ema.module.load_state_dict(state["ema"])
         if lookahead is not None and "lookahead" in state:
             lookahead.load_state_dict(state["lookahead"])
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["epoch"]) + 1
         history = [dict(h) for h in _decode_history(state)]
         best = state.get("best")
@@ -221,8 +225,13 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             with autocast(device, dtype):
                 loss = loss_fn(model, x, y, hl)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is None:
+                loss.backward()
+                opt.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
             if lookahead is not None:
                 lookahead.step(model, step, total_steps)
             if ema is not None:
@@ -263,9 +272,12 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
                 state["ema"] = ema.module.state_dict()
             if lookahead is not None:
                 state["lookahead"] = lookahead.state_dict()
-            save_checkpoint(last_dir, eval_model, m, state)
+            if scaler is not None:
+                state["scaler"] = scaler.state_dict()
+            # best before last: last's state records the new best, so a crash between the two must replay the epoch
             if new_best:
                 save_checkpoint(run_dir / "checkpoints" / "best", eval_model, m)
+            save_checkpoint(last_dir, eval_model, m, state)
             _write_metrics(run_dir, history)
     final = ema.module if ema is not None else model
     if run_dir is not None and history:

@@ -78,14 +78,27 @@ RESUME_MAY_CHANGE = {"out", "quiet", "device", "eval_batch_size", "data_root", "
                      "finetune_epochs"}
 
 
+# What a run writes at the top of its folder: a folder without config.yaml that holds one of these is not handed to
+# a new run (it would be written over).
+RUN_FILES = ("results.json", "metrics.jsonl", "metrics.json", "learning_curve.png", "checkpoints", "rounds.json",
+             "pseudo_labels.safetensors", "pseudo_labels.csv")
+
+
 def save_config(run_dir: Path, cfg: Any, command: str) -> None:
     """Save the resolved config; refuse to resume a run folder made by another command or with other options.
 
-    A folder in which a run stopped before doing any work (it holds only config.yaml, environment.json and
-    split.json, e.g. after a typo in --data) is reused: its split is derived from the options and made again.
+    Options the user did not set (left at their defaults) take the values the run started with, so that a run
+    made before a default changed still resumes with the same command. A folder in which a run stopped before
+    doing any work (it holds only config.yaml, environment.json and split.json, e.g. after a typo in --data) is
+    reused: its split is derived from the options and made again.
     """
     path = run_dir / "config.yaml"
-    if path.is_file():
+    if not path.is_file():
+        theirs = [n for n in RUN_FILES if (run_dir / n).exists()]
+        if theirs:
+            raise FewLabelsError(f"{run_dir} is not a fewlabels run folder (no config.yaml) but holds "
+                                 f"{', '.join(theirs)}, which a run would write over: give a new --out")
+    else:
         started = sorted(e.name for e in run_dir.iterdir()
                          if e.name not in ("config.yaml", "environment.json", "split.json"))
         text = path.read_text()
@@ -102,10 +115,16 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
             raise FewLabelsError(f"{run_dir} holds a `fewlabels {old_command}` run; `fewlabels {command}` will not "
                                  f"write into it: give it a new --out")
         if started and changed:
-            diff = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" if isinstance(old, dict) else k for k in changed[:6])
-            raise FewLabelsError(f"{run_dir} holds a run with other options ({diff}{', …' if len(changed) > 6 else ''})"
-                                 f"; to resume it rerun with its own options (they are in {path}), or give a new "
-                                 f"--out for a new run")
+            explicit = getattr(cfg, "_explicit", None)  # None: a config built in code, every option counts
+            given = [k for k in changed if explicit is None or k in explicit or not isinstance(old, dict)]
+            if given:
+                diff = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" if isinstance(old, dict) else k for k in given[:6])
+                raise FewLabelsError(f"{run_dir} holds a run with other options ({diff}"
+                                     f"{', …' if len(given) > 6 else ''}); to resume it rerun with its own options "
+                                     f"(they are in {path}), or give a new --out for a new run")
+            for k in changed:  # defaults that changed since the run started: resume with the run's own values
+                setattr(cfg, k, old[k])
+            changed = []
         if changed or old_command != command:  # nothing was done there: start afresh, with a split of these options
             (run_dir / "split.json").unlink(missing_ok=True)
     atomic_write_text(path, f"# fewlabels {command}\n" + to_yaml(cfg))

@@ -10,7 +10,6 @@ Cutout), dropout and stochastic depth; the student becomes the next teacher. Eac
 
 from __future__ import annotations
 
-import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 
 from ..config import opt, resolve
-from ..engine.checkpoint import load_model, read_meta
+from ..engine.checkpoint import copy_checkpoint, load_model, read_meta
 from ..engine.config import TrainConfig
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
@@ -152,11 +151,22 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
 def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[str, Any]:
     from ..models import load_pretrained
     rdir = run_dir / "finetune"
-    if (rdir / "checkpoints").is_dir():  # resuming: only the fine-tune this folder started
-        done = read_meta(rdir / "checkpoints" / "last").get("train_config", {}).get("epochs")
-        if done is not None and done != cfg.finetune_epochs:
-            raise FewLabelsError(f"{rdir} holds a {done}-epoch fine-tune; rerun with --finetune-epochs {done}, or "
-                                 f"delete that folder to fine-tune for {cfg.finetune_epochs} epochs")
+    want = {"from": src.name, "epochs": cfg.finetune_epochs}
+    if rdir.is_dir():  # resume the fine-tune this folder holds, or keep it aside if the run was extended
+        have = _read_json(rdir / "source.json")
+        if have is None and (rdir / "checkpoints").is_dir():  # written before source.json existed
+            have = {"from": src.name, "epochs": read_meta(rdir / "checkpoints" / "last").get(
+                "train_config", {}).get("epochs")}
+        if have is not None and have != want:
+            dst = run_dir / f"finetune-{have.get('from')}-{have.get('epochs')}ep"
+            n = 1
+            while dst.exists():
+                n += 1
+                dst = dst.with_name(f"finetune-{have.get('from')}-{have.get('epochs')}ep-{n}")
+            rdir.rename(dst)
+            log(f"the earlier fine-tune ({have.get('epochs')} epochs from {have.get('from')}) is kept as {dst}")
+    rdir.mkdir(parents=True, exist_ok=True)
+    write_json(rdir / "source.json", want)
     _, meta = load_model(src)
     model, meta = build_model(ModelConfig(meta["model"], 0.0, 0.0, None), ds, log, cfg.seed)
     load_pretrained(model, str(src), strict=True)
@@ -166,6 +176,14 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
     last = res.final
     return {"round": "finetune", "model": meta["model"], "val_acc": last.get("val_acc"),
             "test_acc": last.get("test_acc"), "minutes": round((time.perf_counter() - t0) / 60, 3)}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log) -> None:
@@ -182,9 +200,7 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log) -> 
     if series:
         plot_lines(series, run_dir / "rounds.png", "round", "accuracy", "Noisy Student rounds")
     dst = run_dir / "checkpoints" / "best"
-    shutil.rmtree(dst, ignore_errors=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(final_dir / "checkpoints" / "best", dst)
+    copy_checkpoint(final_dir / "checkpoints" / "best", dst)
     log("\n" + table)
     if rows and rows[0].get("test_acc") is not None and rows[-1].get("test_acc") is not None:
         log(f"supervised only (round 0): test accuracy {rows[0]['test_acc']:.4f}   "
