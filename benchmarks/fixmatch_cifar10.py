@@ -143,7 +143,7 @@ def main() -> None:
     start, last = curve[0]["test_acc"], curve[-1]["test_acc"]
     ref = RESULTS / "selftrain_cifar10_4000_p2nw_r4.json"
     offline = []
-    if ref.is_file() and a.labels_per_class == 400:
+    if ref.is_file() and a.labels_per_class == 400 and teacher_dir.name == "round0":  # a comparison from round 0
         acc_min = 0.0
         for r in json.loads(ref.read_text())["table"][1:]:
             acc_min += r["minutes"]
