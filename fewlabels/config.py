@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import MISSING, fields
@@ -136,7 +137,9 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
             values[key] = v
     for k, v in (overrides or {}).items():
         if k not in known:
-            raise FewLabelsError(f"unknown option '{k}'; valid: {', '.join(known)}")
+            close = difflib.get_close_matches(k, list(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise FewLabelsError(f"unknown option '{k}'{hint}; valid: {', '.join(known)}")
         values[k] = v
     out = {}
     for k, v in values.items():
@@ -178,3 +181,19 @@ def pick(cfg: Any, cls: type[T], **extra: Any) -> T:
     """The part of a command's config that a library function takes (e.g. its TrainConfig)."""
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, **extra)
+
+
+def command_config(cls: type[T], cfg: Any = None, overrides: dict[str, Any] | None = None) -> T:
+    """The config of a command called from Python: keyword arguments, a config object of the command's class, or
+    both (the keywords override the object's fields); every value checked as a flag's would be."""
+    if cfg is None:
+        return resolve(cls, overrides=overrides)
+    if not isinstance(cfg, cls):
+        raise FewLabelsError(f"expected keyword arguments or a {cls.__module__}.{cls.__name__}, got "
+                             f"{type(cfg).__name__} {cfg!r:.60}")
+    if not overrides and hasattr(cfg, "_explicit"):
+        return cfg  # resolved already (the command line)
+    out = resolve(cls, overrides={**dataclasses.asdict(cfg), **(overrides or {})})
+    if hasattr(cfg, "_explicit"):
+        object.__setattr__(out, "_explicit", cfg._explicit | frozenset(overrides or {}))
+    return out

@@ -277,3 +277,35 @@ def test_finetune_with_frozen_first_phase(teacher_run, tmp_path):
                  labels_per_class=10, epochs=2, freeze_epochs=1, probe_epochs=10, **COMMON)
     assert set(r) >= {"scratch", "probe", "finetune"}
     assert (tmp_path / "c" / "compare.md").is_file()
+
+
+# ---------------------------------------------------------------- the Python API's own input checks
+def test_api_config_objects_keywords_and_bad_arguments(teacher_run, tmp_path, capsys):
+    """A config object is checked like flags and can be combined with keywords; wrong kinds of argument, typos,
+    empty model paths and bad devices give FewLabelsErrors; quiet=True keeps predict silent."""
+    from fewlabels import load_model, predict
+    from fewlabels.methods.supervised import TrainCommand
+
+    with pytest.raises(FewLabelsError, match="did you mean epochs"):
+        train(epoch=3)
+    with pytest.raises(FewLabelsError, match="TrainCommand, got TrainConfig"):
+        train(TrainConfig(epochs=1))
+    with pytest.raises(FewLabelsError, match="'epochs'.*not a valid int"):
+        train(TrainCommand(epochs="two"))
+    with pytest.raises(FewLabelsError, match="'lr'.*must be > 0"):  # keywords override the object, and are checked
+        train(TrainCommand(epochs=1), lr=-1.0)
+    with pytest.raises(FewLabelsError, match="no model given"):
+        load_model("")
+    with pytest.raises(FewLabelsError, match="unknown device 'gpu'"):
+        load_model(teacher_run, device="gpu")
+    with pytest.raises(FewLabelsError, match="predict needs a model"):
+        predict(inputs=[str(tmp_path)])
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(FewLabelsError, match="is a file"):
+        train(out=str(f), **COMMON)
+    from PIL import Image
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    capsys.readouterr()
+    rows = predict(model_path=str(teacher_run), inputs=[str(tmp_path / "x.png")], quiet=True)
+    assert len(rows) == 1 and capsys.readouterr().out == ""

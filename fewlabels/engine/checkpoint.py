@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import FewLabelsError
-from ..utils import write_json
+from ..utils import pick_device, write_json
 
 
 def _state_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -91,6 +91,11 @@ def _resolve(folder: Path) -> Path | None:
 
 def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
     """A checkpoint folder from a run folder, a checkpoint folder, or a model.safetensors file."""
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise FewLabelsError(f"no model given ({path!r}): pass a fewlabels run folder, a checkpoint folder or "
+                             f"model.safetensors")
+    if prefer not in ("best", "last"):
+        raise FewLabelsError(f"prefer must be 'best' or 'last', got {prefer!r}")
     p = Path(path)
     if not p.exists():
         raise FewLabelsError(f"no model at {p}: pass a fewlabels run folder, a checkpoint folder or model.safetensors")
@@ -132,6 +137,8 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", prefer: str
         model.load_state_dict(state, strict=True)
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise FewLabelsError(f"could not load weights from {folder / 'model.safetensors'}: {e}") from None
+    if not isinstance(device, torch.device):
+        device = pick_device(str(device))
     return model.to(device).eval(), meta
 
 

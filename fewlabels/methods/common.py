@@ -68,6 +68,8 @@ def train_config(cfg: Any, ds: Dataset, **changes: Any) -> TrainConfig:
 
 def run_folder(out: str | None, command: str) -> Path:
     p = Path(out) if out else Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if p.exists() and not p.is_dir():
+        raise FewLabelsError(f"--out {p} is a file; a run needs a folder: give a new --out")
     p.mkdir(parents=True, exist_ok=True)
     return p
 

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import opt, resolve
+from ..config import command_config, opt
 from ..engine.checkpoint import load_model
 from ..engine.config import TrainConfig
 from ..engine.loop import TrainSet, fit
@@ -90,7 +90,7 @@ class DistillCommand(RunConfig, DistillOptions, TrainConfig, ModelConfig, DataCo
 
 
 def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
-    cfg = cfg or resolve(DistillCommand, overrides=kwargs)
+    cfg = command_config(DistillCommand, cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("distill needs --teacher RUN_FOLDER (a trained fewlabels model)")
     if not 0 <= cfg.alpha <= 1 or cfg.temperature <= 0:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ..config import opt, resolve
+from ..config import command_config, opt
 from ..data import load_dataset
 from .common import NO_FLIP_SOURCES
 
@@ -27,12 +27,13 @@ class PreviewCommand:
     hflip: bool | None = opt(None, "random flips (default: on, except for digit sets)")
     seed: int = opt(0, "random seed")
     out: str = opt("augment_preview.png", "PNG file to write")
+    quiet: bool = opt(False, "print nothing")
 
 
 def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     from ..augment import build_augment, preview_grid
 
-    cfg = cfg or resolve(PreviewCommand, overrides=kwargs)
+    cfg = command_config(PreviewCommand, cfg, kwargs)
     ds = load_dataset(cfg.data, root=cfg.data_root)
     n = len(ds.train)
     idx = torch.linspace(0, n - 1, min(cfg.images, n)).long()
@@ -40,7 +41,8 @@ def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[st
     aug = build_augment(cfg.preset, image_size=ds.train.images.shape[-1], ra_num_ops=cfg.ra_num_ops,
                         ra_magnitude=cfg.ra_magnitude, hflip=hflip)
     path = preview_grid(ds.train.images[idx], aug, cfg.views, Path(cfg.out), seed=cfg.seed)
-    print(f"wrote {path}: {len(idx)} images × {cfg.views} '{cfg.preset}' views")
+    if not cfg.quiet:
+        print(f"wrote {path}: {len(idx)} images × {cfg.views} '{cfg.preset}' views")
     return {"path": str(path)}
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import opt, pick, resolve
+from ..config import command_config, opt, pick
 from ..data import load_dataset
 from ..engine.checkpoint import find_checkpoint, load_model
 from ..engine.config import TrainConfig
@@ -89,7 +89,7 @@ def probe_equivariance(cfg: ProbeEquivarianceCommand | None = None, **kwargs: An
     """Run the translation probe on a trained model; returns the table as a dict (also written to
     RUN/equivariance.{json,md,png}). Keyword arguments are the command-line options, e.g.
     `probe_equivariance(model="runs/train-1", shifts=[2, 4])`."""
-    cfg = cfg or resolve(ProbeEquivarianceCommand, overrides=kwargs)
+    cfg = command_config(ProbeEquivarianceCommand, cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     if not cfg.model:
         raise FewLabelsError("probe equivariance needs --model: a run folder or checkpoint of a trained model")
@@ -176,7 +176,7 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
     returns {"fc": {condition: test accuracy}, "cnn": {...}, "params": ..., ...} (also written to
     RUN/fc_vs_cnn.{json,md,png}). Keyword arguments are the command-line options, e.g.
     `probe_fc_vs_cnn(data="digits", epochs=5)`."""
-    cfg = cfg or resolve(ProbeFcVsCnnCommand, overrides=kwargs)
+    cfg = command_config(ProbeFcVsCnnCommand, cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     unknown = [c for c in cfg.conditions if c not in CONDITIONS]
     if unknown or not cfg.conditions:

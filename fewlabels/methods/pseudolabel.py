@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import opt, resolve
+from ..config import command_config, opt
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import load_model
 from ..errors import FewLabelsError
@@ -172,7 +172,7 @@ class PseudoLabelCommand(RunConfig, PseudoLabelOptions, DataConfig):
 
 
 def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[str, Any]:
-    cfg = cfg or resolve(PseudoLabelCommand, overrides=kwargs)
+    cfg = command_config(PseudoLabelCommand, cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("pseudolabel needs --teacher RUN_FOLDER")
     log = (lambda *_: None) if cfg.quiet else print

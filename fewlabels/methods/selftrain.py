@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..config import opt, resolve
+from ..config import command_config, opt
 from ..engine.checkpoint import copy_checkpoint, load_model, read_meta
 from ..engine.config import TrainConfig
 from ..engine.loop import TrainSet, fit
@@ -75,7 +75,7 @@ def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets:
 
 def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png)."""
-    cfg = cfg or resolve(SelfTrainCommand, overrides=kwargs)
+    cfg = command_config(SelfTrainCommand, cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     if cfg.rounds < 0:
         raise FewLabelsError("--rounds must be 0 or more")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import opt, resolve
+from ..config import command_config, opt
 from ..data import Split, load_dataset
 from ..engine.checkpoint import load_model
 from ..engine.config import TrainConfig
@@ -43,7 +43,7 @@ class TrainCommand(RunConfig, TrainConfig, ModelConfig, DataConfig):
 def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Train a model; returns the results (also written to RUN/results.json). Keyword arguments are the same
     options as the command line (e.g. `train(data="digits", model="cnn-s", epochs=10)`)."""
-    cfg = cfg or resolve(TrainCommand, overrides=kwargs)
+    cfg = command_config(TrainCommand, cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     run_dir = run_folder(cfg.out, "train")
     save_config(run_dir, cfg, "train")
@@ -74,7 +74,7 @@ class EvaluateCommand(DataConfig):
 
 
 def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:
-    cfg = cfg or resolve(EvaluateCommand, overrides=kwargs)
+    cfg = command_config(EvaluateCommand, cfg, kwargs)
     if not cfg.model_path:
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
     device = pick_device(cfg.device)
@@ -116,6 +116,7 @@ class PredictCommand:
     tta_flip: bool = opt(False, "average over the image and its mirror")
     tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)", ge=0)
     device: str = opt("auto", "auto, cpu, cuda, ...")
+    quiet: bool = opt(False, "print nothing (the rows are still returned, and written with --out)")
 
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -151,7 +152,11 @@ def _decode(path: Path, chans: int, size: tuple[int, int]) -> np.ndarray:
 
 
 def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, Any]]:
-    cfg = cfg or resolve(PredictCommand, overrides=kwargs)
+    cfg = command_config(PredictCommand, cfg, kwargs)
+    if not cfg.model_path:
+        raise FewLabelsError("predict needs a model: pass a run folder or checkpoint (model_path)")
+    if not cfg.inputs:
+        raise FewLabelsError("predict needs images: pass image files or folders (inputs)")
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.model_path, device)
     files = _collect(cfg.inputs)
@@ -168,7 +173,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     text = json.dumps(rows, indent=2) if cfg.format == "json" else _csv(rows, k)
     if cfg.out:
         atomic_write_text(Path(cfg.out), text)
-    else:
+    elif not cfg.quiet:
         print(text, end="" if text.endswith("\n") else "\n")
     return rows
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import opt, pick, resolve
+from ..config import command_config, opt, pick
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import read_meta, save_checkpoint
 from ..engine.config import TrainConfig
@@ -196,7 +196,7 @@ def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_
 
 
 def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any]:
-    cfg = cfg or resolve(TransferCommand, overrides=kwargs)
+    cfg = command_config(TransferCommand, cfg, kwargs)
     if not cfg.pretrained:
         raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
                              "folder, or 'true' for a model's own pretrained weights (e.g. --model timm:resnet18)")
