@@ -47,4 +47,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'fewlabels' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_API])
+
+
 __all__ = ["FewLabelsError", "__version__", *_API]

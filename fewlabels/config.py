@@ -105,7 +105,10 @@ def _coerce(name: str, value: Any, tp: Any, choices: tuple | None, bounds: dict[
 
 def _type_name(tp: Any) -> str:
     base, optional = _base_type(tp)
-    name = "number" if isinstance(base, list) else getattr(base, "__name__", str(base))
+    if typing.get_origin(base) is list:
+        name = f"list of {getattr(typing.get_args(base)[0], '__name__', 'values')} (comma-separated)"
+    else:
+        name = "number" if isinstance(base, list) else getattr(base, "__name__", str(base))
     return f"{name} (or none)" if optional else name
 
 

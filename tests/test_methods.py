@@ -309,3 +309,15 @@ def test_api_config_objects_keywords_and_bad_arguments(teacher_run, tmp_path, ca
     capsys.readouterr()
     rows = predict(model_path=str(teacher_run), inputs=[str(tmp_path / "x.png")], quiet=True)
     assert len(rows) == 1 and capsys.readouterr().out == ""
+
+
+def test_pseudolabel_uses_the_teachers_split_unless_given_a_budget(teacher_run, tmp_path):
+    from fewlabels import pseudolabel
+    from fewlabels.data.split import Split
+
+    teacher = Split.load(teacher_run / "split.json")
+    kw = {"data": "digits", "quiet": True, "threshold": 0.0}
+    pseudolabel(teacher=str(teacher_run), out=str(tmp_path / "a"), **kw)
+    assert torch.equal(Split.load(tmp_path / "a" / "split.json").unlabelled, teacher.unlabelled)
+    pseudolabel(teacher=str(teacher_run), out=str(tmp_path / "b"), labels_per_class=5, **kw)
+    assert len(Split.load(tmp_path / "b" / "split.json").labelled) == 50 != len(teacher.labelled)

@@ -128,3 +128,14 @@ def test_every_default_is_within_its_bounds():
         resolve(PseudoLabelCommand, None, {"threshold": 1.5})
     with pytest.raises(FewLabelsError, match="teacher_epochs"):
         resolve(SelfTrainCommand, None, {"teacher_epochs": 0})
+
+
+def test_list_options_and_lazy_api_names():
+    import fewlabels
+    from fewlabels.augment.randaugment import RandAugment
+    from fewlabels.methods.probes import ProbeEquivarianceCommand
+
+    with pytest.raises(FewLabelsError, match="not a valid list of int"):
+        resolve(ProbeEquivarianceCommand, None, {"shifts": "a,b"})
+    assert RandAugment(ops="Rotate, Equalize").ops == ("Rotate", "Equalize")  # a comma-separated string, as a flag
+    assert {"train", "selftrain", "load_model"} <= set(dir(fewlabels))

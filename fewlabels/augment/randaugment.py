@@ -177,6 +177,8 @@ class RandAugment:
         fill: F.Fill = 0,
         ops: Sequence[str] = OPS,
     ) -> None:
+        if isinstance(ops, str):
+            ops = [o.strip() for o in ops.split(",") if o.strip()]
         unknown = [o for o in ops if o not in OPS]
         if unknown:
             raise FewLabelsError(f"unknown RandAugment op(s) {unknown}; valid ops: {', '.join(OPS)}")

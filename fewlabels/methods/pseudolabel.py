@@ -178,8 +178,14 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     log = (lambda *_: None) if cfg.quiet else print
     device = pick_device(cfg.device)
     teacher, meta = load_model(cfg.teacher, device)
-    if cfg.split is None and (Path(cfg.teacher) / "split.json").is_file():
-        cfg.split = str(Path(cfg.teacher) / "split.json")
+    budget = {"labels", "labels_per_class", "split"} & getattr(cfg, "_explicit", frozenset(
+        k for k in ("labels", "labels_per_class", "split") if getattr(cfg, k) is not None))
+    teacher_split = Path(cfg.teacher) / "split.json"
+    if not budget and teacher_split.is_file():  # the teacher's own unlabelled pool
+        cfg.split = str(teacher_split)
+    elif "split" not in budget and teacher_split.is_file():
+        log(f"a new split from {', '.join(sorted(budget))} instead of the teacher's ({teacher_split}): images the "
+            f"teacher was trained on may be in the unlabelled pool")
     run_dir = run_folder(cfg.out, "pseudolabel")
     save_config(run_dir, cfg, "pseudolabel")
     ds, split = prepare_data(cfg, run_dir, log)
