@@ -31,6 +31,7 @@ class PreviewCommand:
 
 
 def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Write a PNG grid of augmented views (one row per image, the original first); returns {"path"}."""
     from ..augment import build_augment, preview_grid
 
     cfg = command_config(PreviewCommand, cfg, kwargs)

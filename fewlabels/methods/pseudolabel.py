@@ -172,6 +172,9 @@ class PseudoLabelCommand(RunConfig, PseudoLabelOptions, DataConfig):
 
 
 def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Label the unlabelled pool of a split (by default the teacher's own) with a trained teacher; writes
+    RUN/pseudo_labels.{safetensors,csv} and returns {"run_dir", ...} with per-class precision and coverage where the
+    true labels are known. E.g. `pseudolabel(teacher="runs/digits", data="digits", threshold=0.9)`."""
     cfg = command_config(PseudoLabelCommand, cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("pseudolabel needs --teacher RUN_FOLDER")

@@ -74,6 +74,9 @@ class EvaluateCommand(DataConfig):
 
 
 def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Accuracy of a trained model on a dataset's test, validation or training images; returns {"accuracy", "n",
+    "per_class_accuracy", "confusion_matrix" (rows: true class), "classes", "model", "data", "on"} (also written to
+    --out as JSON). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
     cfg = command_config(EvaluateCommand, cfg, kwargs)
     if not cfg.model_path:
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
@@ -152,6 +155,9 @@ def _decode(path: Path, chans: int, size: tuple[int, int]) -> np.ndarray:
 
 
 def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """Top-k classes of image files or folders; returns one {"file", "top": [{"class", "prob"}, ...]} per image and
+    prints them as CSV or JSON (unless quiet, or written to --out). E.g.
+    `predict(model_path="runs/digits", inputs=["a.png", "folder/"], top_k=3, quiet=True)`."""
     cfg = command_config(PredictCommand, cfg, kwargs)
     if not cfg.model_path:
         raise FewLabelsError("predict needs a model: pass a run folder or checkpoint (model_path)")

@@ -196,6 +196,9 @@ def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_
 
 
 def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Transfer from pretrained weights: a linear probe on cached features, full fine-tuning with per-layer learning
+    rates, or both against training from scratch (mode="compare"); returns {"run_dir", "labels", <mode>: metrics}.
+    E.g. `transfer(mode="finetune", model="resnet56", pretrained="resnet56.th", data=..., layer_decay=0.7)`."""
     cfg = command_config(TransferCommand, cfg, kwargs)
     if not cfg.pretrained:
         raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
