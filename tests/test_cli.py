@@ -239,6 +239,7 @@ def test_bad_numbers_device_and_reused_out(tmp_path, capsys, trained):
     _bad(["selftrain", "--threshold", "1.5", "--out", tmp_path / "o"], capsys, "--threshold) must be ≥ 0 and ≤ 1")
     _bad(["train", "--val", "1.5", "--out", tmp_path / "o"], capsys, "--val 1.5")
     _bad(["predict", trained, "--top-k", "0"], capsys, "top_k")
+    _bad(["evaluate", trained, "--data", "digits", "--mean", "0.5"], capsys, "evaluate does not use --mean")
     # the same --out with other options, or for another command: refused, config.yaml untouched
     before = (trained / "config.yaml").read_text()
     _bad(["train", "--data", "digits", "--out", trained, *FAST[:-1], "20"], capsys, "labels_per_class: 10 → 20")

@@ -78,6 +78,11 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     "per_class_accuracy", "confusion_matrix" (rows: true class), "classes", "model", "data", "on"} (also written to
     --out as JSON). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
     cfg = command_config(EvaluateCommand, cfg, kwargs)
+    ignored = {"labels", "labels_per_class", "val", "mean", "std", "split_seed"}
+    unused = sorted(ignored & getattr(cfg, "_explicit", set()))
+    if unused:
+        raise FewLabelsError(f"evaluate does not use {', '.join('--' + k.replace('_', '-') for k in unused)}: it "
+                             f"normalises as the model was trained, and --on val takes the run's split (or --split)")
     if not cfg.model_path:
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
     device = pick_device(cfg.device)
