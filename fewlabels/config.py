@@ -55,8 +55,7 @@ def _check_bounds(name: str, value: Any, bounds: dict[str, float] | None) -> Non
         return
     for v in value if isinstance(value, list) else [value]:
         for kind, bound in bounds.items():
-            sign, ok = _BOUNDS[kind]
-            if isinstance(v, (int, float)) and not ok(v, bound):
+            if isinstance(v, (int, float)) and not _BOUNDS[kind][1](v, bound):
                 rule = " and ".join(f"{_BOUNDS[k][0]} {b:g}" for k, b in bounds.items())
                 raise FewLabelsError(f"config key '{name}' (--{name.replace('_', '-')}) must be {rule}, got {v:g}")
 

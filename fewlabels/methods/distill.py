@@ -96,8 +96,6 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     cfg = command_config(DistillCommand, cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("distill needs --teacher RUN_FOLDER (a trained fewlabels model)")
-    if not 0 <= cfg.alpha <= 1 or cfg.temperature <= 0:
-        raise FewLabelsError("--alpha must be in [0, 1] and --temperature > 0")
     log = (lambda *_: None) if cfg.quiet else print
     device = pick_device(cfg.device)
     teacher, tmeta = load_model(cfg.teacher, device)

@@ -182,8 +182,6 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
     if unknown or not cfg.conditions:
         raise FewLabelsError(f"unknown condition {', '.join(unknown) or '(none given)'}: choose from "
                              f"{', '.join(CONDITIONS)}")
-    if cfg.mlp_layers < 1:
-        raise FewLabelsError("--mlp-layers must be at least 1")
     run_dir = run_folder(cfg.out, "probe-fc-vs-cnn")
     save_config(run_dir, cfg, "probe fc-vs-cnn")
     ds, split = prepare_data(cfg, run_dir, log)

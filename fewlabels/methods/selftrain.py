@@ -10,6 +10,7 @@ Cutout), dropout and stochastic depth; the student becomes the next teacher. Eac
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -77,8 +78,6 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png)."""
     cfg = command_config(SelfTrainCommand, cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
-    if cfg.rounds < 0:
-        raise FewLabelsError("--rounds must be 0 or more")
     run_dir = run_folder(cfg.out, "selftrain")
     save_config(run_dir, cfg, "selftrain")
     ds, split = prepare_data(cfg, run_dir, log)
@@ -97,7 +96,6 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         rdir = run_dir / f"round{r}"
         done = rdir / "results.json"
         if done.is_file():
-            import json
             row = json.loads(done.read_text())
             log(f"round {r}: already done ({model_name}), skipping")
             return row
@@ -179,7 +177,6 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
