@@ -51,11 +51,15 @@ def _show_eval(report: dict) -> None:
         print(f"confusion matrix ({len(classes)} classes): in the JSON report (--out report.json)")
         return
     w = max(4, *(len(str(v)) for row in cm for v in row)) + 1
-    names = [c[:w - 1] for c in classes]
-    print("confusion matrix (rows: true class, columns: predicted)")
-    print(" " * 18 + "".join(f"{n:>{w}s}" for n in names))
-    for c, row in zip(classes, cm):
-        print(f"  {c[:16]:>16s}" + "".join(f"{v:>{w}d}" for v in row))
+    # columns are named by class when every name fits the column, else by number (the rows say which is which)
+    numbered = any(len(c) > w - 1 for c in classes)
+    heads = [str(i) if numbered else c for i, c in enumerate(classes)]
+    rows = [f"{c} ({i})" if numbered else c for i, c in enumerate(classes)]
+    rw = max(16, *(len(r) for r in rows))
+    print("confusion matrix (rows: true class, columns: predicted" + (" class number)" if numbered else ")"))
+    print(" " * (rw + 2) + "".join(f"{n:>{w}s}" for n in heads))
+    for r, row in zip(rows, cm):
+        print(f"  {r:>{rw}s}" + "".join(f"{v:>{w}d}" for v in row))
 
 
 def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:

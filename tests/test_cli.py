@@ -278,3 +278,21 @@ def test_out_folder_with_user_files_and_a_changed_default(tmp_path, capsys, trai
     code, out, err = run_cli(["train", "--data", "digits", "--out", run, *FAST], capsys)
     assert code == 0, err
     assert "weight_decay: 0.001" in cfg.read_text()
+
+
+def test_confusion_matrix_shows_whole_class_names(capsys):
+    from fewlabels.cli import _show_eval
+    classes = ["airplane", "a_very_long_class_name_indeed", "cat"]
+    cm = [[5, 1, 0], [0, 7, 2], [1, 0, 9]]
+    rep = {"accuracy": 0.84, "n": 25, "on": "test", "classes": classes, "confusion_matrix": cm,
+           "per_class_accuracy": dict(zip(classes, [0.83, 0.78, 0.9]))}
+    _show_eval(rep)
+    out = capsys.readouterr().out
+    assert "a_very_long_class_name_indeed (1)" in out and "airplane (0)" in out
+    lines = out.splitlines()
+    head = lines[lines.index(next(ln for ln in lines if ln.startswith("confusion matrix"))) + 1]
+    assert head.split() == ["0", "1", "2"]
+    assert lines[-1].split()[-3:] == ["1", "0", "9"]
+    _show_eval({**rep, "classes": ["a", "b", "c"], "per_class_accuracy": {"a": 1, "b": 1, "c": 1}})
+    out = capsys.readouterr().out
+    assert out.splitlines()[-4].split() == ["a", "b", "c"]  # short names head the columns themselves
