@@ -27,6 +27,13 @@ _API = {
     "augment_preview": "fewlabels.methods.preview",
     "probe_equivariance": "fewlabels.methods.probes",
     "probe_fc_vs_cnn": "fewlabels.methods.probes",
+    # each command's options as a dataclass: fewlabels.train(fewlabels.TrainCommand(...), epochs=5)
+    "TrainCommand": "fewlabels.methods.supervised",
+    "EvaluateCommand": "fewlabels.methods.supervised",
+    "PseudoLabelCommand": "fewlabels.methods.pseudolabel",
+    "SelfTrainCommand": "fewlabels.methods.selftrain",
+    "DistillCommand": "fewlabels.methods.distill",
+    "TransferCommand": "fewlabels.methods.transfer",
     "load_dataset": "fewlabels.data",
     "make_split": "fewlabels.data",
     "ImageSet": "fewlabels.data",

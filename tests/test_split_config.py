@@ -138,4 +138,6 @@ def test_list_options_and_lazy_api_names():
     with pytest.raises(FewLabelsError, match="not a valid list of int"):
         resolve(ProbeEquivarianceCommand, None, {"shifts": "a,b"})
     assert RandAugment(ops="Rotate, Equalize").ops == ("Rotate", "Equalize")  # a comma-separated string, as a flag
-    assert {"train", "selftrain", "load_model"} <= set(dir(fewlabels))
+    assert {"train", "selftrain", "load_model", "TrainCommand", "SelfTrainCommand"} <= set(dir(fewlabels))
+    from fewlabels.methods.selftrain import SelfTrainCommand
+    assert fewlabels.SelfTrainCommand is SelfTrainCommand
