@@ -291,6 +291,66 @@ def test_corrupt_image_skipped_with_count(tmp_path):
     assert not any("broken" in p for p in ds.train.paths + ds.test.paths)
 
 
+def test_a_file_failing_only_on_the_second_pass_still_stops(tmp_path, monkeypatch):
+    for i in range(3):
+        _save(tmp_path / "train" / "a" / f"{i}.png", _gray(10 * i))
+        _save(tmp_path / "train" / "b" / f"{i}.png", _gray(10 * i))
+    _save(tmp_path / "test" / "a" / "colour.png", Image.new("RGB", (12, 10), (1, 2, 3)))  # forces a second pass
+    real = folder._decode_all
+
+    def failing_second(pool, paths, shape, *args):
+        images, headers = real(pool, paths, shape, *args)
+        if shape[0] == 3:
+            headers[1] = "OSError: decoder failed"
+        return images, headers
+
+    monkeypatch.setattr(folder, "_decode_all", failing_second)
+    with pytest.raises(FewLabelsError, match=r"1\.png: OSError: decoder failed"):
+        _load(tmp_path)
+
+
+def test_a_class_left_empty_by_skip_is_named(tmp_path):
+    _tree(tmp_path / "d", per_class=3, classes=("cat", "dog"))
+    _save(tmp_path / "d" / "eel" / "0.png", _gray(1)).write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="Skipped 1"), pytest.raises(FewLabelsError, match="class eel could be read"):
+        _load(tmp_path / "d", bad_images="skip")
+
+
+def test_sizes_where_scaling_rounds_past_the_edge_decode(tmp_path):
+    # w / (w / w0) can exceed w0 by one ulp: PIL refused such a resize box ("box offset can't be negative")
+    for src in (47, 49, 98, 188, 196, 1500):
+        path = _save(tmp_path / f"{src}.png", _rgb(src, (src, src)))
+        for dst in (24, 32):
+            arr, header = folder.decode_image(path, (3, dst, dst))
+            assert arr.shape == (3, dst, dst) and header[:2] == (src, src)
+
+
+def test_symlink_loop_is_followed_once(tmp_path):
+    _tree(tmp_path / "d", per_class=5)
+    (tmp_path / "d" / "cat" / "again").symlink_to(tmp_path / "d" / "cat")
+    elsewhere = _tree(tmp_path / "more", per_class=2, classes=("cat",))
+    (tmp_path / "d" / "dog" / "extra").symlink_to(elsewhere / "cat")  # a link to other images is still followed
+    files = folder.list_folder(tmp_path / "d")
+    per_class = np.bincount(files.labels["train"])
+    assert per_class.tolist() == [5, 7, 5]
+
+
+def test_loose_images_beside_the_class_folders_are_reported(tmp_path):
+    _tree(tmp_path / "d", per_class=3)
+    _save(tmp_path / "d" / "stray.png", _gray(3))
+    with pytest.warns(UserWarning, match=r"Ignored 1 image\(s\) directly in .*stray\.png"):
+        folder.list_folder(tmp_path / "d")
+
+
+def test_float_and_32_bit_images_keep_their_brightness(tmp_path):
+    f01 = _save(tmp_path / "f.tif", Image.fromarray(np.full((10, 12), 0.5, np.float32), "F"))
+    i255 = _save(tmp_path / "i.tif", Image.fromarray(np.full((10, 12), 128, np.int32), "I"))
+    i16 = _save(tmp_path / "w.png", Image.fromarray(np.full((10, 12), 40000, np.uint16)))
+    assert int(folder.decode_image(f01, (1, 10, 12))[0].mean()) == 128
+    assert int(folder.decode_image(i255, (1, 10, 12))[0].mean()) == 128
+    assert int(folder.decode_image(i16, (1, 10, 12))[0].mean()) == 40000 >> 8
+
+
 def test_bad_images_option_is_checked(tmp_path):
     with pytest.raises(FewLabelsError, match="bad_images"):
         _load(_tree(tmp_path / "d"), bad_images="ignore")

@@ -10,6 +10,7 @@ Conversions, one rule for all splits together so a model sees one input shape:
 
 - channels: 1 when every image is grayscale (modes 1, L, LA, I, I;16, F), else RGB for all (gray is replicated);
 - 16-bit images: ``>> 8``, which keeps the full range (clipping at 255 would turn almost every pixel white);
+  32-bit integer images only when they exceed 255, float images on [0, 1] are scaled by 255;
 - alpha (RGBA, LA, palette with transparency): composited on black, so transparent pixels become 0 whatever colour
   the file happens to store under them;
 - CMYK, YCbCr, palette: PIL's conversion to RGB; EXIF orientation is applied (phone photos);
@@ -51,7 +52,7 @@ TEST_FRACTION = 0.2  # held out of a class tree (and of digits) as the test spli
 SPLIT_SEED = 0
 PARALLEL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-CONVERSION_VERSION = 1  # bump when decoding changes what pixels come out: it is part of the cache key
+CONVERSION_VERSION = 2  # bump when decoding changes what pixels come out: it is part of the cache key
 _JUNK_FILES = frozenset({"thumbs.db", "desktop.ini"})
 _SWAPS_AXES = frozenset({5, 6, 7, 8})  # EXIF orientations that rotate by 90°
 _EXIF_ORIENTATION = 0x0112
@@ -112,6 +113,12 @@ def load_image_folder(
     if len(splits["train"]) == 0:
         raise FewLabelsError(f"None of the training images in {files.root} could be read (bad_images='skip' left "
                              "them all out). Check the files, or point at the right folder.")
+    counts = torch.bincount(splits["train"].labels, minlength=len(files.classes))
+    empty = [files.classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
+    if empty:
+        raise FewLabelsError(f"No training image of class {', '.join(empty)} could be read (bad_images='skip' left "
+                             "them all out), so the model could never predict it. Fix those files, or remove the "
+                             "class folder.")
     if files.layout == "tree":
         # No test folder: hold out a fixed stratified 20% so that a test number exists and never sees train.
         train_idx, test_idx = stratified_split(splits["train"].labels)
@@ -143,12 +150,20 @@ def list_folder(root: Path) -> FolderFiles:
     present = [name for name in SPLIT_NAMES if (root / name).is_dir()]
     if present and "train" not in present:
         raise FewLabelsError(f"{root} has {'/, '.join(present)}/ but no train/ folder. Add {root}/train/<class>/ "
-                             "with the training images, or pass a folder that holds the class folders directly.")
+                             "with the training images, or pass a folder that holds the class folders directly. "
+                             f"If {present[0]} is one of your classes, rename its folder: train, test and val "
+                             "name split folders.")
     split_dirs = {name: root / name for name in present} if present else {"train": root}
     classes = _class_names(split_dirs["train"])
     files = FolderFiles(root, "splits" if present else "tree", classes)
     for split, split_dir in split_dirs.items():
         _list_split(files, split, split_dir)
+        loose = sorted(e.name for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")
+                       and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+        if loose:
+            shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
+            warnings.warn(f"Ignored {len(loose)} image(s) directly in {split_dir}, outside the class folders "
+                          f"({shown}): an image's class is the name of the folder it is in.", stacklevel=3)
     return files
 
 
@@ -182,8 +197,15 @@ def _list_split(files: FolderFiles, split: str, split_dir: Path) -> None:
 def _list_images(class_dir: Path) -> tuple[list[str], list[str]]:
     """Image files under class_dir (subfolders included, sorted: os.walk order differs between file systems)."""
     images, others = [], []
+    seen = {os.path.realpath(class_dir)}  # links are followed, but a link back up the tree would loop
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        keep = []
+        for d in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, d))
+            if not d.startswith(".") and real not in seen:
+                seen.add(real)
+                keep.append(d)
+        dirnames[:] = keep
         for name in filenames:
             if name.startswith(".") or name.lower() in _JUNK_FILES:
                 continue
@@ -224,11 +246,37 @@ def decode_folder(files: FolderFiles, *, image_size: int | None, bad_images: str
         if shape != guess:  # the sample missed the common size or a colour image: decode again, right this time
             images, headers = _decode_all(pool, paths, shape, workers, progress, files.root.name)
             bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
+            _report_bad(paths, bad, bad_images)  # a file can fail at the new size only
     if bad:
         _warn_skipped(paths, bad)
         keep = torch.tensor([i for i in range(len(paths)) if i not in bad], dtype=torch.long)
         return _split_back(files, images[keep], keep)
     return _split_back(files, images, torch.arange(len(paths)))
+
+
+def decode_files(paths: Sequence[str | Path], shape: tuple[int, int, int], *, workers: int | None = None,
+                 progress: bool = True) -> torch.Tensor:
+    """Decode image files into one uint8 (N, C, H, W) tensor by the same rules as a training folder (EXIF
+    orientation, alpha on black, 16-bit range, scale to cover and centre-crop), on all cores for many files.
+    Raises FewLabelsError naming the first file that cannot be read."""
+    paths = [str(p) for p in paths]
+    workers = default_workers() if workers is None else max(1, workers)
+    if len(paths) < PARALLEL_MIN_FILES:
+        workers = 1
+    with _executor(workers) as pool:
+        images, headers = _decode_all(pool, paths, shape, workers, progress, "images")
+    bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
+    if bad:
+        first = min(bad)
+        more = f" ({len(bad) - 1} more unreadable file(s))" if len(bad) > 1 else ""
+        raise FewLabelsError(f"cannot read image {paths[first]}: {bad[first]}{more}. Fix or remove it.")
+    return images
+
+
+def list_images(folder: str | Path) -> list[str]:
+    """The image files under a folder as a training folder sees them: subfolders and links followed, hidden files
+    and folders left out, sorted."""
+    return _list_images(Path(folder))[0]
 
 
 def _split_back(files: FolderFiles, images: torch.Tensor, index: torch.Tensor) -> dict[str, ImageSet]:
@@ -420,9 +468,13 @@ def _to_8bit(img: Image.Image, gray: bool) -> Image.Image:
     mode = img.mode
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(img)
-        if mode != "F":
+        top = float(arr.max()) if arr.size else 0.0
+        if mode == "F":
+            if top <= 1.0:
+                arr = arr * 255.0  # a float image on [0, 1]
+        elif mode.startswith("I;16") or top > 255:
             arr = arr >> 8  # 16-bit → 8-bit keeps the range; mode I from 16-bit files holds 0..65535 too
-        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))  # 2-D uint8 → mode L
+        img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8 → mode L
     elif mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):
         img = _on_black(img.convert("LA" if mode in ("LA", "La") else "RGBA"))
     target = "L" if gray else "RGB"
@@ -443,7 +495,9 @@ def _resize_cover(img: Image.Image, w: int, h: int) -> Image.Image:
     w0, h0 = img.size
     scale = max(w / w0, h / h0)
     bw, bh = w / scale, h / scale  # the source region that maps onto the target
-    box = ((w0 - bw) / 2, (h0 - bh) / 2, (w0 + bw) / 2, (h0 + bh) / 2)
+    # clamped: w / (w / w0) can come out a hair above w0 in floating point, which PIL rejects
+    box = (max(0.0, (w0 - bw) / 2), max(0.0, (h0 - bh) / 2), min(float(w0), (w0 + bw) / 2),
+           min(float(h0), (h0 + bh) / 2))
     return img.resize((w, h), Image.Resampling.BILINEAR, box=box)
 
 
