@@ -119,7 +119,7 @@ def test_checkpoint_for_other_classes(tmp_path, capsys, trained):
         for i in range(6):
             Image.fromarray(np.full((16, 16), i * 20 + (c == "dog") * 100, np.uint8)).save(root / c / f"{i}.png")
     before = (trained / "checkpoints/best/model.safetensors").read_bytes()
-    _bad(["evaluate", trained, "--data", root], capsys, "classes")
+    _bad(["evaluate", trained, "--data", root], capsys, "the data lacks 0, 1, 2, 3, 4, 5, 6, 7, … (2 more)")
     _bad(["distill", "--teacher", trained, "--data", root, "--out", tmp_path / "d", "--epochs", "1"], capsys,
          "classes")
     assert (trained / "checkpoints/best/model.safetensors").read_bytes() == before  # nothing damaged
@@ -296,3 +296,55 @@ def test_confusion_matrix_shows_whole_class_names(capsys):
     _show_eval({**rep, "classes": ["a", "b", "c"], "per_class_accuracy": {"a": 1, "b": 1, "c": 1}})
     out = capsys.readouterr().out
     assert out.splitlines()[-4].split() == ["a", "b", "c"]  # short names head the columns themselves
+
+
+def test_predict_decodes_like_training_and_skips_hidden_files(trained, tmp_path):
+    """predict sees a file as a training folder would: EXIF orientation, alpha on black, aspect kept."""
+    from fewlabels.data.folder import decode_image
+    from fewlabels.engine.checkpoint import load_model
+    from fewlabels.eval import predict_logits
+    from fewlabels.methods.supervised import predict
+    from fewlabels.utils import pick_dtype
+
+    imgs = tmp_path / "imgs"
+    (imgs / ".ipynb_checkpoints").mkdir(parents=True)
+    rgba = np.zeros((16, 32, 4), np.uint8)
+    rgba[..., :3] = 255  # white under fully transparent pixels: black once composited
+    rgba[4:12, 12:20] = (255, 255, 255, 255)
+    Image.fromarray(rgba, "RGBA").save(imgs / "wide_rgba.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° when shown
+    Image.fromarray(np.tile(np.arange(0, 240, 15, dtype=np.uint8), (24, 1))).save(imgs / "turned.jpg", exif=exif)
+    (imgs / "._wide_rgba.png").write_bytes(b"\0\5\26\7")  # a macOS resource fork: not an image
+    Image.new("L", (16, 16)).save(imgs / ".ipynb_checkpoints" / "copy.png")
+    rows = predict(model_path=str(trained), inputs=[str(imgs)], top_k=10, quiet=True)
+    assert [Path(r["file"]).name for r in rows] == ["turned.jpg", "wide_rgba.png"]
+    model, meta = load_model(trained, "cpu")
+    h, w = meta["image_size"]
+    ref = torch.stack([torch.from_numpy(np.array(decode_image(imgs / n, (meta["in_chans"], h, w))[0]))
+                       for n in ("turned.jpg", "wide_rgba.png")])
+    probs = predict_logits(model, ref, meta["mean"], meta["std"], device=torch.device("cpu"),
+                           dtype=pick_dtype("auto", torch.device("cpu"))).softmax(1)
+    for row, p in zip(rows, probs):
+        got = {t["class"]: t["prob"] for t in row["top"]}
+        assert max(abs(got[c] - float(p[i])) for i, c in enumerate(meta["classes"])) < 2e-2
+
+
+def test_preview_reads_folders_like_training(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "wide"
+    for c in ("a", "b"):
+        for i in range(3):
+            (root / c).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((16, 64), 40 * i, np.uint8)).save(root / c / f"{i}.png")
+    (root / "a" / "empty.png").write_bytes(b"")
+    _bad(["augment", "preview", "--data", root, "--out", tmp_path / "p.png"], capsys, "--bad-images skip")
+    with pytest.warns(UserWarning, match="Skipped 1"):
+        code, _, _ = run_cli(["augment", "preview", "--data", root, "--bad-images", "skip", "--images", "2",
+                              "--out", tmp_path / "p.png"], capsys)
+    assert code == 0 and (tmp_path / "p.png").is_file()
+    import fewlabels.augment as aug_pkg
+    seen = []
+    real = aug_pkg.build_augment
+    monkeypatch.setattr(aug_pkg, "build_augment", lambda *a, **k: seen.append(k["image_size"]) or real(*a, **k))
+    run_cli(["augment", "preview", "--data", root, "--bad-images", "skip", "--out", tmp_path / "q.png"], capsys)
+    assert seen == [16]  # the height, as training uses (padding and Cutout scale with it)

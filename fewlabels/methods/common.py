@@ -214,9 +214,15 @@ def build_model(mc: ModelConfig, ds: Dataset, log=print, seed: int = 0) -> tuple
 def check_classes(meta: dict, classes: list[str], what: str, images: ImageSet | None = None) -> None:
     """A trained model meets data: same classes, and (given the images) the same channels and image size."""
     if list(meta["classes"]) != list(classes):
-        raise FewLabelsError(f"{what} was trained for classes {meta['classes'][:10]} but the data has classes "
-                             f"{classes[:10]}: pass the data it was trained on, or use a model trained on this class "
-                             f"set (train starts from its weights with a new head: --pretrained)")
+        trained, given = list(meta["classes"]), list(classes)
+        missing, extra = [c for c in trained if c not in given], [c for c in given if c not in trained]
+        diff = "; ".join(part for part in (
+            f"the data lacks {_names(missing)}" if missing else "",
+            f"the model was not trained for {_names(extra)}" if extra else "",
+            "the same classes come in another order" if not missing and not extra else "") if part)
+        raise FewLabelsError(f"{what} was trained for {len(trained)} classes ({_names(trained)}) but the data has "
+                             f"{len(given)} ({_names(given)}): {diff}. Pass the data it was trained on, or train a "
+                             f"model for this class set (train starts from its weights with a new head: --pretrained)")
     if images is None:
         return
     c, h, w = images.image_shape
@@ -225,8 +231,15 @@ def check_classes(meta: dict, classes: list[str], what: str, images: ImageSet | 
                              f"the data it was trained on")
     if "image_size" in meta and list(meta["image_size"]) != [h, w]:
         th, tw = meta["image_size"]
-        raise FewLabelsError(f"{what} was trained on {th}x{tw} images but the data has {h}x{w}: pass the data it "
-                             f"was trained on (for an image folder, --image-size {th})")
+        fix = (f"for an image folder, --image-size {th}" if th == tw else
+               f"--image-size makes square images only: resize the images to {tw}x{th} (width x height)")
+        raise FewLabelsError(f"{what} was trained on {tw}x{th} images (width x height) but the data has {w}x{h}: "
+                             f"pass the data it was trained on ({fix})")
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
 def asdict(cfg: Any) -> dict:

@@ -19,6 +19,9 @@ class PreviewCommand:
 
     data: str = opt("digits", "dataset name or image folder")
     data_root: str | None = opt(None, "where torchvision datasets live")
+    cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)")
+    bad_images: str = opt("stop", "on an unreadable image: stop, or skip it (with a count)", choices=("stop", "skip"))
+    image_size: int | None = opt(None, "resize images of an image folder to this size", ge=1)
     preset: str = opt("strong", "augmentation preset", choices=("none", "weak", "strong"))
     images: int = opt(8, "rows: images taken from the training set, evenly spaced", ge=1)
     views: int = opt(6, "augmented views per image", ge=1)
@@ -35,11 +38,13 @@ def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[st
     from ..augment import build_augment, preview_grid
 
     cfg = command_config(PreviewCommand, cfg, kwargs)
-    ds = load_dataset(cfg.data, root=cfg.data_root)
+    ds = load_dataset(cfg.data, root=cfg.data_root, cache_dir=cfg.cache_dir, bad_images=cfg.bad_images,
+                      image_size=cfg.image_size)
     n = len(ds.train)
     idx = torch.linspace(0, n - 1, min(cfg.images, n)).long()
     hflip = cfg.hflip if cfg.hflip is not None else cfg.data not in NO_FLIP_SOURCES
-    aug = build_augment(cfg.preset, image_size=ds.train.images.shape[-1], ra_num_ops=cfg.ra_num_ops,
+    # the height sets the padding and Cutout sizes, as in training (engine.loop)
+    aug = build_augment(cfg.preset, image_size=ds.train.images.shape[-2], ra_num_ops=cfg.ra_num_ops,
                         ra_magnitude=cfg.ra_magnitude, hflip=hflip)
     path = preview_grid(ds.train.images[idx], aug, cfg.views, Path(cfg.out), seed=cfg.seed)
     if not cfg.quiet:

@@ -9,11 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from ..config import command_config, opt
 from ..data import Split, load_dataset
+from ..data.folder import decode_files
 from ..engine.checkpoint import load_model
 from ..engine.config import TrainConfig
 from ..engine.loop import fit
@@ -127,36 +125,21 @@ class PredictCommand:
     quiet: bool = opt(False, "print nothing (the rows are still returned, and written with --out)")
 
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+def _collect(inputs: list[str]) -> list[str]:
+    from ..data.folder import list_images
 
-
-def _collect(inputs: list[str]) -> list[Path]:
-    files = []
+    files: list[str] = []
     for s in inputs:
         p = Path(s)
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_EXTS)
+            files += list_images(p)
         elif p.is_file():
-            files.append(p)
+            files.append(str(p))
         else:
             raise FewLabelsError(f"no such file or folder: {p}")
     if not files:
         raise FewLabelsError(f"no image files found in {', '.join(inputs)}")
     return files
-
-
-def _decode(path: Path, chans: int, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if chans == 1 else "RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            a = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-        raise FewLabelsError(f"cannot read image {path}: {e}") from None
-    return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
 def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, Any]]:
@@ -171,8 +154,9 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.model_path, device)
     files = _collect(cfg.inputs)
-    size = tuple(meta["image_size"])
-    images = torch.from_numpy(np.stack([_decode(f, meta["in_chans"], size) for f in files]))
+    h, w = meta["image_size"]
+    # the training folder's decoding rules, so an image is seen as it would have been in training
+    images = decode_files(files, (meta["in_chans"], h, w), progress=not cfg.quiet)
     logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
                             dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
                             tta_translate=cfg.tta_translate)
