@@ -52,6 +52,12 @@ def test_pseudo_label_quality_and_roundtrip(tmp_path):
     back = PseudoLabels.load(tmp_path)
     assert torch.equal(back.indices, pl.indices) and torch.allclose(back.probs, pl.probs)
     assert (tmp_path / "pseudo_labels.csv").read_text().startswith("index,path,label,class,confidence")
+    import csv
+    paths = [f"dir, with comma/{i}.png" for i in range(6)]
+    pl.save(tmp_path, paths, ["a", 'b "quoted"', "c, d"])
+    rows = list(csv.reader((tmp_path / "pseudo_labels.csv").open()))
+    assert all(len(r) == 5 for r in rows)
+    assert rows[1][1] == "dir, with comma/0.png" and {r[3] for r in rows[1:]} == {"a", 'b "quoted"', "c, d"}
 
 
 # ---------------------------------------------------------------- distillation loss

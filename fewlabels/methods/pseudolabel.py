@@ -8,6 +8,8 @@ class skew.
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,12 +46,12 @@ class PseudoLabels:
                    "probs": self.probs.float().contiguous(), "confidence": self.confidence.float().contiguous()},
                   str(tmp))
         tmp.replace(folder / "pseudo_labels.safetensors")
-        lines = ["index,path,label,class,confidence"]
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")  # quotes paths and class names holding commas or quotes
+        w.writerow(["index", "path", "label", "class", "confidence"])
         for i, lab, c in zip(self.indices.tolist(), self.labels.tolist(), self.confidence.tolist()):
-            p = paths[i] if paths else ""
-            name = classes[lab] if classes else str(lab)
-            lines.append(f"{i},{p},{lab},{name},{c:.5f}")
-        atomic_write_text(folder / "pseudo_labels.csv", "\n".join(lines) + "\n")
+            w.writerow([i, paths[i] if paths else "", lab, classes[lab] if classes else str(lab), f"{c:.5f}"])
+        atomic_write_text(folder / "pseudo_labels.csv", buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> PseudoLabels:
