@@ -108,6 +108,11 @@ def load_image_folder(
     cached = cache.load(entry, files.root)
     if cached is not None:
         splits, stats = cached
+        kept = {p for part in splits.values() for p in part.paths or []}
+        left_out = {i: "left out when the folder was decoded" for i, p in enumerate(files.all_paths())
+                    if p not in kept}
+        if left_out:  # bad_images="skip" dropped them; say so on every load, not only the first
+            _warn_skipped(files.all_paths(), left_out)
         return FolderData(splits, tuple(stats["mean"]), tuple(stats["std"]), {**info, "cache_hit": True})
     splits = decode_folder(files, image_size=image_size, bad_images=bad_images, progress=progress, workers=workers)
     if len(splits["train"]) == 0:
