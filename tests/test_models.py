@@ -325,8 +325,16 @@ def test_bad_weight_files(tmp_path, content, match):
 def test_unsafe_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": build("cnn-tiny").state_dict(), "obj": Path("x")}, path)  # an arbitrary object
-    with pytest.raises(FewLabelsError, match="could not read"):
+    with pytest.raises(FewLabelsError, match="holds Python objects besides tensors .*pathlib") as e:
         read_state_dict(path)
+    assert "weights_only" not in str(e.value)  # torch's advice to switch the safety off is not passed on
+
+
+def test_a_file_matching_only_the_classifier_is_refused(tmp_path):
+    head = {k: v for k, v in build("cnn-tiny").state_dict().items() if k.startswith("head.")}
+    torch.save(head, tmp_path / "w.pth")
+    with pytest.raises(FewLabelsError, match="only the classifier"):
+        load_pretrained(build("cnn-tiny"), tmp_path / "w.pth")
 
 
 def test_unsupported_suffix(tmp_path):

@@ -96,10 +96,15 @@ def find_checkpoint(path: str | Path, prefer: str = "best") -> Path:
                              f"model.safetensors")
     if prefer not in ("best", "last"):
         raise FewLabelsError(f"prefer must be 'best' or 'last', got {prefer!r}")
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise FewLabelsError(f"no model at {p}: pass a fewlabels run folder, a checkpoint folder or model.safetensors")
+    p = p.absolute()  # "model.safetensors" in the working folder has the parent Path("."), which has no name
     if p.is_file():
+        if p.name not in ("model.safetensors", "model.json") or not (p.parent / "model.json").is_file():
+            raise FewLabelsError(f"{path} is not a fewlabels checkpoint (a model.safetensors beside its model.json): "
+                                 "pass a fewlabels run folder or checkpoint folder. Weights from elsewhere (a .pth, "
+                                 ".th or .safetensors file) go to `--pretrained` of train or transfer")
         p = p.parent
     order = [prefer, "last" if prefer == "best" else "best"]
     cands = [p] + [p / "checkpoints" / n for n in order] + [p / n for n in order]

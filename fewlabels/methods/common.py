@@ -195,6 +195,7 @@ def labelled_trainset(ds: Dataset, split: Split, smoothing: float) -> TrainSet:
 def build_model(mc: ModelConfig, ds: Dataset, log=print, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (initialised from `seed`) and the metadata a checkpoint needs to rebuild it."""
     from ..models import create_model, load_pretrained
+    from ..models.registry import TIMM_PREFIX, default_weights_file
 
     seed_everything(seed)
     c, h, w = ds.train.image_shape
@@ -202,13 +203,51 @@ def build_model(mc: ModelConfig, ds: Dataset, log=print, seed: int = 0) -> tuple
     if mc.model == "mlp":
         kwargs["image_size"] = h
     own = mc.pretrained is not None and mc.pretrained.lower() in ("true", "yes", "1")
-    model = create_model(mc.model, num_classes=ds.train.num_classes, in_chans=c, pretrained=own, **kwargs)
-    if mc.pretrained and not own:
-        report = load_pretrained(model, mc.pretrained)
+    timm_own = own and mc.model.startswith(TIMM_PREFIX)  # timm fetches its own weights and fits its own head
+    source = (str(default_weights_file(mc.model)) if own and not timm_own
+              else mc.pretrained if mc.pretrained and not own else None)
+    model = create_model(mc.model, num_classes=ds.train.num_classes, in_chans=c, pretrained=timm_own, **kwargs)
+    if source:
+        report = load_pretrained(model, source)
         log(str(report))
+        _new_head_unless_same_classes(model, report, source, ds.train.classes, log)
     meta = {"model": mc.model, "model_kwargs": kwargs, "classes": ds.train.classes, "in_chans": c,
             "image_size": [h, w], "mean": list(ds.mean), "std": list(ds.std), "dataset": ds.name}
     return model, meta
+
+
+def _new_head_unless_same_classes(model: torch.nn.Module, report: Any, source: str, classes: list[str], log) -> None:
+    """A classifier loaded from weights is only kept when it is known to be for these classes, in this order: a
+    fewlabels checkpoint says which classes it was trained for. A plain weights file does not, so its head is kept
+    when its shape fits (as timm does) and the log says so."""
+    from ..engine.checkpoint import read_meta
+
+    heads = tuple(getattr(model, "head_prefixes", ()))
+    if not heads or not any(k.startswith(heads) for k in report.loaded):
+        return
+    try:
+        trained_for = list(read_meta(source)["classes"])
+    except (FewLabelsError, KeyError):
+        log(f"note: the classifier of {source} fits this model and was loaded too: it is only right if that file "
+            f"was trained for these {len(classes)} classes in this order ({_names(classes)})")
+        return
+    if trained_for != list(classes):
+        model.reset_classifier(len(classes))
+        log(f"new classifier: {source} was trained for other classes ({_names(trained_for)})")
+
+
+def options_given(cfg: Any, names: list[str]) -> list[str]:
+    """Which of `names` the user set (flags, YAML or keywords); for a config object built in code, which differ
+    from their defaults."""
+    explicit = getattr(cfg, "_explicit", None)
+    if explicit is not None:
+        return [n for n in names if n in explicit]
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return [n for n in names if getattr(cfg, n) != defaults.get(n)]
+
+
+def flags(names: list[str]) -> str:
+    return ", ".join("--" + n.replace("_", "-") for n in names)
 
 
 def check_classes(meta: dict, classes: list[str], what: str, images: ImageSet | None = None) -> None:

@@ -33,7 +33,9 @@ from .common import (
     RunConfig,
     build_model,
     eval_sets,
+    flags,
     labelled_trainset,
+    options_given,
     prepare_data,
     run_folder,
     save_config,
@@ -48,7 +50,8 @@ class TransferOptions:
     backbone_lr: float | None = opt(None, "fine-tune: learning rate of every layer but the head (default lr/10)", ge=0)
     layer_decay: float | None = opt(None, "fine-tune: layer-wise decay; lr · decay^depth from the head (overrides "
                                     "--backbone-lr)", gt=0, le=1)
-    freeze_epochs: int = opt(0, "fine-tune: first epochs with the backbone frozen (head only)", ge=0)
+    freeze_epochs: int = opt(0, "fine-tune: first epochs with the backbone's weights frozen (head only; its "
+                             "BatchNorm statistics still adapt to the data, as in fastai)", ge=0)
     probe_epochs: int = opt(100, "probe: epochs over the cached features", ge=1)
     probe_lr: float = opt(1e-2, "probe: AdamW learning rate of the head", gt=0)
     probe_weight_decay: float = opt(1e-4, "probe: weight decay of the head", ge=0)
@@ -145,7 +148,7 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
     t0 = time.perf_counter()
     feats, labels = [extract_features(model, lab.images, ds.mean, ds.std, device=device)], [lab.labels]
     if cfg.probe_views > 1:
-        aug = build_augment(cfg.augment, image_size=lab.images.shape[-1], hflip=bool(train_config(cfg, ds).hflip))
+        aug = build_augment(cfg.augment, image_size=lab.images.shape[-2], hflip=bool(train_config(cfg, ds).hflip))
         g = torch.Generator().manual_seed(cfg.seed)
         for _ in range(cfg.probe_views - 1):
             feats.append(extract_features(model, lab.images, ds.mean, ds.std, device=device, augment=aug,
@@ -203,16 +206,33 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
     if not cfg.pretrained:
         raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
                              "folder, or 'true' for a model's own pretrained weights (e.g. --model timm:resnet18)")
+    if cfg.mode == "probe":
+        unused = options_given(cfg, ["epochs", "lr", "backbone_lr", "layer_decay", "freeze_epochs"])
+        if unused:
+            raise FewLabelsError(f"--mode probe trains a linear head on cached features and does not use "
+                                 f"{flags(unused)}: its options are --probe-epochs, --probe-lr and "
+                                 f"--probe-weight-decay (or fine-tune with --mode finetune)")
+    elif cfg.freeze_epochs >= cfg.epochs:
+        raise FewLabelsError(f"--freeze-epochs {cfg.freeze_epochs} keeps the backbone frozen for all {cfg.epochs} "
+                             f"epochs: give fewer (or more --epochs), or use --mode probe for a frozen backbone")
     log = (lambda *_: None) if cfg.quiet else print
+    inherited = None
     if cfg.mean is None and cfg.std is None and Path(cfg.pretrained).exists():
         try:  # a fewlabels checkpoint knows the normalisation it was trained with: keep it
             src = read_meta(cfg.pretrained)
-            cfg.mean, cfg.std = list(src["mean"]), list(src["std"])
-        except FewLabelsError:
+            inherited = (tuple(src["mean"]), tuple(src["std"]))
+        except (FewLabelsError, KeyError):
             pass  # a plain weights file: the dataset's statistics, unless --mean/--std say otherwise
     run_dir = run_folder(cfg.out, "transfer")
     save_config(run_dir, cfg, "transfer")
     ds, split = prepare_data(cfg, run_dir, log)
+    if inherited is not None:
+        if len(inherited[0]) == ds.train.image_shape[0]:
+            ds.mean, ds.std = inherited
+            log(f"normalisation of {cfg.pretrained}: mean {list(ds.mean)}, std {list(ds.std)}")
+        else:
+            log(f"note: {cfg.pretrained} was trained on {len(inherited[0])}-channel images, the data has "
+                f"{ds.train.image_shape[0]}: normalising with the data's own statistics")
     modes = ["scratch", "probe", "finetune"] if cfg.mode == "compare" else [cfg.mode]
     results: dict[str, Any] = {}
     for mode in modes:

@@ -3,6 +3,7 @@ fewlabels checkpoints. Every tensor whose name and shape match is loaded; the re
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +84,15 @@ def _read_file(path: Path) -> object:
         # weights_only: a weights file must never run code; it refuses anything but tensors and plain containers.
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt files raise pickle, zip, safetensors and OS errors of many types
-        raise FewLabelsError(f"could not read weights file {path}: {type(e).__name__}: {str(e)[:300]}") from e
+        text = str(e)
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if found:  # torch's own advice (weights_only=False) would run the file's code: not an option here
+            raise FewLabelsError(
+                f"{path} holds Python objects besides tensors ({found.group(1)}), and fewlabels never unpickles "
+                f"objects (a file can run code when unpickled). Save the weights alone, torch.save(model.state_dict(), "
+                f"path), or as safetensors, where the file comes from") from None
+        raise FewLabelsError(f"could not read weights file {path}: it is not a PyTorch or safetensors weights file, or "
+                             f"it is damaged ({type(e).__name__}: {text[:200]})") from None
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
@@ -161,8 +170,8 @@ def load_pretrained(model: nn.Module, source: str | Path, *, strict: bool = Fals
     dict may be nested under state_dict/model/model_state/ema; prefixes in `prefix_strip` are removed from its keys.
 
     Non-strict: tensors matching in name and shape load; others are reported as dropped (file) or new (model).
-    Strict: any difference raises FewLabelsError listing the keys. Loading nothing at all always raises, since it
-    means the file is for another architecture.
+    Strict: any difference raises FewLabelsError listing the keys. Loading nothing at all, or nothing but the
+    classifier, always raises, since it means the file is for another architecture.
     """
     path = resolve_weights_path(source)
     file_state = read_state_dict(path, prefix_strip)
@@ -172,5 +181,10 @@ def load_pretrained(model: nn.Module, source: str | Path, *, strict: bool = Fals
     if not report.loaded:
         raise FewLabelsError(f"no tensor of {path} matches the model: is it for another architecture? "
                              f"file keys: {list(file_state)[:5]}, model keys: {list(model.state_dict())[:5]}")
+    heads = tuple(getattr(model, "head_prefixes", ()))
+    if heads and all(k.startswith(heads) for k in report.loaded):
+        raise FewLabelsError(f"only the classifier of {path} matches the model ({', '.join(report.loaded)}), none of "
+                             f"its body: is it for another architecture? file keys: {list(file_state)[:5]}, model "
+                             f"keys: {list(model.state_dict())[:5]}")
     model.load_state_dict({k: file_state[k] for k in report.loaded}, strict=False)
     return report
