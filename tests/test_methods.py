@@ -327,3 +327,138 @@ def test_pseudolabel_uses_the_teachers_split_unless_given_a_budget(teacher_run, 
     assert torch.equal(Split.load(tmp_path / "a" / "split.json").unlabelled, teacher.unlabelled)
     pseudolabel(teacher=str(teacher_run), out=str(tmp_path / "b"), labels_per_class=5, **kw)
     assert len(Split.load(tmp_path / "b" / "split.json").labelled) == 50 != len(teacher.labelled)
+
+
+def test_pseudolabel_finds_the_split_from_a_checkpoint_folder_and_saves_train_indices(teacher_run, tmp_path):
+    from fewlabels import pseudolabel
+    from fewlabels.data.split import Split
+
+    teacher = Split.load(teacher_run / "split.json")
+    out = tmp_path / "pl"
+    pseudolabel(teacher=str(teacher_run / "checkpoints" / "best"), data="digits", quiet=True, out=str(out))
+    assert torch.equal(Split.load(out / "split.json").unlabelled, teacher.unlabelled)
+    pl = PseudoLabels.load(out)
+    from safetensors.torch import load_file
+    saved = load_file(str(out / "pseudo_labels.safetensors"))
+    assert torch.equal(saved["train_indices"], teacher.unlabelled[pl.indices])
+    assert pl.teacher_probs is not None and torch.allclose(pl.teacher_probs.sum(1), torch.ones(len(pl)), atol=1e-4)
+    assert torch.allclose(pl.teacher_probs.max(1).values, pl.confidence)
+    head = (out / "pseudo_labels.csv").read_text().splitlines()[0]
+    assert head == "index,train_index,path,label,class,confidence"
+
+
+def test_per_class_precision_counts_each_image_once():
+    probs = _probs()
+    pl = make_pseudo_labels(probs, probs, threshold=0.0, balance=True, per_class=3)  # class 2 repeated 3×
+    q = quality(pl, torch.tensor([0, 1, 0, 1, 2, 0]), ["a", "b", "c"])
+    assert q["per_class"]["c"]["selected"] == 3 and q["per_class"]["c"]["unique"] == 1
+    assert q["per_class"]["c"]["precision"] == 0.0  # the one image, wrong, whatever its repeats
+    assert q["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
+
+
+def test_options_that_another_option_switches_off_are_refused(teacher_run, tmp_path):
+    from fewlabels import pseudolabel
+
+    with pytest.raises(FewLabelsError, match="--per-class only applies with --balance"):
+        pseudolabel(teacher=str(teacher_run), data="digits", balance=False, per_class=5, out=str(tmp_path / "a"))
+    with pytest.raises(FewLabelsError, match="--temperature only applies with --soft"):
+        selftrain(data="digits", labels_per_class=5, temperature=2.0, out=str(tmp_path / "b"))
+    with pytest.raises(FewLabelsError, match="does not use --epochs, --backbone-lr"):
+        transfer(mode="probe", pretrained=str(teacher_run), epochs=3, backbone_lr=0.01, out=str(tmp_path / "c"))
+    with pytest.raises(FewLabelsError, match="frozen for all 2 epochs"):
+        transfer(mode="finetune", pretrained=str(teacher_run), epochs=2, freeze_epochs=2, out=str(tmp_path / "d"))
+
+
+def test_pretrained_run_for_other_classes_gets_a_new_head(teacher_run, tmp_path, capsys):
+    """Same class count, other classes: the loaded head would map class i to the teacher's class i."""
+    from PIL import Image
+
+    from fewlabels.data import load_dataset
+    from fewlabels.engine.checkpoint import load_model
+    from fewlabels.methods.common import ModelConfig, build_model
+
+    root = tmp_path / "letters"
+    for c in "abcdefghij":
+        (root / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (8, 8), 20 * i).save(root / c / f"{i}.png")
+    src, _ = load_model(teacher_run)
+    ds = load_dataset(str(root), progress=False)
+    lines = []
+    model, _ = build_model(ModelConfig("cnn-tiny", 0.0, 0.0, str(teacher_run)), ds, lines.append)
+    assert any("new classifier" in ln for ln in lines)
+    assert not torch.equal(model.head.weight, src.head.weight)
+    a, b = model.state_dict(), src.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in b if not k.startswith("head.") and "num_batches" not in k)
+    digits = load_dataset("digits")
+    same, _ = build_model(ModelConfig("cnn-tiny", 0.0, 0.0, str(teacher_run)), digits, lines.append)
+    assert torch.equal(same.head.weight, src.head.weight)  # the same classes: the head is kept
+
+
+def test_transfer_from_a_run_with_other_channels_uses_the_datas_statistics(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "rgb"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (8, 8), (30 * i, 10 * i + 100 * (c == "b"), 5)).save(root / c / f"{i}.png")
+    train(data=str(root), model="cnn-tiny", epochs=1, out=str(tmp_path / "rgbrun"), quiet=True, val=0)
+    r = transfer(data="digits", mode="finetune", model="cnn-tiny", pretrained=str(tmp_path / "rgbrun"), epochs=1,
+                 labels_per_class=5, out=str(tmp_path / "t"), quiet=True, hflip=False)
+    assert "finetune" in r
+
+
+def test_distill_teacher_sees_its_own_normalisation(teacher_run):
+    """The online teacher gets the student's batch re-normalised to the statistics it was trained with."""
+    from fewlabels.engine.checkpoint import load_model
+
+    teacher, meta = load_model(teacher_run)
+    x_raw = torch.rand(4, 1, 8, 8)
+    mt, st = torch.tensor(meta["mean"]).view(1, -1, 1, 1), torch.tensor(meta["std"]).view(1, -1, 1, 1)
+    ms, ss = torch.tensor([0.5]).view(1, -1, 1, 1), torch.tensor([0.25]).view(1, -1, 1, 1)
+    seen = []
+    teacher.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
+    renorm = (ss.flatten() / st.flatten(), (ms.flatten() - mt.flatten()) / st.flatten())
+    loss = DistillLoss(teacher, 10, 1.0, 4.0, renorm)
+    student = create_model("cnn-tiny", 10, in_chans=1)
+    y = torch.nn.functional.one_hot(torch.arange(4), 10).float()
+    loss(student, (x_raw - ms) / ss, y, torch.ones(4, dtype=torch.bool))
+    torch.testing.assert_close(seen[0], (x_raw - mt) / st, atol=1e-5, rtol=1e-5)
+
+
+def test_distill_mixing_with_unlabelled_images_keeps_only_whole_labels():
+    """CutMix/MixUp pair labelled with unlabelled images: a label cut to a fraction must not enter the CE."""
+    student = create_model("cnn-tiny", 3, in_chans=1)
+    teacher = create_model("cnn-tiny", 3, in_chans=1)
+    x = torch.randn(4, 1, 8, 8)
+    y = torch.tensor([[1.0, 0, 0], [0, 0.4, 0], [0, 0, 1.0], [0, 0, 0]])  # row 1: labelled, mixed with unlabelled
+    has = torch.tensor([True, True, True, False])
+    got = DistillLoss(teacher, 3, 0.5, 2.0)(student, x, y, has)
+    with torch.no_grad():
+        t = teacher.eval()(x).float()
+    want = distill_loss(student(x), t, y, torch.tensor([True, False, True, False]), alpha=0.5, temperature=2.0)
+    torch.testing.assert_close(got, want)
+
+
+def test_checkpoint_files_in_the_working_folder(teacher_run, tmp_path, monkeypatch):
+    """`model.safetensors` or a weights file named from inside its folder (parent Path('.'))."""
+    from fewlabels.engine.checkpoint import load_model, read_meta
+
+    monkeypatch.chdir(teacher_run / "checkpoints" / "best")
+    model, meta = load_model("model.safetensors")
+    assert meta["model"] == "cnn-tiny"
+    monkeypatch.chdir(tmp_path)
+    torch.save(model.state_dict(), "w.pth")
+    with pytest.raises(FewLabelsError, match="w.pth is not a fewlabels checkpoint.*--pretrained"):
+        read_meta("w.pth")
+    r = transfer(mode="probe", pretrained="w.pth", model="cnn-tiny", labels_per_class=5, probe_epochs=2,
+                 out=str(tmp_path / "p"), **COMMON)
+    assert "probe" in r
+
+
+def test_logged_lr_is_the_base_rate_not_the_backbones(teacher_run, tmp_path):
+    transfer(mode="finetune", pretrained=str(teacher_run), model="cnn-tiny", labels_per_class=5, epochs=1, lr=0.1,
+             backbone_lr=0.01, schedule="constant", warmup_epochs=0, out=str(tmp_path / "f"), **COMMON)
+    rows = [json.loads(x) for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr"] == pytest.approx(0.1)

@@ -60,18 +60,28 @@ class DistillLoss:
     """The fit() loss function: runs the frozen teacher on the student's batch (or reads cached logits carried in the
     targets' second half)."""
 
-    def __init__(self, teacher: nn.Module | None, num_classes: int, alpha: float, temperature: float):
-        self.teacher, self.k, self.alpha, self.t = teacher, num_classes, alpha, temperature
+    def __init__(self, teacher: nn.Module | None, num_classes: int, alpha: float, temperature: float,
+                 renorm: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """renorm: per-channel (scale, shift) taking the student's normalised batch to the teacher's
+        normalisation, when they were trained with different statistics."""
+        self.teacher, self.k, self.alpha, self.t, self.renorm = teacher, num_classes, alpha, temperature, renorm
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, has_label: torch.Tensor):
         y = target[:, : self.k]
+        # Under MixUp/CutMix with unlabelled images, a labelled image mixed with an unlabelled one keeps only part of
+        # its label mass: only whole labels enter the cross-entropy (the distillation term covers every image).
+        has_label = has_label & (y.sum(1) > 1 - 1e-3)
         if self.teacher is None:
             t_logits = target[:, self.k:]  # cached logits, mixed along with the images
         else:
+            xt = x
+            if self.renorm is not None:
+                scale, shift = (v.to(x.device, x.dtype).view(1, -1, 1, 1) for v in self.renorm)
+                xt = x * scale + shift
             with torch.no_grad():
-                t_logits = self.teacher(x).float()
+                t_logits = self.teacher(xt).float()
         return distill_loss(model(x), t_logits, y, has_label, alpha=self.alpha, temperature=self.t)
 
 
@@ -117,10 +127,14 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         teacher_for_loss = None
     else:
         teacher_for_loss = teacher.to(memory_format=torch.channels_last) if cfg.channels_last else teacher
+    renorm = None
     if list(tmeta["mean"]) != list(ds.mean) or list(tmeta["std"]) != list(ds.std):
-        log("note: the teacher was trained with another normalisation; it sees the student's normalised batch")
+        # (x_s·σ_s + μ_s − μ_t) / σ_t: the teacher sees each batch as it saw its training images
+        ms, ss, mt, st = (torch.tensor(v, dtype=torch.float32)
+                          for v in (ds.mean, ds.std, tmeta["mean"], tmeta["std"]))
+        renorm = (ss / st, (ms - mt) / st)
     student, meta = build_model(cfg, ds, log, cfg.seed)
-    loss = DistillLoss(teacher_for_loss, k, cfg.alpha, cfg.temperature)
+    loss = DistillLoss(teacher_for_loss, k, cfg.alpha, cfg.temperature, renorm)
     t0 = time.perf_counter()
     res = fit(student, TrainSet(sub.images, targets, has_label), train_config(cfg, ds), norm=(ds.mean, ds.std),
               evals=eval_sets(ds, split), run_dir=run_dir, loss_fn=loss, meta={**meta, "teacher": cfg.teacher},

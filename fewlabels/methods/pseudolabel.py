@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import command_config, opt
 from ..data.imageset import ImageSet
-from ..engine.checkpoint import load_model
+from ..engine.checkpoint import find_checkpoint, load_model
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
@@ -28,29 +28,43 @@ from .common import DataConfig, RunConfig, check_classes, prepare_data, run_fold
 
 @dataclass
 class PseudoLabels:
-    """indices into the unlabelled pool's ImageSet (duplicates allowed after balancing), hard labels (M,),
-    soft targets (M, K), confidence (M,)."""
+    """indices into the unlabelled pool's ImageSet (duplicates allowed after balancing), hard labels (M,), the
+    targets a student trains on (M, K: one-hot, or softmax(logits/T) with --soft; named `probs`), the teacher's
+    top probability (M,) and its whole softmax (M, K)."""
 
     indices: torch.Tensor
     labels: torch.Tensor
     probs: torch.Tensor
     confidence: torch.Tensor
+    teacher_probs: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.indices.numel()
 
-    def save(self, folder: Path, paths: list[str] | None = None, classes: list[str] | None = None) -> None:
+    def save(self, folder: Path, paths: list[str] | None = None, classes: list[str] | None = None,
+             train_indices: torch.Tensor | None = None) -> None:
+        """pseudo_labels.safetensors (everything, plus `train_indices`: each image's index in the training set when
+        given) and pseudo_labels.csv (one row per pseudo-label, repeats included)."""
         folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"indices": self.indices.contiguous(), "labels": self.labels.contiguous(),
+                   "probs": self.probs.float().contiguous(), "confidence": self.confidence.float().contiguous()}
+        if self.teacher_probs is not None:
+            tensors["teacher_probs"] = self.teacher_probs.float().contiguous()
+        train_index = train_indices[self.indices] if train_indices is not None else None
+        if train_index is not None:
+            tensors["train_indices"] = train_index.contiguous()
         tmp = folder / ".pseudo_labels.safetensors.tmp"
-        save_file({"indices": self.indices.contiguous(), "labels": self.labels.contiguous(),
-                   "probs": self.probs.float().contiguous(), "confidence": self.confidence.float().contiguous()},
-                  str(tmp))
+        save_file(tensors, str(tmp))
         tmp.replace(folder / "pseudo_labels.safetensors")
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")  # quotes paths and class names holding commas or quotes
-        w.writerow(["index", "path", "label", "class", "confidence"])
-        for i, lab, c in zip(self.indices.tolist(), self.labels.tolist(), self.confidence.tolist()):
-            w.writerow([i, paths[i] if paths else "", lab, classes[lab] if classes else str(lab), f"{c:.5f}"])
+        w.writerow(["index", *(["train_index"] if train_index is not None else []), "path", "label", "class",
+                    "confidence"])
+        ti = train_index.tolist() if train_index is not None else None
+        for row, (i, lab, c) in enumerate(zip(self.indices.tolist(), self.labels.tolist(),
+                                              self.confidence.tolist())):
+            w.writerow([i, *([ti[row]] if ti is not None else []), paths[i] if paths else "", lab,
+                        classes[lab] if classes else str(lab), f"{c:.5f}"])
         atomic_write_text(folder / "pseudo_labels.csv", buf.getvalue())
 
     @classmethod
@@ -62,7 +76,7 @@ class PseudoLabels:
             raise FewLabelsError(f"no pseudo-label file at {p}: run `fewlabels pseudolabel` first")
         try:
             d = load_file(str(p))
-            return cls(d["indices"], d["labels"], d["probs"], d["confidence"])
+            return cls(d["indices"], d["labels"], d["probs"], d["confidence"], d.get("teacher_probs"))
         except Exception as e:  # safetensors raises its own error types for corrupt files; KeyError for others
             raise FewLabelsError(f"the pseudo-label file {p} is unreadable or not fewlabels' ({e!r}); run "
                                  f"`fewlabels pseudolabel` again to rewrite it") from None
@@ -110,7 +124,7 @@ def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True,
 def make_pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, **select_kw: Any) -> PseudoLabels:
     idx = select(probs, **select_kw)
     conf, pred = probs.max(1)
-    return PseudoLabels(idx, pred[idx], targets[idx], conf[idx])
+    return PseudoLabels(idx, pred[idx], targets[idx], conf[idx], probs[idx])
 
 
 def quality(pl: PseudoLabels, true_labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -118,15 +132,17 @@ def quality(pl: PseudoLabels, true_labels: torch.Tensor, classes: list[str]) -> 
     images that were selected at least once), where the true labels are known."""
     uniq = pl.indices.unique()
     k = len(classes)
-    correct = (pl.labels == true_labels[pl.indices]).float()
-    uniq_correct = int((true_labels[uniq] == _first_label(pl, uniq)).sum()) / uniq.numel() if uniq.numel() else 0.0
+    uniq_label = _first_label(pl, uniq)
+    uniq_correct = int((true_labels[uniq] == uniq_label).sum()) / uniq.numel() if uniq.numel() else 0.0
     per = {}
     for c in range(k):
         sel = pl.labels == c
+        mine = uniq[uniq_label == c]  # each image once, however often balancing repeated it
         n_true = int((true_labels == c).sum())
         per[classes[c]] = {
             "selected": int(sel.sum()),
-            "precision": float(correct[sel].mean()) if sel.any() else None,
+            "unique": int(mine.numel()),
+            "precision": float((true_labels[mine] == c).float().mean()) if mine.numel() else None,
             "coverage": float((true_labels[uniq] == c).sum()) / n_true if n_true else None,
         }
     return {"selected": len(pl), "unique": int(uniq.numel()), "precision": uniq_correct,
@@ -165,12 +181,31 @@ class PseudoLabelOptions:
                                         "(multi-crop TTA, as --tta-translate does for evaluation)", ge=0)
 
 
+def check_label_options(cfg: Any) -> None:
+    """Refuse pseudo-label options that another option switches off (they would be ignored)."""
+    from .common import flags, options_given
+
+    for name, needs, on in (("per_class", "balance", cfg.balance), ("temperature", "soft", cfg.soft)):
+        if not on and options_given(cfg, [name]):
+            raise FewLabelsError(f"{flags([name])} only applies with {flags([needs])}: add it, or drop {flags([name])}")
+
+
 @dataclass
 class PseudoLabelCommand(RunConfig, PseudoLabelOptions, DataConfig):
     """Label the unlabelled images of a split with a trained teacher."""
 
     teacher: str = opt("", "the teacher: a run folder or checkpoint")
     device: str = opt("auto", "auto, cpu, cuda, ...")
+
+
+def _teacher_split(teacher: str) -> Path | None:
+    """The split.json of the run the teacher comes from: beside the checkpoint folder or a few folders up
+    (RUN/checkpoints/best, RUN/roundN/checkpoints/best of selftrain)."""
+    folder = find_checkpoint(teacher)
+    for d in [Path(teacher).absolute(), folder, *list(folder.parents)[:3]]:
+        if (d / "split.json").is_file():
+            return d / "split.json"
+    return None
 
 
 def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -180,15 +215,16 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     cfg = command_config(PseudoLabelCommand, cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("pseudolabel needs --teacher RUN_FOLDER")
+    check_label_options(cfg)
     log = (lambda *_: None) if cfg.quiet else print
     device = pick_device(cfg.device)
     teacher, meta = load_model(cfg.teacher, device)
     budget = {"labels", "labels_per_class", "split"} & getattr(cfg, "_explicit", frozenset(
         k for k in ("labels", "labels_per_class", "split") if getattr(cfg, k) is not None))
-    teacher_split = Path(cfg.teacher) / "split.json"
-    if not budget and teacher_split.is_file():  # the teacher's own unlabelled pool
+    teacher_split = _teacher_split(cfg.teacher)
+    if not budget and teacher_split is not None:  # the teacher's own unlabelled pool
         cfg.split = str(teacher_split)
-    elif "split" not in budget and teacher_split.is_file():
+    elif "split" not in budget and teacher_split is not None:
         log(f"a new split from {', '.join(sorted(budget))} instead of the teacher's ({teacher_split}): images the "
             f"teacher was trained on may be in the unlabelled pool")
     run_dir = run_folder(cfg.out, "pseudolabel")
@@ -204,7 +240,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
                     balance=cfg.balance, per_class=cfg.per_class, device=device)
     if len(pl) == 0:
         raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
-    pl.save(run_dir, pool.paths, ds.train.classes)
+    pl.save(run_dir, pool.paths, ds.train.classes, split.unlabelled)
     q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {"selected": len(pl)}
     write_json(run_dir / "pseudo_labels_report.json", q)
     log(f"{len(pl)} pseudo-labels ({q.get('unique', len(pl))} unique images) from {len(pool)} unlabelled; "

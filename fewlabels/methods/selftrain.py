@@ -37,7 +37,7 @@ from .common import (
     save_config,
     train_config,
 )
-from .pseudolabel import PseudoLabelOptions, label_pool, quality
+from .pseudolabel import PseudoLabelOptions, check_label_options, label_pool, quality
 
 
 @dataclass
@@ -77,6 +77,7 @@ def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets:
 def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png)."""
     cfg = command_config(SelfTrainCommand, cfg, kwargs)
+    check_label_options(cfg)
     log = (lambda *_: None) if cfg.quiet else print
     run_dir = run_folder(cfg.out, "selftrain")
     save_config(run_dir, cfg, "selftrain")
@@ -129,7 +130,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         if len(pl) == 0:
             raise FewLabelsError(f"round {r}: no pseudo-label passed --threshold {cfg.threshold}; lower it")
         q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {}
-        pl.save(rdir, pool.paths, ds.train.classes)
+        pl.save(rdir, pool.paths, ds.train.classes, split.unlabelled)
         write_json(rdir / "pseudo_labels_report.json", q)
         del teacher
         train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing)
