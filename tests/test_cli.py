@@ -328,6 +328,16 @@ def test_predict_decodes_like_training_and_skips_hidden_files(trained, tmp_path)
     for row, p in zip(rows, probs):
         got = {t["class"]: t["prob"] for t in row["top"]}
         assert max(abs(got[c] - float(p[i])) for i, c in enumerate(meta["classes"])) < 2e-2
+    import fewlabels.methods.supervised as sup
+    sup.PREDICT_CHUNK_BYTES, keep = 1, sup.PREDICT_CHUNK_BYTES  # one image per chunk: the same rows
+    try:
+        again = predict(model_path=str(trained), inputs=[str(imgs)], top_k=10, quiet=True)
+        assert [r["file"] for r in again] == [r["file"] for r in rows]
+        for a, b in zip(again, rows):
+            pa, pb = ({t["class"]: t["prob"] for t in r["top"]} for r in (a, b))
+            assert max(abs(pa[c] - pb[c]) for c in pb) < 2e-2
+    finally:
+        sup.PREDICT_CHUNK_BYTES = keep
 
 
 def test_preview_reads_folders_like_training(tmp_path, capsys, monkeypatch):

@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..config import command_config, opt
 from ..data import Split, load_dataset
@@ -142,6 +145,9 @@ def _collect(inputs: list[str]) -> list[str]:
     return files
 
 
+PREDICT_CHUNK_BYTES = 256 << 20  # decoded pixels held at once by predict, so a folder of any size fits in memory
+
+
 def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """Top-k classes of image files or folders; returns one {"file", "top": [{"class", "prob"}, ...]} per image and
     prints them as CSV or JSON (unless quiet, or written to --out). E.g.
@@ -154,15 +160,18 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.model_path, device)
     files = _collect(cfg.inputs)
-    h, w = meta["image_size"]
-    # the training folder's decoding rules, so an image is seen as it would have been in training
-    images = decode_files(files, (meta["in_chans"], h, w), progress=not cfg.quiet)
-    logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
-                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
-                            tta_translate=cfg.tta_translate)
-    probs = logits.softmax(1)
-    k = min(cfg.top_k, probs.shape[1])
-    p, idx = probs.topk(k, dim=1)
+    shape = (meta["in_chans"], *meta["image_size"])
+    chunk = max(1, PREDICT_CHUNK_BYTES // math.prod(shape))
+    k = min(cfg.top_k, len(meta["classes"]))
+    tops = []
+    for start in range(0, len(files), chunk):
+        # the training folder's decoding rules, so an image is seen as it would have been in training
+        images = decode_files(files[start:start + chunk], shape, progress=not cfg.quiet)
+        logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
+                                dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
+                                tta_translate=cfg.tta_translate)
+        tops.append(logits.softmax(1).topk(k, dim=1))
+    p, idx = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
     rows = [{"file": str(f), "top": [{"class": meta["classes"][int(j)], "prob": round(float(q), 6)}
                                      for q, j in zip(p[i], idx[i])]} for i, f in enumerate(files)]
     text = json.dumps(rows, indent=2) if cfg.format == "json" else _csv(rows, k)
