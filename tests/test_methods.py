@@ -462,3 +462,16 @@ def test_logged_lr_is_the_base_rate_not_the_backbones(teacher_run, tmp_path):
              backbone_lr=0.01, schedule="constant", warmup_epochs=0, out=str(tmp_path / "f"), **COMMON)
     rows = [json.loads(x) for x in (tmp_path / "f" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["lr"] == pytest.approx(0.1)
+
+
+def test_a_saved_config_passed_back_is_not_refused_for_its_written_out_defaults(teacher_run, tmp_path):
+    """config.yaml holds every option, defaults included: those switched-off defaults change nothing."""
+    from fewlabels.cli import main
+
+    (tmp_path / "c.yaml").write_text("soft: false\ntemperature: 1.0\nbalance: false\nper_class: null\n")
+    assert main(["pseudolabel", "--config", str(tmp_path / "c.yaml"), "--teacher", str(teacher_run), "--data",
+                 "digits", "--out", str(tmp_path / "pl"), "--quiet"]) == 0
+    (tmp_path / "t.yaml").write_text("epochs: 30\nlr: 0.1\nbackbone_lr: null\n")
+    assert main(["transfer", "--config", str(tmp_path / "t.yaml"), "--mode", "probe", "--model", "cnn-tiny",
+                 "--pretrained", str(teacher_run), "--data", "digits", "--labels-per-class", "5", "--probe-epochs",
+                 "2", "--out", str(tmp_path / "p"), "--quiet"]) == 0

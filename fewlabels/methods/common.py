@@ -237,13 +237,12 @@ def _new_head_unless_same_classes(model: torch.nn.Module, report: Any, source: s
 
 
 def options_given(cfg: Any, names: list[str]) -> list[str]:
-    """Which of `names` the user set (flags, YAML or keywords); for a config object built in code, which differ
-    from their defaults."""
+    """Which of `names` the user set (flags, YAML or keywords; any, for a config object built in code) to something
+    other than the default. A default written out, as in a saved config.yaml passed back with --config, is not
+    counted: it changes nothing."""
     explicit = getattr(cfg, "_explicit", None)
-    if explicit is not None:
-        return [n for n in names if n in explicit]
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    return [n for n in names if getattr(cfg, n) != defaults.get(n)]
+    return [n for n in names if (explicit is None or n in explicit) and getattr(cfg, n) != defaults.get(n)]
 
 
 def flags(names: list[str]) -> str:

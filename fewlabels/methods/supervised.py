@@ -28,7 +28,9 @@ from .common import (
     build_model,
     check_classes,
     eval_sets,
+    flags,
     labelled_trainset,
+    options_given,
     prepare_data,
     run_folder,
     save_config,
@@ -79,10 +81,9 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     "per_class_accuracy", "confusion_matrix" (rows: true class), "classes", "model", "data", "on"} (also written to
     --out as JSON). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
     cfg = command_config(EvaluateCommand, cfg, kwargs)
-    ignored = {"labels", "labels_per_class", "val", "mean", "std", "split_seed"}
-    unused = sorted(ignored & getattr(cfg, "_explicit", set()))
+    unused = options_given(cfg, ["labels", "labels_per_class", "val", "mean", "std", "split_seed"])
     if unused:
-        raise FewLabelsError(f"evaluate does not use {', '.join('--' + k.replace('_', '-') for k in unused)}: it "
+        raise FewLabelsError(f"evaluate does not use {flags(unused)}: it "
                              f"normalises as the model was trained, and --on val takes the run's split (or --split)")
     if not cfg.model_path:
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
