@@ -93,6 +93,8 @@ def _coerce(name: str, value: Any, tp: Any, choices: tuple | None, bounds: dict[
             (item,) = typing.get_args(base)
             if isinstance(value, str):
                 value = [v for v in value.split(",") if v]
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                value = [value]  # YAML `std: 0.25`, as the flag --std 0.25
             value = [item(v) for v in value]
     except (ValueError, TypeError):
         raise FewLabelsError(f"config key '{name}': {value!r} is not a valid {_type_name(tp)}") from None

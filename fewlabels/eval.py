@@ -24,6 +24,13 @@ def stats_tensors(mean: Sequence[float], std: Sequence[float], device: torch.dev
             torch.tensor(list(std), dtype=torch.float32, device=device))
 
 
+def check_tta_translate(t: int, size: tuple[int, ...] | torch.Size) -> None:
+    """Translate TTA shifts by reflection: t pixels need images larger than t."""
+    h, w = size
+    if t < 0 or (t > 0 and t >= min(h, w)):
+        raise FewLabelsError(f"--tta-translate must be between 0 and {min(h, w) - 1} for {h}x{w} images, got {t}")
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                    batch_size: int = 1024, device: torch.device | None = None, dtype: torch.dtype | None = None,
@@ -35,9 +42,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
     each view with its mirror when tta_flip is on; the shifts pad by reflection.
     """
     t = int(tta_translate)
-    if t < 0 or (t > 0 and t >= min(images.shape[2:])):
-        raise FewLabelsError(f"tta_translate must be between 0 and {min(images.shape[2:]) - 1} for "
-                             f"{images.shape[2]}x{images.shape[3]} images, got {t}")
+    check_tta_translate(t, images.shape[2:])
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     device = device or next(model.parameters()).device
     was_training = model.training

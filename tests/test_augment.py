@@ -513,3 +513,12 @@ def test_cuda_matches_cpu() -> None:
     a = mixer(x.float(), torch.arange(32), torch.Generator().manual_seed(0))
     b = mixer(x.float().cuda(), torch.arange(32).cuda(), torch.Generator().manual_seed(0))
     assert torch.allclose(a[0], b[0].cpu()) and torch.allclose(a[1], b[1].cpu())
+
+
+def test_strong_with_no_randaugment_ops_is_weak_plus_cutout_on_both_paths() -> None:
+    x = _images(6, h=16, w=16)
+    for inp in (x, x.float()):  # uint8 on CPU: the C kernels; float: the batched PyTorch path
+        g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+        out = build_augment("strong", image_size=16, ra_num_ops=0)(inp, generator=g1)
+        assert out.shape == inp.shape and out.dtype == inp.dtype
+        assert torch.equal(out, build_augment("strong", image_size=16, ra_num_ops=0)(inp, generator=g2))

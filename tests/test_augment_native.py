@@ -102,8 +102,9 @@ def test_the_result_does_not_depend_on_threads():
 
 def test_bad_settings_are_clear_errors():
     x = _images(n=4, h=8, w=8)
-    with pytest.raises(FewLabelsError, match="reflect padding 8"):
-        build_augment("weak", image_size=8, padding=8)(x)
+    for inp in (x, x.float()):  # the message names the flag and a value that works, on either path
+        with pytest.raises(FewLabelsError, match=r"--padding 8 \(reflect\).*use --padding 7 or less"):
+            build_augment("weak", image_size=8, padding=8)(inp)
     with pytest.raises(FewLabelsError, match="cutout fill"):
         build_augment("strong", image_size=8, cutout_fill="median")(x)
 

@@ -99,6 +99,29 @@ def test_a_diverged_run_warns_and_still_resumes(tmp_path):
     assert any("diverged" in m and "--lr" in m for m in logs)
     res = fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append)
     assert len(res.history) == 2 and (tmp_path / "learning_curve.png").is_file()
+    import json
+    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # strict JSON: NaN is written as null
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_a_warmup_longer_than_half_the_run_is_capped(tmp_path):
+    """--epochs 1 with the default one warm-up epoch used to end on the peak rate, never decaying."""
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, warmup_epochs=5, precision="fp32", augment="none",
+                      channels_last=False)
+    logs: list[str] = []
+    res = fit(_model(), _data(), cfg, norm=((0.5,) * 3, (0.25,) * 3), log=logs.append)
+    assert any("warming up over the first half" in m for m in logs)
+    assert res.history[0]["lr"] == pytest.approx(0.1)  # the peak, reached at the end of the first half
+    assert res.history[-1]["lr"] < 0.01  # and the cosine decay after it
+
+
+def test_tta_translate_too_large_is_refused_before_training(tmp_path):
+    cfg = TrainConfig(epochs=1, batch_size=16, tta_translate=20, precision="fp32", augment="none")
+    started = []
+    with pytest.raises(FewLabelsError, match="--tta-translate must be between 0 and 15"):
+        fit(_model(), _data(), cfg, norm=((0.5,) * 3, (0.25,) * 3), log=lambda *_: None,
+            on_epoch_start=lambda *_: started.append(1))
+    assert not started
 
 
 def test_norm_bias_learning_rate_multiplier():

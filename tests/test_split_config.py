@@ -135,6 +135,8 @@ def test_list_options_and_lazy_api_names():
     from fewlabels.augment.randaugment import RandAugment
     from fewlabels.methods.probes import ProbeEquivarianceCommand
 
+    assert resolve(TrainCommand, None, {"std": 0.25, "mean": 1}).std == [0.25]  # YAML `std: 0.25`, as --std 0.25
+    assert resolve(TrainCommand, None, {"mean": 1}).mean == [1.0]
     with pytest.raises(FewLabelsError, match="not a valid list of int"):
         resolve(ProbeEquivarianceCommand, None, {"shifts": "a,b"})
     assert RandAugment(ops="Rotate, Equalize").ops == ("Rotate", "Equalize")  # a comma-separated string, as a flag

@@ -115,7 +115,8 @@ class Augment:
         out, pos = x, torch.arange(n)
         if offsets is not None or flips is not None:
             # group the images by their first RandAugment op already here: the crop's gather reorders for free
-            order = torch.argsort(params.op[0], stable=True) if params is not None else pos
+            order = (torch.argsort(params.op[0], stable=True) if params is not None and params.op.shape[0] > 0
+                     else pos)
             offsets = torch.zeros(n, 2, dtype=torch.int64) if offsets is None else offsets
             dst = self._ws.get("crop", x.shape, x.dtype, x.device)
             out = pad_crop(x, self.padding, offsets, self.pad_mode, flips, order=order, out=dst, workspace=self._ws)
@@ -139,9 +140,6 @@ class Augment:
     def _run_native(self, x: torch.Tensor, d: _Draws, out: torch.Tensor,
                     scale_shift: torch.Tensor | None = None) -> torch.Tensor:
         c, h, w = x.shape[1:]
-        if self.pad_mode == "reflect" and self.padding > 0 and (self.padding >= h or self.padding >= w):
-            raise FewLabelsError(f"reflect padding {self.padding} needs images larger than {self.padding} px, got "
-                                 f"{h}x{w}; use mode='zeros'")
         ra = d.params
         fill = _fill_u8(self.randaugment.fill if self.randaugment is not None else 0, c, "RandAugment fill")
         mean = isinstance(self.cutout_fill, str)
@@ -155,6 +153,12 @@ class Augment:
                           cutout=int(self.cutout) if d.centres is not None else 0, centres=d.centres, cutout_mean=mean,
                           cutout_fill=cfill, out=out, scale_shift=scale_shift)
 
+    def _check_padding(self, x: torch.Tensor) -> None:
+        h, w = x.shape[2:]
+        if self.pad_mode == "reflect" and self.padding > 0 and (self.padding >= h or self.padding >= w):
+            raise FewLabelsError(f"--padding {self.padding} (reflect) needs images larger than {self.padding} px, got "
+                                 f"{h}x{w}: use --padding {min(h, w) - 1} or less")
+
     def __call__(
         self,
         x: torch.Tensor,
@@ -162,6 +166,7 @@ class Augment:
         epoch: int = 0,
         index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        self._check_padding(x)
         d = self._draw(x, generator, epoch, index)
         if self.uses_native(x):
             return self._run_native(x, d, native.empty_batch(tuple(x.shape), torch.uint8))
@@ -183,6 +188,7 @@ class Augment:
     ) -> torch.Tensor:
         """``normalize(aug(x), mean, std, dtype, out)``, with the final reordering done on uint8 in the workspace."""
         result = out
+        self._check_padding(x)
         d = self._draw(x, generator, epoch, index)
         if dtype == torch.float32 and self.uses_native(x) and (result is None or native.can_write(result)):
             if result is None:

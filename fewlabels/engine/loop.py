@@ -24,7 +24,7 @@ from torch import nn
 
 from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
-from ..eval import accuracy, normalize, predict_logits, stats_tensors
+from ..eval import accuracy, check_tta_translate, normalize, predict_logits, stats_tensors
 from ..losses import soft_cross_entropy
 from ..utils import autocast, environment_info, is_main_process, pick_device, pick_dtype, tune_cpu_allocator
 from .checkpoint import load_train_state, save_checkpoint
@@ -169,6 +169,12 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     steps_per_epoch = len(_batches(train, cfg.batch_size, cfg.unlabelled_ratio, g0, cfg.min_steps_per_epoch))
     total_steps = steps_per_epoch * cfg.epochs
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if warmup > total_steps // 2:  # a warm-up as long as the run would never reach --lr or decay from it
+        log(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the {cfg.epochs} epochs: warming up "
+            f"over the first half instead")
+        warmup = total_steps // 2
+    if cfg.tta_translate > 0:  # checked now, not at the first evaluation after an epoch of training
+        check_tta_translate(cfg.tta_translate, images.shape[2:])
     ema = None
     if cfg.ema > 0:
         from timm.utils import ModelEmaV3
@@ -325,5 +331,5 @@ def _decode_history(state: dict) -> list[dict]:
 def _write_metrics(run_dir: Path, history: list[dict]) -> None:
     import json
 
-    from ..utils import atomic_write_text
-    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+    from ..utils import atomic_write_text, json_safe
+    atomic_write_text(run_dir / "metrics.jsonl", "".join(json.dumps(json_safe(h)) + "\n" for h in history))
