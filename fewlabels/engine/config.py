@@ -23,7 +23,7 @@ class TrainConfig:
                               "bias_scaler: 64); 1 = the same rate as the other parameters", gt=0)
     schedule: str = opt("cosine", "cosine: warm-up then cosine to 0; onecycle: warm-up then linear to 0; constant",
                         choices=("cosine", "onecycle", "constant"))
-    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs", ge=0)
+    warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs (at most half the run)", ge=0)
     label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets", ge=0, lt=1)
     ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999), reached after a warm-up; 0 = off. Evaluation "
                      "and checkpoints use the EMA", ge=0, lt=1)
