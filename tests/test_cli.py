@@ -359,3 +359,14 @@ def test_preview_reads_folders_like_training(tmp_path, capsys, monkeypatch):
     with pytest.warns(UserWarning, match="Skipped 1 .*empty.png"):  # a cache hit still says what was left out
         run_cli(["augment", "preview", "--data", root, "--bad-images", "skip", "--out", tmp_path / "q.png"], capsys)
     assert seen == [16]  # the height, as training uses (padding and Cutout scale with it)
+
+
+def test_output_into_a_closed_pipe_is_not_a_traceback(trained, tmp_path):
+    """`fewlabels predict … | head -1`: the reader goes away before the output is written."""
+    img = tmp_path / "a.png"
+    Image.new("L", (16, 16)).save(img)
+    p = subprocess.Popen([sys.executable, "-m", "fewlabels", "predict", str(trained), str(img)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # long before the model has loaded
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
