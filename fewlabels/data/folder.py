@@ -166,9 +166,8 @@ def list_folder(root: Path) -> FolderFiles:
         loose = sorted(e.name for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")
                        and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
         if loose:
-            shown = ", ".join(loose[:3]) + (", ..." if len(loose) > 3 else "")
             warnings.warn(f"Ignored {len(loose)} image(s) directly in {split_dir}, outside the class folders "
-                          f"({shown}): an image's class is the name of the folder it is in.", stacklevel=3)
+                          f"({_first_few(loose)}): an image's class is the name of the folder it is in.", stacklevel=3)
     return files
 
 
@@ -225,10 +224,14 @@ def _listing(files: FolderFiles) -> Iterator[tuple[str, str, int]]:
         yield from zip([split] * len(paths), paths, files.labels[split])
 
 
+def _first_few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
 def _warn_ignored(files: FolderFiles) -> None:
     if files.ignored:
-        shown = ", ".join(files.ignored[:3]) + (", ..." if len(files.ignored) > 3 else "")
-        warnings.warn(f"Ignored {len(files.ignored)} file(s) in {files.root} without an image extension: {shown}",
+        warnings.warn(f"Ignored {len(files.ignored)} file(s) in {files.root} without an image extension: "
+                      f"{_first_few(files.ignored)}",
                       stacklevel=3)
 
 
@@ -239,9 +242,7 @@ def decode_folder(files: FolderFiles, *, image_size: int | None, bad_images: str
                   workers: int | None) -> dict[str, ImageSet]:
     """Decode every split of the folder to one common (C, H, W); drops (skip) or reports (stop) bad images."""
     paths, n_train = files.all_paths(), len(files.paths["train"])
-    workers = default_workers() if workers is None else max(1, workers)
-    if len(paths) < PARALLEL_MIN_FILES:
-        workers = 1
+    workers = _worker_count(len(paths), workers)
     guess = _guess_shape(paths[:n_train], image_size)
     with _executor(workers) as pool:
         images, headers = _decode_all(pool, paths, guess, workers, progress, files.root.name)
@@ -265,9 +266,7 @@ def decode_files(paths: Sequence[str | Path], shape: tuple[int, int, int], *, wo
     orientation, alpha on black, 16-bit range, scale to cover and centre-crop), on all cores for many files.
     Raises FewLabelsError naming the first file that cannot be read."""
     paths = [str(p) for p in paths]
-    workers = default_workers() if workers is None else max(1, workers)
-    if len(paths) < PARALLEL_MIN_FILES:
-        workers = 1
+    workers = _worker_count(len(paths), workers)
     with _executor(workers) as pool:
         images, headers = _decode_all(pool, paths, shape, workers, progress, "images")
     bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
@@ -368,6 +367,13 @@ def _decode_all(pool: Executor | None, paths: list[str], shape: tuple[int, int, 
 
 
 # ---------------------------------------------------------------------------------------------------- workers
+
+
+def _worker_count(n_files: int, workers: int | None) -> int:
+    """Processes for decoding n_files: all cores by default, one for small sets (see PARALLEL_MIN_FILES)."""
+    if n_files < PARALLEL_MIN_FILES:
+        return 1
+    return default_workers() if workers is None else max(1, workers)
 
 
 def default_workers() -> int:
@@ -473,11 +479,10 @@ def _to_8bit(img: Image.Image, gray: bool) -> Image.Image:
     mode = img.mode
     if mode.startswith("I") or mode == "F":
         arr = np.asarray(img)
-        top = float(arr.max()) if arr.size else 0.0
         if mode == "F":
-            if top <= 1.0:
+            if arr.size and arr.max() <= 1.0:
                 arr = arr * 255.0  # a float image on [0, 1]
-        elif mode.startswith("I;16") or top > 255:
+        elif mode.startswith("I;16") or (arr.size and arr.max() > 255):
             arr = arr >> 8  # 16-bit → 8-bit keeps the range; mode I from 16-bit files holds 0..65535 too
         img = Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))  # 2-D uint8 → mode L
     elif mode in ("LA", "La", "RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in img.info):

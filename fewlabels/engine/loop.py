@@ -219,7 +219,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
         for i, idx in enumerate(batches):
             step = epoch * steps_per_epoch + i
-            set_lr(opt, cfg.lr, lr_factor(step, total_steps, warmup, cfg.schedule))
+            factor = lr_factor(step, total_steps, warmup, cfg.schedule)
+            set_lr(opt, cfg.lr, factor)
             idx_cpu, idx = idx, idx.to(device)  # the alternating flip hashes CPU indices: no device round trip
             # augmented and normalised in one pass over the batch (fused on CPU), straight into the step's layout
             xb = images[idx]
@@ -255,7 +256,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         due = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
         metrics = _evaluate(eval_model, evals, norm, cfg, device, dtype) if due else {}
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
-               "train_loss": loss_sum.item() / max(1, len(batches)), "lr": _base_lr(opt),
+               "train_loss": loss_sum.item() / max(1, len(batches)), "lr": cfg.lr * factor,
                "epoch_seconds": round(seconds, 3),
                "images_per_s": round(seen / max(seconds, 1e-9), 1), **metrics}
         history.append(row)
@@ -290,12 +291,6 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         from ..report import plot_history
         plot_history(history, run_dir / "learning_curve.png")
     return FitResult(final.eval(), history, best, run_dir, best_row)
-
-
-def _base_lr(opt: torch.optim.Optimizer) -> float:
-    """--lr as scheduled now: the groups carry it times their own scale (layer-wise rates, norm/bias rate)."""
-    g = opt.param_groups[0]
-    return g["lr"] / g.get("lr_scale", 1.0) if g.get("lr_scale", 1.0) else g["lr"]
 
 
 def _best_row(history: list[dict], select: str, best: float | None) -> dict | None:
