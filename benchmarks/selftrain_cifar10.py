@@ -44,6 +44,8 @@ def main() -> None:
                     help="multi-crop TTA shift in pixels for evaluation and the teacher's pseudo-labels "
                          "(airbench: 1)")
     ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--confidence-power", type=float, default=0.0,
+                    help="weight each pseudo-label's loss by the teacher's confidence to this power (0 = off)")
     ap.add_argument("--results-name", default=None,
                     help="file name under benchmarks/results/ (default selftrain_cifar10_<labels>; use another "
                          "name to keep the main result when trying a variant)")
@@ -64,7 +66,7 @@ def main() -> None:
                 seed=0, split_seed=0, tta_flip=a.tta_flip, tta_flip_teacher=a.tta_flip,
                 padding=a.padding, alternating_flip=a.alternating_flip, whiten_stem=a.whiten_stem,
                 tta_translate=a.tta_translate, tta_translate_teacher=a.tta_translate, label_smoothing=a.label_smoothing,
-                eval_every=5, out=str(out), quiet=True)
+                confidence_power=a.confidence_power, eval_every=5, out=str(out), quiet=True)
     t0 = time.perf_counter()
     res = selftrain(**opts)
     total = (time.perf_counter() - t0) / 60

@@ -53,6 +53,8 @@ class SelfTrainOptions:
     student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier", ge=0, lt=1)
     student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students", ge=0, lt=1)
     finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)", ge=0)
+    confidence_power: float = opt(0.0, "weight each pseudo-label's loss by the teacher's confidence to this power, "
+                                  "so doubtful labels count less (0 = all count fully; 1-3 are typical)", ge=0)
 
 
 @dataclass
@@ -64,10 +66,17 @@ class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainCon
 
 
 def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,
-                      pl_indices: torch.Tensor, smoothing: float = 0.0) -> TrainSet:
-    """Labelled + pseudo-labelled images; the pseudo-labels smoothed by ε as the labelled targets already are."""
+                      pl_indices: torch.Tensor, smoothing: float = 0.0, confidence: torch.Tensor | None = None,
+                      power: float = 0.0) -> TrainSet:
+    """Labelled + pseudo-labelled images; the pseudo-labels smoothed by ε as the labelled targets already are.
+
+    power > 0: each pseudo-label's target row is scaled by confidence^power, which scales its cross-entropy term by
+    the same factor (L = -Σ_k w·p_k·log q_k = w·CE), so doubtful labels pull less (a power-law form of SoftMatch's
+    confidence weighting, Chen et al. 2023). The loss stays a mean over the batch: labelled images keep full weight."""
     n_lab, n_ps = labelled.images.shape[0], pl_indices.numel()
     pl_targets = pl_targets * (1 - smoothing) + smoothing / pl_targets.shape[1]
+    if power > 0 and confidence is not None:
+        pl_targets = pl_targets * confidence.float().clamp(0, 1).pow(power).unsqueeze(1)
     return TrainSet(torch.cat([labelled.images, pool_images[pl_indices]]),
                     torch.cat([labelled.targets, pl_targets]),
                     torch.ones(n_lab + n_ps, dtype=torch.bool),
@@ -133,7 +142,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         pl.save(rdir, pool.paths, ds.train.classes, split.unlabelled)
         write_json(rdir / "pseudo_labels_report.json", q)
         del teacher
-        train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing)
+        train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing, pl.confidence,
+                                  cfg.confidence_power)
         scfg = replace(base, epochs=cfg.student_epochs, augment=cfg.student_augment)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
