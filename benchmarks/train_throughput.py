@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--results-name", default="train_throughput",
+                    help="file name under benchmarks/results/ (another name keeps the main result)")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
@@ -94,7 +96,7 @@ def main() -> None:
              + "".join(f"| {k} | {v:.0f} |\n" for k, v in med.items())
              + f"\nratio_vs_bare_loop = {ratio:.3f} (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); "
              f"bf16+channels_last vs fp32 = {data['bf16_cl_vs_fp32']:.2f}×\n")
-    write_results("train_throughput" + ("_smoke" if a.smoke else ""), data, table)
+    write_results(a.results_name + ("_smoke" if a.smoke else ""), data, table)
     print(table)
 
 
