@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -107,3 +108,18 @@ def write_results(name: str, data: dict[str, Any], table_md: str) -> tuple[Path,
     )
     md_path.write_text(header + table_md.rstrip() + "\n")
     return json_path, md_path
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """Run a benchmark's ``main()`` as the CLI runs a command: a user error (missing ``../shared`` data, a bad option)
+    prints its message alone and exits with status 2; an interrupt exits with 130 and no traceback."""
+    from fewlabels.errors import FewLabelsError
+
+    try:
+        main()
+    except FewLabelsError as e:
+        print(f"{Path(sys.argv[0]).name}: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{Path(sys.argv[0]).name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
