@@ -153,6 +153,21 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
     return cfg
 
 
+def checked(cfg: T) -> T:
+    """`cfg` with every field checked and converted as a flag's value would be (a config built in Python, e.g.
+    ``TrainConfig(epochs="5")`` or ``TrainConfig(lr=-1)``, gets the same clear error as the command line)."""
+    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
+        raise FewLabelsError(f"expected a config object, got {type(cfg).__name__} {cfg!r:.60}")
+    hints = _hints(type(cfg))
+    changes = {}
+    for f in fields(cfg):
+        v = getattr(cfg, f.name)
+        new = _coerce(f.name, v, hints[f.name], f.metadata.get("choices"), f.metadata.get("bounds"))
+        if type(new) is not type(v) or new != v:
+            changes[f.name] = new
+    return dataclasses.replace(cfg, **changes) if changes else cfg
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """One `--flag` per field; flags default to None so that only the ones given override YAML."""
     hints = _hints(cls)

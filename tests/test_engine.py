@@ -124,6 +124,23 @@ def test_tta_translate_too_large_is_refused_before_training(tmp_path):
     assert not started
 
 
+def test_fit_checks_a_config_built_in_python_as_the_command_line_does():
+    """A TrainConfig built in code is checked like flags: out-of-range values and unknown choices are refused before
+    training with the option's name, and numbers given as strings are converted."""
+    norm = ((0.5,) * 3, (0.25,) * 3)
+    started = []
+    for bad, match in ((dict(lr=-1.0), "'lr' .* must be > 0"),
+                       (dict(epochs="two"), "'epochs': 'two' is not a valid int"),
+                       (dict(augment="heavy"), "'augment': 'heavy' is not one of none, weak, strong")):
+        with pytest.raises(FewLabelsError, match=match):
+            fit(_model(), _data(), TrainConfig(precision="fp32", **bad), norm=norm, log=lambda *_: None,
+                on_epoch_start=lambda *_: started.append(1))
+    assert not started
+    res = fit(_model(), _data(), TrainConfig(epochs="1", batch_size="16", lr="0.05", precision="fp32", augment="none"),
+              norm=norm, log=lambda *_: None)
+    assert len(res.history) == 1
+
+
 def test_norm_bias_learning_rate_multiplier():
     """--norm-bias-lr (airbench's bias_scaler) raises only the norm layers' biases, and survives schedule updates."""
     m = create_model("cnn-s", 10, 3)

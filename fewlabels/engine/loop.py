@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..config import checked
 from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
 from ..eval import accuracy, check_tta_translate, normalize, predict_logits, stats_tensors
@@ -139,6 +140,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     """
     from ..augment import Mixer, build_augment
 
+    cfg = checked(cfg)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
