@@ -261,6 +261,29 @@ def test_student_trainset_weights_pseudo_labels_by_confidence():
     assert torch.equal(off.targets[1:], pl)
 
 
+def test_labels_from_logits_averages_the_teachers_softmaxes():
+    from fewlabels.methods.pseudolabel import labels_from_logits
+
+    a = torch.tensor([[2.0, 1.5, 0.0], [0.0, 3.0, 0.0]])  # image 0: class 0 at 0.56; image 1: class 1
+    b = torch.tensor([[0.0, 4.0, 0.0], [0.0, 3.0, 0.0]])  # image 0: class 1 at 0.96
+    pa, pb = a.softmax(1), b.softmax(1)
+    one = labels_from_logits(a, threshold=0.0, balance=False)  # one teacher: its own argmax and softmax
+    ref = make_pseudo_labels(pa, torch.nn.functional.one_hot(a.argmax(1), 3).float(), threshold=0.0, balance=False)
+    for x, y in zip((one.indices, one.labels, one.probs, one.confidence), (ref.indices, ref.labels, ref.probs,
+                                                                            ref.confidence)):
+        assert torch.equal(x, y)
+    both = labels_from_logits([a, b], threshold=0.0, balance=False)
+    mean = (pa + pb) / 2
+    assert both.labels.tolist() == [1, 1]  # the confident second teacher outvotes the first on image 0
+    assert torch.allclose(both.confidence, mean.max(1).values) and torch.allclose(both.teacher_probs, mean)
+    assert torch.equal(both.probs, torch.nn.functional.one_hot(torch.tensor([1, 1]), 3).float())
+    soft = labels_from_logits([a, b], hard=False, temperature=2.0, threshold=0.0, balance=False)
+    assert torch.allclose(soft.probs, ((a / 2).softmax(1) + (b / 2).softmax(1)) / 2)
+    assert len(labels_from_logits([a, b], threshold=0.9, balance=False)) == 1  # image 0 is at 0.76 in the mean
+    with pytest.raises(FewLabelsError, match="do not match"):
+        labels_from_logits([a, b[:, :2]])
+
+
 def test_selftrain_needs_unlabelled_pool(tmp_path):
     with pytest.raises(FewLabelsError, match="unlabelled pool is empty"):
         selftrain(out=str(tmp_path), rounds=1, **COMMON)

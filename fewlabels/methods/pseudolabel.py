@@ -155,17 +155,38 @@ def _first_label(pl: PseudoLabels, uniq: torch.Tensor) -> torch.Tensor:
     return lab[uniq]
 
 
+def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_flip: bool = False,
+                tta_translate: int = 0, batch_size: int = 1024, device: torch.device | None = None) -> torch.Tensor:
+    """The teacher's logits (N, K) on the clean pool: no grad, big batches, bf16 where the hardware has it."""
+    device = device or next(teacher.parameters()).device
+    return predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
+                          dtype=pick_dtype("auto", device), tta_flip=tta_flip, tta_translate=tta_translate)
+
+
+def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool = True, temperature: float = 1.0,
+                       threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
+                       fill: bool = True) -> PseudoLabels:
+    """Pseudo-labels from one teacher's logits (N, K), or from several teachers' (a list): then their softmaxes
+    are averaged, for the confidence, the hard labels and the soft targets alike (an ensemble of teachers)."""
+    group = logits if isinstance(logits, (list, tuple)) else [logits]
+    if not group or any(g.shape != group[0].shape for g in group):
+        raise FewLabelsError(f"the teachers' predictions do not match: shapes {[tuple(g.shape) for g in group]}")
+    probs = torch.stack([g.float().softmax(1) for g in group]).mean(0)
+    if hard:
+        targets = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).float()
+    else:
+        targets = torch.stack([soft_targets(g, temperature, hard=False) for g in group]).mean(0)
+    return make_pseudo_labels(probs, targets, threshold=threshold, balance=balance, per_class=per_class, fill=fill)
+
+
 def label_pool(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, hard: bool = True, temperature: float = 1.0,
                tta_flip: bool = False, tta_translate: int = 0, threshold: float = 0.0, balance: bool = True,
                per_class: int | None = None, fill: bool = True, batch_size: int = 1024,
                device: torch.device | None = None) -> PseudoLabels:
     """Teacher inference on the clean pool (no grad, big batches, bf16), then selection."""
-    device = device or next(teacher.parameters()).device
-    logits = predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
-                            dtype=pick_dtype("auto", device), tta_flip=tta_flip,
-                            tta_translate=tta_translate)
-    probs = logits.softmax(1)
-    return make_pseudo_labels(probs, soft_targets(logits, temperature, hard), threshold=threshold, balance=balance,
+    logits = pool_logits(teacher, meta, pool, tta_flip=tta_flip, tta_translate=tta_translate, batch_size=batch_size,
+                         device=device)
+    return labels_from_logits(logits, hard=hard, temperature=temperature, threshold=threshold, balance=balance,
                               per_class=per_class, fill=fill)
 
 
