@@ -54,7 +54,8 @@ class SelfTrainOptions:
     student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students", ge=0, lt=1)
     finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)", ge=0)
     confidence_power: float = opt(0.0, "weight each pseudo-label's loss by the teacher's confidence to this power, "
-                                  "so doubtful labels count less (0 = all count fully; 1-3 are typical)", ge=0)
+                                  "so doubtful labels count less (0 = all count fully; on CIFAR-10 with 4,000 "
+                                  "labels, 3 left the final accuracy unchanged: see the README)", ge=0)
 
 
 @dataclass
