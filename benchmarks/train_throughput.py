@@ -1,9 +1,10 @@
 """Training-loop overhead: fewlabels' fit() vs a bare PyTorch loop, side by side in one process.
 
 Same model, batch, precision and data (a uint8 tensor in memory, normalised per batch), no augmentation, no
-evaluation. Also records the bare loop in fp32, bf16 autocast, and bf16 autocast + channels_last.
+evaluation. Also records the bare loop in fp32, bf16 autocast, and bf16 autocast + channels_last. Runs on the device
+fewlabels picks (CUDA when present); on a GPU give it more steps, e.g. `--steps 100`.
 
-    .venv/bin/python benchmarks/train_throughput.py [--model cnn-m] [--repeats 5] [--smoke]
+    .venv/bin/python benchmarks/train_throughput.py [--model cnn-m] [--repeats 5] [--device auto] [--smoke]
 """
 
 from __future__ import annotations
@@ -24,38 +25,48 @@ from fewlabels.engine.loop import TrainSet, fit  # noqa: E402
 from fewlabels.eval import normalize, stats_tensors  # noqa: E402
 from fewlabels.losses import smooth_one_hot, soft_cross_entropy  # noqa: E402
 from fewlabels.models import create_model  # noqa: E402
+from fewlabels.utils import pick_device  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
 def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> float:
     """images/s of the plainest correct loop: index, normalise, forward, backward, step."""
-    dev = torch.device("cpu")
+    dev = images.device
+    model = model.to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
     m, s = stats_tensors(MEAN, STD, dev)
     targets = smooth_one_hot(labels, 10)
     model.train()
-    perm = torch.randperm(images.shape[0])
+    perm = torch.randperm(images.shape[0]).to(dev)
     t0 = None
     for i in range(steps + 1):  # step 0 warms up and is not timed
         if i == 1:
+            _sync(dev)
             t0 = time.perf_counter()
         idx = perm[(i * batch) % (images.shape[0] - batch):][:batch]
         x = normalize(images[idx], m, s, channels_last)
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+        with torch.autocast(dev.type, dtype=dtype or torch.float32, enabled=dtype is not None):
             loss = soft_cross_entropy(model(x), targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+    _sync(dev)
     return steps * batch / (time.perf_counter() - t0)
 
 
 def ours(model, images, labels, batch, steps, precision) -> float:
     n = batch * steps
     ts = TrainSet(images[:n], smooth_one_hot(labels[:n], 10), torch.ones(n, dtype=torch.bool))
-    cfg = TrainConfig(epochs=2, batch_size=batch, augment="none", precision=precision, warmup_epochs=0, lr=0.01)
+    cfg = TrainConfig(epochs=2, batch_size=batch, augment="none", precision=precision, warmup_epochs=0, lr=0.01,
+                      device=str(images.device))
     res = fit(model, ts, cfg, norm=(MEAN, STD), log=lambda *_: None)
     return res.history[-1]["images_per_s"]  # epoch 2: epoch 1 includes warm-up
 
@@ -68,14 +79,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--results-name", default="train_throughput",
                     help="file name under benchmarks/results/ (another name keeps the main result)")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
         a.steps, a.repeats, a.model = 2, 1, "cnn-tiny"
+    dev = pick_device(a.device)
     torch.manual_seed(0)
     n = a.batch * a.steps
-    images = torch.randint(0, 256, (max(n, 2 * a.batch), 3, 32, 32), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (images.shape[0],))
+    images = torch.randint(0, 256, (max(n, 2 * a.batch), 3, 32, 32), dtype=torch.uint8).to(dev)
+    labels = torch.randint(0, 10, (images.shape[0],)).to(dev)
     runs: dict[str, list[float]] = {k: [] for k in ("ours_bf16_cl", "bare_bf16_cl", "bare_bf16", "bare_fp32")}
     for r in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
         torch.manual_seed(r)
@@ -88,7 +101,7 @@ def main() -> None:
         print({k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     ratio = med["ours_bf16_cl"] / med["bare_bf16_cl"]
-    data = {"model": a.model, "batch": a.batch, "steps_per_run": a.steps, "repeats": a.repeats,
+    data = {"model": a.model, "batch": a.batch, "device": str(dev), "steps_per_run": a.steps, "repeats": a.repeats,
             "images_per_s_median": med, "images_per_s_runs": runs, "ratio_vs_bare_loop": ratio,
             "target_ratio": 0.95, "met": ratio >= 0.95, "bf16_cl_vs_fp32": med["bare_bf16_cl"] / med["bare_fp32"],
             "bf16_vs_fp32": med["bare_bf16"] / med["bare_fp32"], "smoke": a.smoke}

@@ -253,6 +253,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             bar.close()
         if lookahead is not None and epoch + 1 == cfg.epochs:
             lookahead.finish(model)  # the run ends on the slow weights
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # CUDA runs ahead of Python: time the work, not the queueing
         seconds = time.perf_counter() - t0
         eval_model = ema.module if ema is not None else model
         due = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
