@@ -69,8 +69,9 @@ def _interrupt_at(stop_epoch: int):
 def test_lookahead_run_resumes_exactly(tmp_path):
     """A lookahead run stopped after an epoch and resumed from its run folder ends on the same weights as an
     uninterrupted run: the slow copy is part of the saved training state."""
+    # on the CPU: exact resumes need deterministic arithmetic, and cuDNN picks non-deterministic kernels
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, lookahead=0.9, lookahead_every=2, precision="fp32",
-                      augment="none", channels_last=False)
+                      augment="none", channels_last=False, device="cpu")
     norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     whole = fit(_model(), _data(), cfg, norm=norm, log=lambda *_: None).model
 
@@ -177,7 +178,7 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_starting_weights(tmp_path
     """With ema=0.999 and ~20 steps, a plain EMA would still be ~98 % the initial weights; with the warm-up it tracks
     the trained weights. The EMA is also part of the saved state: a resumed run ends on the same EMA weights."""
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, ema=0.999, precision="fp32", augment="none",
-                      channels_last=False)
+                      channels_last=False, device="cpu")  # CPU: exact resume (see the lookahead test)
     norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     live = _model()
     init = {k: v.clone() for k, v in live.state_dict().items()}
