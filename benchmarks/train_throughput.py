@@ -25,14 +25,9 @@ from fewlabels.engine.loop import TrainSet, fit  # noqa: E402
 from fewlabels.eval import normalize, stats_tensors  # noqa: E402
 from fewlabels.losses import smooth_one_hot, soft_cross_entropy  # noqa: E402
 from fewlabels.models import create_model  # noqa: E402
-from fewlabels.utils import pick_device  # noqa: E402
+from fewlabels.utils import pick_device, synchronize  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> float:
@@ -49,7 +44,7 @@ def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> floa
     t0 = None
     for i in range(steps + 1):  # step 0 warms up and is not timed
         if i == 1:
-            _sync(dev)
+            synchronize(dev)
             t0 = time.perf_counter()
         idx = perm[(i * batch) % (images.shape[0] - batch):][:batch]
         x = normalize(images[idx], m, s, channels_last)
@@ -58,7 +53,7 @@ def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> floa
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    _sync(dev)
+    synchronize(dev)
     return steps * batch / (time.perf_counter() - t0)
 
 

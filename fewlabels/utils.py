@@ -106,6 +106,12 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs ahead of Python): call before reading a timer."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()

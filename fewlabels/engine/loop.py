@@ -27,7 +27,15 @@ from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
 from ..eval import accuracy, check_tta_translate, normalize, predict_logits, stats_tensors
 from ..losses import soft_cross_entropy
-from ..utils import autocast, environment_info, is_main_process, pick_device, pick_dtype, tune_cpu_allocator
+from ..utils import (
+    autocast,
+    environment_info,
+    is_main_process,
+    pick_device,
+    pick_dtype,
+    synchronize,
+    tune_cpu_allocator,
+)
 from .checkpoint import load_train_state, save_checkpoint
 from .config import TrainConfig
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
@@ -253,8 +261,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             bar.close()
         if lookahead is not None and epoch + 1 == cfg.epochs:
             lookahead.finish(model)  # the run ends on the slow weights
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # CUDA runs ahead of Python: time the work, not the queueing
+        synchronize(device)  # time the work, not the queueing
         seconds = time.perf_counter() - t0
         eval_model = ema.module if ema is not None else model
         due = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs

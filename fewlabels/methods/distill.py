@@ -30,7 +30,7 @@ from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
 from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
-from ..utils import autocast, pick_device, pick_dtype, write_json
+from ..utils import autocast, pick_device, pick_dtype, synchronize, write_json
 from .common import (
     DataConfig,
     ModelConfig,
@@ -171,12 +171,10 @@ def latency_ms(model: nn.Module, shape: tuple[int, ...], batch: int, device: tor
     with torch.inference_mode(), autocast(device, dtype):
         model(x)
         for _ in range(repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             t = time.perf_counter()
             model(x)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
+            synchronize(device)
             times.append((time.perf_counter() - t) * 1000 / batch)
     return sorted(times)[len(times) // 2]
 
