@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=60)
     ap.add_argument("--student-epochs", type=int, default=6)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--teacher-augment", default="weak", help="augmentation of the round-0 teacher and the fine-tune")
     ap.add_argument("--student-augment", default="strong")
     ap.add_argument("--drop-rate", type=float, default=0.3)
     ap.add_argument("--drop-path-rate", type=float, default=0.1)
@@ -61,7 +62,7 @@ def main() -> None:
     opts = dict(data=str(data), labels_per_class=a.labels_per_class, val=0, rounds=a.rounds,
                 teacher_model=a.teacher, student_models=a.students.split(","), teacher_epochs=a.teacher_epochs,
                 student_epochs=a.student_epochs, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=1,
-                teacher_augment="weak", student_augment=a.student_augment, student_drop_rate=a.drop_rate,
+                teacher_augment=a.teacher_augment, student_augment=a.student_augment, student_drop_rate=a.drop_rate,
                 student_drop_path_rate=a.drop_path_rate, soft=a.soft, finetune_epochs=a.finetune_epochs,
                 threshold=a.threshold, balance=True, unlabelled_ratio=3.0, min_steps_per_epoch=a.min_steps_per_epoch,
                 seed=0, split_seed=0, tta_flip=a.tta_flip, tta_flip_teacher=a.tta_flip,
