@@ -19,7 +19,7 @@ from _shared_data import unpacked
 from fewlabels.methods.selftrain import selftrain
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser()
     ap.add_argument("--labels-per-class", type=int, default=400)
     ap.add_argument("--teacher", default="cnn-s")
@@ -51,7 +51,11 @@ def main() -> None:
                     help="file name under benchmarks/results/ (default selftrain_cifar10_<labels>; use another "
                          "name to keep the main result when trying a variant)")
     ap.add_argument("--smoke", action="store_true")
-    a = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    a = build_parser().parse_args()
     if a.smoke:
         a.labels_per_class, a.teacher_epochs, a.student_epochs, a.rounds = 20, 1, 1, 1
         a.threshold = 0.0  # a 1-epoch teacher on 200 labels is rarely 50 % sure of anything: label the whole pool
