@@ -30,7 +30,7 @@ print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'timm'
 
 { timeout 60 $PY -m pytest -q -p no:cacheprovider tests/test_augment.py -k cuda
   echo "cuda test rc=$?"
-  timeout 90 $PY benchmarks/train_throughput.py --steps "${THROUGHPUT_STEPS:-100}" --repeats 5 --results-name "train_throughput_$TAG"
+  timeout 90 $PY benchmarks/train_throughput.py --steps "${THROUGHPUT_STEPS:-100}" --repeats 5 --noised --results-name "train_throughput_$TAG"
   echo "throughput rc=$?"; } >"$OUTDIR/throughput.log" 2>&1
 
 timeout 120 $PY benchmarks/selftrain_cifar10.py --smoke --results-name "selftrain_$TAG" >"$OUTDIR/smoke.log" 2>&1

@@ -4,12 +4,19 @@ Same model, batch, precision and data (a uint8 tensor in memory, normalised per 
 evaluation. Also records the bare loop in fp32, bf16 autocast, and bf16 autocast + channels_last. Runs on the device
 fewlabels picks (CUDA when present); on a GPU give it more steps, e.g. `--steps 100`.
 
-    .venv/bin/python benchmarks/train_throughput.py [--model cnn-m] [--repeats 5] [--device auto] [--smoke]
+--noised adds fit() as a Noisy Student trains: `strong` augmentation, dropout 0.2, stochastic depth 0.1
+(`ours_bf16_cl_noised`) and, on CUDA, the same with every per-batch parameter copied to the GPU from pageable memory
+instead of through fewlabels.utils.to_device's pinned staging (`ours_bf16_cl_noised_pageable`): each such copy makes
+CUDA drain its queue first, which is what the A/B measures.
+
+    .venv/bin/python benchmarks/train_throughput.py [--model cnn-m] [--repeats 5] [--device auto] [--noised] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import statistics
 import sys
 import time
@@ -57,13 +64,34 @@ def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> floa
     return steps * batch / (time.perf_counter() - t0)
 
 
-def ours(model, images, labels, batch, steps, precision) -> float:
+def ours(model, images, labels, batch, steps, precision, augment: str = "none") -> float:
     n = batch * steps
     ts = TrainSet(images[:n], smooth_one_hot(labels[:n], 10), torch.ones(n, dtype=torch.bool))
-    cfg = TrainConfig(epochs=2, batch_size=batch, augment="none", precision=precision, warmup_epochs=0, lr=0.01,
+    cfg = TrainConfig(epochs=2, batch_size=batch, augment=augment, precision=precision, warmup_epochs=0, lr=0.01,
                       device=str(images.device))
     res = fit(model, ts, cfg, norm=(MEAN, STD), log=lambda *_: None)
     return res.history[-1]["images_per_s"]  # epoch 2: epoch 1 includes warm-up
+
+
+_TO_DEVICE_USERS = ("fewlabels.augment.functional", "fewlabels.augment.ops", "fewlabels.augment.presets",
+                    "fewlabels.augment.randaugment", "fewlabels.augment.mix", "fewlabels.engine.loop")
+
+
+@contextlib.contextmanager
+def pageable_copies():
+    """fit() with plain `.to(device)` copies from pageable memory instead of fewlabels.utils.to_device."""
+    def plain(t, device, dtype=None):
+        return t.to(device=torch.device(device), dtype=dtype or t.dtype, non_blocking=True)
+
+    mods = [importlib.import_module(m) for m in _TO_DEVICE_USERS]
+    saved = [m.to_device for m in mods]
+    for m in mods:
+        m.to_device = plain
+    try:
+        yield
+    finally:
+        for m, f in zip(mods, saved):
+            m.to_device = f
 
 
 def main() -> None:
@@ -75,6 +103,8 @@ def main() -> None:
     ap.add_argument("--results-name", default="train_throughput",
                     help="file name under benchmarks/results/ (another name keeps the main result)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
+    ap.add_argument("--noised", action="store_true",
+                    help="also fit() with strong augmentation, dropout and drop-path (and, on CUDA, pageable copies)")
     ap.add_argument("--smoke", action="store_true")
     a = ap.parse_args()
     if a.smoke:
@@ -84,7 +114,13 @@ def main() -> None:
     n = a.batch * a.steps
     images = torch.randint(0, 256, (max(n, 2 * a.batch), 3, 32, 32), dtype=torch.uint8).to(dev)
     labels = torch.randint(0, 10, (images.shape[0],)).to(dev)
-    runs: dict[str, list[float]] = {k: [] for k in ("ours_bf16_cl", "bare_bf16_cl", "bare_bf16", "bare_fp32")}
+    names = ["ours_bf16_cl", "bare_bf16_cl", "bare_bf16", "bare_fp32"]
+    if a.noised:
+        names += ["ours_bf16_cl_noised"] + (["ours_bf16_cl_noised_pageable"] if dev.type == "cuda" else [])
+    runs: dict[str, list[float]] = {k: [] for k in names}
+
+    def noised_model():
+        return create_model(a.model, 10, drop_rate=0.2, drop_path_rate=0.1)
     for r in range(a.repeats):  # interleaved, so drift on a shared machine hits every variant alike
         torch.manual_seed(r)
         runs["ours_bf16_cl"].append(ours(create_model(a.model, 10), images, labels, a.batch, a.steps, "bf16"))
@@ -93,6 +129,12 @@ def main() -> None:
         runs["bare_bf16"].append(bare_loop(create_model(a.model, 10), images, labels, a.batch, a.steps,
                                            torch.bfloat16, False))
         runs["bare_fp32"].append(bare_loop(create_model(a.model, 10), images, labels, a.batch, a.steps, None, False))
+        if a.noised:
+            runs["ours_bf16_cl_noised"].append(ours(noised_model(), images, labels, a.batch, a.steps, "bf16", "strong"))
+            if "ours_bf16_cl_noised_pageable" in runs:
+                with pageable_copies():
+                    runs["ours_bf16_cl_noised_pageable"].append(
+                        ours(noised_model(), images, labels, a.batch, a.steps, "bf16", "strong"))
         print({k: round(v[-1], 1) for k, v in runs.items()}, flush=True)
     med = {k: statistics.median(v) for k, v in runs.items()}
     ratio = med["ours_bf16_cl"] / med["bare_bf16_cl"]
@@ -100,10 +142,18 @@ def main() -> None:
             "images_per_s_median": med, "images_per_s_runs": runs, "ratio_vs_bare_loop": ratio,
             "target_ratio": 0.95, "met": ratio >= 0.95, "bf16_cl_vs_fp32": med["bare_bf16_cl"] / med["bare_fp32"],
             "bf16_vs_fp32": med["bare_bf16"] / med["bare_fp32"], "smoke": a.smoke}
+    if a.noised:
+        data["noised_vs_plain"] = med["ours_bf16_cl_noised"] / med["ours_bf16_cl"]
+        if "ours_bf16_cl_noised_pageable" in med:
+            data["pinned_vs_pageable_noised"] = med["ours_bf16_cl_noised"] / med["ours_bf16_cl_noised_pageable"]
     table = ("| variant | images/s (median) |\n|---|---|\n"
              + "".join(f"| {k} | {v:.0f} |\n" for k, v in med.items())
              + f"\nratio_vs_bare_loop = {ratio:.3f} (target ≥ 0.95: {'met' if ratio >= 0.95 else 'NOT met'}); "
              f"bf16+channels_last vs fp32 = {data['bf16_cl_vs_fp32']:.2f}×\n")
+    if a.noised:
+        table += f"noised (strong augmentation, dropout, drop-path) vs plain fit(): {data['noised_vs_plain']:.2f}×\n"
+        if "pinned_vs_pageable_noised" in data:
+            table += f"noised, pinned vs pageable parameter copies: {data['pinned_vs_pageable_noised']:.2f}×\n"
     write_results(a.results_name + ("_smoke" if a.smoke else ""), data, table)
     print(table)
 

@@ -515,6 +515,38 @@ def test_cuda_matches_cpu() -> None:
     assert torch.allclose(a[0], b[0].cpu()) and torch.allclose(a[1], b[1].cpu())
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_strong_augmentation_never_waits_for_the_gpu() -> None:
+    """Every per-batch parameter goes to the GPU through pinned memory (fewlabels.utils.to_device): a copy from
+    pageable memory, an .item() or a device-to-host copy would make Python wait for the queued kernels, and a noised
+    student on a GPU is bound by how fast Python queues them (benchmarks/results/gpu_check_h200.md)."""
+    x = _images(64, h=32, w=32).cuda()
+    aug = build_augment("strong", image_size=32)
+    mixer = Mixer(mixup_alpha=0.5, cutmix_alpha=1.0, per_image=True, num_classes=10)
+    g = torch.Generator().manual_seed(0)
+    aug.normalized(x, (0.5,) * 3, (0.25,) * 3, generator=g)  # warm-up: workspaces, pinned-memory cache
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            out = aug.normalized(x, (0.5,) * 3, (0.25,) * 3, generator=g)
+            mixer(out, torch.arange(64, device="cuda") % 10, generator=g)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_to_device_keeps_values_and_converts_dtype() -> None:
+    from fewlabels.utils import to_device
+
+    t = torch.arange(6).view(2, 3).t()  # not contiguous
+    out = to_device(t, "cpu", torch.float32)
+    assert out.dtype == torch.float32 and torch.equal(out, t.float())
+    assert to_device(t, torch.device("cpu")) is t  # nothing to move: no copy
+    if torch.cuda.is_available():
+        gpu = to_device(t, "cuda", torch.int32)
+        assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), t.int())
+
+
 def test_strong_with_no_randaugment_ops_is_weak_plus_cutout_on_both_paths() -> None:
     x = _images(6, h=16, w=16)
     for inp in (x, x.float()):  # uint8 on CPU: the C kernels; float: the batched PyTorch path

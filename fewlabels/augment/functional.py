@@ -26,6 +26,8 @@ from collections.abc import Sequence
 
 import torch
 
+from fewlabels.utils import to_device
+
 Fill = float | Sequence[float]
 
 
@@ -71,7 +73,7 @@ def _per_image(v: torch.Tensor | float, x: torch.Tensor, dtype: torch.dtype = to
         t = t.expand(x.shape[0])
     if t.shape != (x.shape[0],):
         raise ValueError(f"per-image parameter must have shape ({x.shape[0]},), got {tuple(t.shape)}")
-    return t.to(x.device, non_blocking=True).view(-1, 1, 1, 1)
+    return to_device(t, x.device).view(-1, 1, 1, 1)
 
 
 def _factors(factor: torch.Tensor | float, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,7 +120,7 @@ def _fill_tensor(fill: Fill, x: torch.Tensor) -> torch.Tensor:
     f = torch.as_tensor(fill, dtype=torch.float32).flatten()
     if f.numel() not in (1, x.shape[1]):
         raise ValueError(f"fill must be a number or {x.shape[1]} values, got {f.numel()}")
-    return f.expand(x.shape[1]).to(device=x.device, dtype=x.dtype).view(1, -1, 1, 1)
+    return to_device(f.expand(x.shape[1]), x.device, x.dtype).view(1, -1, 1, 1)
 
 
 # ------------------------------------------------------------------------------------------------------ colour ops
@@ -258,7 +260,7 @@ def affine(x: torch.Tensor, matrix: torch.Tensor, fill: Fill = 0) -> torch.Tenso
     _check(x)
     n, c, h, w = x.shape
     dev = x.device
-    m = matrix.to(device=dev, dtype=torch.float32)
+    m = to_device(matrix, dev, torch.float32)
     # torchvision normalises the grid by (W/2, H/2) and grid_sample un-normalises it; this is the same map
     xs = torch.arange(w, device=dev, dtype=torch.float32).sub_((w - 1) / 2).view(1, 1, w)  # (1, 1, W)
     ys = torch.arange(h, device=dev, dtype=torch.float32).sub_((h - 1) / 2).view(1, h, 1)  # (1, H, 1)
@@ -310,7 +312,7 @@ def _shift_rows(x: torch.Tensor, shift: torch.Tensor, fill: Fill) -> torch.Tenso
     plane = (torch.arange(n * c) * h).view(n, c, 1)  # first row index of each (image, channel) plane
     start = (plane + torch.arange(h).view(1, 1, h)) * wp + s + shift.view(n, 1, h)  # (N, C, H) window starts
     windows = buf.view(-1).as_strided((buf.numel() - w + 1, w), (1, 1))
-    return windows.index_select(0, start.view(-1).to(x.device, non_blocking=True)).view(n, c, h, w)
+    return windows.index_select(0, to_device(start.view(-1), x.device)).view(n, c, h, w)
 
 
 def _shift_cols(x: torch.Tensor, shift: torch.Tensor, fill: Fill) -> torch.Tensor:
@@ -332,7 +334,7 @@ def _shift_image_rows(x: torch.Tensor, shift: torch.Tensor, fill: Fill) -> torch
     _pad_value(buf[:, :, :s], fill, x)
     _pad_value(buf[:, :, s + h :], fill, x)
     start = (torch.arange(n * c) * hp).view(n, c, 1) + s + shift.view(n, 1, 1) + torch.arange(h).view(1, 1, h)
-    return buf.view(-1, w).index_select(0, start.view(-1).to(x.device, non_blocking=True)).view(n, c, h, w)
+    return buf.view(-1, w).index_select(0, to_device(start.view(-1), x.device)).view(n, c, h, w)
 
 
 def translate_x(x: torch.Tensor, pixels: torch.Tensor | float, fill: Fill = 0) -> torch.Tensor:

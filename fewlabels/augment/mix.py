@@ -19,6 +19,7 @@ import torch
 
 from fewlabels.errors import FewLabelsError
 from fewlabels.losses import smooth_one_hot
+from fewlabels.utils import to_device
 
 
 def _gen_device(generator: torch.Generator | None) -> torch.device:
@@ -59,7 +60,7 @@ def smooth_targets(target: torch.Tensor, num_classes: int | None = None, smoothi
 
 def mixup_target(target: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
     """λ·t + (1 − λ)·t.flip(0) for soft targets (N, K); lam: a number or (N,) per image (timm's mixup_target)."""
-    lam_t = torch.as_tensor(lam, dtype=torch.float32).to(target.device).reshape(-1, 1)
+    lam_t = to_device(torch.as_tensor(lam, dtype=torch.float32), target.device).reshape(-1, 1)
     return target * lam_t + target.flip(0) * (1.0 - lam_t)
 
 
@@ -95,7 +96,7 @@ def box_lam(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
 
 def box_mask(boxes: torch.Tensor, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(N, 1, H, W) bool, true inside each image's box [y0, y1) × [x0, x1)."""
-    b = boxes.to(device, torch.int64)
+    b = to_device(boxes, device, torch.int64)
     rows = torch.arange(height, device=device).view(1, height)
     cols = torch.arange(width, device=device).view(1, width)
     in_rows = (rows >= b[:, 0:1]) & (rows < b[:, 1:2])  # (N, H)
@@ -110,7 +111,7 @@ def _blend(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     weight copies pixels exactly, and as arithmetic because torch.where is ~10x slower on CPU.
     """
     xf = x.float()
-    w = weight.to(x.device, torch.float32)
+    w = to_device(weight, x.device, torch.float32)
     out = xf.flip(0).mul_(1.0 - w).addcmul_(xf, w)
     return out.round_().to(x.dtype) if not x.is_floating_point() else out.to(x.dtype)
 
@@ -204,7 +205,7 @@ class Mixer:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if x.ndim != 4:
             raise FewLabelsError(f"Mixer expects images (N, C, H, W), got shape {tuple(x.shape)}")
-        t = smooth_targets(target.to(x.device), self.num_classes, self.label_smoothing)
+        t = smooth_targets(to_device(target, x.device), self.num_classes, self.label_smoothing)
         if not self.active:
             return x, t
         n, _, h, w = x.shape
@@ -219,6 +220,6 @@ class Mixer:
         if bool(cut.all()):
             return _blend(x, keep), mixup_target(t, lam)
         # some images CutMix, some MixUp: the per-pixel weight is keep for CutMix images and λ for MixUp ones
-        is_cut = cut.to(x.device, torch.float32).view(-1, 1, 1, 1)
-        weight = keep * is_cut + lam.to(x.device, torch.float32).view(-1, 1, 1, 1) * (1.0 - is_cut)
+        is_cut = to_device(cut, x.device, torch.float32).view(-1, 1, 1, 1)
+        weight = keep * is_cut + to_device(lam, x.device, torch.float32).view(-1, 1, 1, 1) * (1.0 - is_cut)
         return _blend(x, weight), mixup_target(t, lam)

@@ -13,6 +13,7 @@ import torch
 
 from fewlabels.augment.functional import Workspace, _check
 from fewlabels.errors import FewLabelsError
+from fewlabels.utils import to_device
 
 PAD_MODES = ("reflect", "zeros")
 
@@ -149,7 +150,7 @@ def pad_crop(
     if nf:
         # a mirrored padded image is the padded image with every row reversed (the padding is symmetric)
         sub = ws.get("flipped", (nf, c, h, wp), x.dtype, dev)
-        torch.index_select(padded[:n], 0, fidx.to(dev), out=sub)
+        torch.index_select(padded[:n], 0, to_device(fidx, dev), out=sub)
         torch.ops.aten.flip.out(sub, [3], out=padded[n:])
     buf[-wp:].zero_()
     # which padded image each input image is cut from, then in output order
@@ -170,7 +171,7 @@ def pad_crop(
     windows = buf.as_strided((buf.numel() - w + 1, w), (1, 1))  # the w-long window at every offset
     if out is None:
         out = torch.empty_like(x)
-    torch.index_select(windows, 0, start.view(-1).to(dev, non_blocking=True), out=out.view(n * c * h, w))
+    torch.index_select(windows, 0, to_device(start.view(-1), dev), out=out.view(n * c * h, w))
     return out
 
 
@@ -203,7 +204,7 @@ def cutout_(
     """In-place :func:`cutout` (x is modified and returned)."""
     c, h, w = x.shape[1:]
     dev = x.device
-    ctr = centres.to(dev, torch.int64)
+    ctr = to_device(centres, dev, torch.int64)
     top = ctr[:, :1] - size // 2  # (N, 1)
     left = ctr[:, 1:] - size // 2
     rows = torch.arange(h, device=dev).view(1, h)
@@ -219,7 +220,7 @@ def cutout_(
         value = x.float().mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1), before the box is cut
         value = value.round_().to(x.dtype) if x.dtype == torch.uint8 else value.to(x.dtype)
     else:
-        value = torch.as_tensor(fill, dtype=torch.float32).flatten().to(dev, x.dtype).view(1, -1, 1, 1)
+        value = to_device(torch.as_tensor(fill, dtype=torch.float32).flatten(), dev, x.dtype).view(1, -1, 1, 1)
         if value.shape[1] not in (1, c):
             raise FewLabelsError(f"cutout fill must be a number or {c} values, got {value.shape[1]}")
     x.mul_(1 - box)
@@ -269,7 +270,7 @@ def normalize(
     """
     _check(x)
     scale, shift = normalize_scale_shift(mean, std, x.shape[1], 255.0 if x.dtype == torch.uint8 else 1.0)
-    scale, shift = scale.view(1, -1, 1, 1).to(x.device), shift.view(1, -1, 1, 1).to(x.device)
+    scale, shift = to_device(scale.view(1, -1, 1, 1), x.device), to_device(shift.view(1, -1, 1, 1), x.device)
     if out is None:
         out = torch.empty(x.shape, dtype=dtype, device=x.device)
     elif out.shape != x.shape or out.dtype != dtype:

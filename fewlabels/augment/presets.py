@@ -37,6 +37,7 @@ from fewlabels.augment.ops import (
 )
 from fewlabels.augment.randaugment import RandAugment, RandAugmentParams
 from fewlabels.errors import FewLabelsError
+from fewlabels.utils import to_device
 
 PRESETS: tuple[str, ...] = ("none", "weak", "strong")
 
@@ -173,7 +174,7 @@ class Augment:
         out, pos = self._run(x, d)
         if out is x:
             return x.clone()
-        return out.index_select(0, torch.argsort(pos).to(x.device, non_blocking=True))
+        return out.index_select(0, to_device(torch.argsort(pos), x.device))
 
     def normalized(
         self,
@@ -201,7 +202,7 @@ class Augment:
         inverse = torch.argsort(pos)
         if out is not x or not bool((inverse == torch.arange(x.shape[0])).all()):
             dst = self._ws.get("final", x.shape, x.dtype, x.device)
-            out = torch.index_select(out, 0, inverse.to(x.device, non_blocking=True), out=dst)
+            out = torch.index_select(out, 0, to_device(inverse, x.device), out=dst)
         return normalize(out, mean, std, dtype, out=result)
 
 

@@ -54,6 +54,7 @@ import torch
 
 from fewlabels.augment import functional as F
 from fewlabels.errors import FewLabelsError
+from fewlabels.utils import to_device
 
 #: The paper's 14 ops, in this order; op indices in :class:`RandAugmentParams` refer to this tuple.
 OPS: tuple[str, ...] = (
@@ -89,7 +90,7 @@ def _only_where_positive(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable
             return fn(x)
         out = x.clone()
         if bool(on.any()):
-            idx = on.nonzero().flatten().to(x.device)
+            idx = to_device(on.nonzero().flatten(), x.device)
             out[idx] = fn(x[idx])
         return out
 
@@ -229,7 +230,7 @@ class RandAugment:
         cur, pos = self.apply_grouped(x, params, torch.arange(x.shape[0]), ws)
         if cur is x:
             return x.clone()
-        return cur.index_select(0, torch.argsort(pos).to(x.device, non_blocking=True))
+        return cur.index_select(0, to_device(torch.argsort(pos), x.device))
 
     def apply_grouped(
         self,
@@ -262,7 +263,7 @@ class RandAugment:
                 dst = ws.get(f"ra{layer % 2}", x.shape, x.dtype, x.device)
                 if dst.data_ptr() == cur.data_ptr():  # never read and write the same buffer
                     dst = ws.get(f"ra{(layer + 1) % 2}", x.shape, x.dtype, x.device)
-                torch.index_select(cur, 0, order.to(x.device, non_blocking=True), out=dst)
+                torch.index_select(cur, 0, to_device(order, x.device), out=dst)
                 cur, pos, op = dst, pos[order], op[order]
             bounds = torch.bincount(op, minlength=len(OPS)).cumsum(0).tolist()
             m, s = params.magnitude[layer, pos], params.sign[layer, pos]

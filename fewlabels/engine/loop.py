@@ -34,6 +34,7 @@ from ..utils import (
     pick_device,
     pick_dtype,
     synchronize,
+    to_device,
     tune_cpu_allocator,
 )
 from .checkpoint import load_train_state, save_checkpoint
@@ -231,7 +232,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             step = epoch * steps_per_epoch + i
             factor = lr_factor(step, total_steps, warmup, cfg.schedule)
             set_lr(opt, cfg.lr, factor)
-            idx_cpu, idx = idx, idx.to(device)  # the alternating flip hashes CPU indices: no device round trip
+            idx_cpu, idx = idx, to_device(idx, device)  # the alternating flip hashes CPU indices: no round trip
             # augmented and normalised in one pass over the batch (fused on CPU), straight into the step's layout
             xb = images[idx]
             x = augment.normalized(xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,

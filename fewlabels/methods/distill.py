@@ -30,7 +30,7 @@ from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
 from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
-from ..utils import autocast, pick_device, pick_dtype, synchronize, write_json
+from ..utils import autocast, pick_device, pick_dtype, synchronize, to_device, write_json
 from .common import (
     DataConfig,
     ModelConfig,
@@ -78,7 +78,7 @@ class DistillLoss:
         else:
             xt = x
             if self.renorm is not None:
-                scale, shift = (v.to(x.device, x.dtype).view(1, -1, 1, 1) for v in self.renorm)
+                scale, shift = (to_device(v, x.device, x.dtype).view(1, -1, 1, 1) for v in self.renorm)
                 xt = x * scale + shift
             with torch.no_grad():
                 t_logits = self.teacher(xt).float()
