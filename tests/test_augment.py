@@ -517,9 +517,10 @@ def test_cuda_matches_cpu() -> None:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_strong_augmentation_never_waits_for_the_gpu() -> None:
-    """Every per-batch parameter goes to the GPU through pinned memory (fewlabels.utils.to_device): a copy from
-    pageable memory, an .item() or a device-to-host copy would make Python wait for the queued kernels, and a noised
-    student on a GPU is bound by how fast Python queues them (benchmarks/results/gpu_check_h200.md)."""
+    """No step of a noised batch makes Python wait for the GPU: CUDA's sync debug mode raises on a blocking
+    host-to-device copy, an .item(), a device-to-host copy or a synchronize (it does not see the stream drain of a
+    non_blocking copy from pageable memory; fewlabels.utils.to_device's pinned staging avoids that one). A noised
+    student on a GPU is bound by how fast Python queues kernels (benchmarks/results/gpu_check_h200.md)."""
     x = _images(64, h=32, w=32).cuda()
     aug = build_augment("strong", image_size=32)
     mixer = Mixer(mixup_alpha=0.5, cutmix_alpha=1.0, per_image=True, num_classes=10)
