@@ -115,10 +115,11 @@ def synchronize(device: torch.device) -> None:
 def to_device(t: torch.Tensor, device: torch.device | str, dtype: torch.dtype | None = None) -> torch.Tensor:
     """A (small) CPU tensor on `device` without stalling the GPU's queue.
 
-    A host-to-device copy from ordinary (pageable) memory makes CUDA finish every kernel already queued on the
-    stream before it starts (cudaMemcpyAsync's documented behaviour), so each per-batch parameter of the batched
-    augmentation (38 for a `strong` batch: magnitudes, offsets, index vectors) would drain the queue that Python
-    fills ahead of the GPU. Staged through pinned memory the copy is queued like a kernel. Elsewhere a plain ``.to``.
+    A blocking ``.to(device)`` waits until the GPU has finished every kernel queued before it, and a non_blocking
+    copy from ordinary (pageable) memory may do the same (CUDA's API synchronisation notes: the driver may sync with
+    the stream to stage it). The batched augmentation sends 38 such parameters for a `strong` batch (magnitudes,
+    offsets, index vectors), 7 of them were blocking: each can drain the queue that Python fills ahead of the GPU.
+    Staged through pinned memory the copy is queued like a kernel. Elsewhere a plain ``.to``.
     """
     device = torch.device(device)
     if dtype is not None and t.dtype != dtype:
