@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--confidence-power", type=float, default=0.0,
                     help="weight each pseudo-label's loss by the teacher's confidence to this power (0 = off)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of model initialisation and data order")
+    ap.add_argument("--split-seed", type=int, default=0, help="seed that picks the labelled images")
     ap.add_argument("--results-name", default=None,
                     help="file name under benchmarks/results/ (default selftrain_cifar10_<labels>; use another "
                          "name to keep the main result when trying a variant)")
@@ -69,7 +71,7 @@ def main() -> None:
                 teacher_augment=a.teacher_augment, student_augment=a.student_augment, student_drop_rate=a.drop_rate,
                 student_drop_path_rate=a.drop_path_rate, soft=a.soft, finetune_epochs=a.finetune_epochs,
                 threshold=a.threshold, balance=True, unlabelled_ratio=3.0, min_steps_per_epoch=a.min_steps_per_epoch,
-                seed=0, split_seed=0, tta_flip=a.tta_flip, tta_flip_teacher=a.tta_flip,
+                seed=a.seed, split_seed=a.split_seed, tta_flip=a.tta_flip, tta_flip_teacher=a.tta_flip,
                 padding=a.padding, alternating_flip=a.alternating_flip, whiten_stem=a.whiten_stem,
                 tta_translate=a.tta_translate, tta_translate_teacher=a.tta_translate, label_smoothing=a.label_smoothing,
                 confidence_power=a.confidence_power, eval_every=5, out=str(out), quiet=True)
