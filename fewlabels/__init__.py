@@ -34,6 +34,8 @@ _API = {
     "SelfTrainCommand": "fewlabels.methods.selftrain",
     "DistillCommand": "fewlabels.methods.distill",
     "TransferCommand": "fewlabels.methods.transfer",
+    "recipe": "fewlabels.config",
+    "recipes": "fewlabels.config",
     "load_dataset": "fewlabels.data",
     "make_split": "fewlabels.data",
     "ImageSet": "fewlabels.data",

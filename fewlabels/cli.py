@@ -1,7 +1,7 @@
 """The `fewlabels` command: subcommands map to plain functions of the Python API.
 
-Options come from typed dataclasses (their help text is the `--help`), merged as defaults ← `--config FILE.yaml`
-← flags. Errors a user can cause print one line, `fewlabels: error: ...`, and exit with status 2.
+Options come from typed dataclasses (their help text is the `--help`), merged as defaults ← `--recipe NAME` ←
+`--config FILE.yaml` ← flags. Errors a user can cause print one line, `fewlabels: error: ...`, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -81,6 +81,10 @@ def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:
             target = groups[group]
         sp = target.add_parser(name, help=c.help, description=(c.cls.__doc__ or c.help).strip())
         sp.add_argument("--config", help="YAML file of options (flags override it)")
+        if C.recipes(c.name):
+            sp.add_argument("--recipe", choices=C.recipes(c.name),
+                            help="a built-in, measured set of options (fewlabels/recipes/; the --config file and flags "
+                                 "override it)")
         for name, nargs, help_ in c.positionals:
             sp.add_argument(f"_pos_{name}", nargs=nargs, help=help_, default=None, metavar=name.upper())
         C.add_arguments(sp, c.cls)
@@ -97,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         if v not in (None, []) and getattr(args, name, None) is None:
             setattr(args, name, v)
     try:
-        cfg = C.from_args(cmd.cls, args)
+        cfg = C.from_args(cmd.cls, args, cmd.name)
         result = cmd.fn(cfg)
         if cmd.show is not None:
             cmd.show(result)

@@ -1,8 +1,10 @@
 """Typed configuration: defaults, then a YAML file, then command-line flags.
 
 Each command's options are a dataclass; the field's `help` metadata becomes `--help`. A YAML file holds the same
-keys (flat, with `-` or `_`), and an unknown key or a value of the wrong type is an error that names it. The
-resolved config is saved as `config.yaml` in the run folder.
+keys (flat, with `-` or `_`), and an unknown key or a value of the wrong type is an error that names it. A built-in
+recipe (`--recipe NAME`, files under fewlabels/recipes/<command>/) is such a file that ships with the package and
+comes first: defaults ← recipe ← `--config` file ← flags. The resolved config is saved as `config.yaml` in the run
+folder.
 """
 
 from __future__ import annotations
@@ -117,27 +119,55 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> T:
-    """Build a config: dataclass defaults ← YAML file ← overrides (flags that were set)."""
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+
+def recipes(command: str) -> list[str]:
+    """The built-in recipes of a command (`fewlabels/recipes/<command>/<name>.yaml`): measured option sets."""
+    folder = RECIPES / command.replace(" ", "_")
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def recipe(command: str, name: str) -> dict[str, Any]:
+    """A built-in recipe's options as keyword arguments, e.g. ``fewlabels.selftrain(**fewlabels.recipe("selftrain",
+    "cifar-cpu"), data="path/to/images", labels_per_class=400)``. Each file says what it was measured on."""
+    known = recipes(command)
+    if name not in known:
+        have = f"its recipes: {', '.join(known)}" if known else "it has no built-in recipes"
+        raise FewLabelsError(f"no recipe '{name}' for `fewlabels {command}`; {have}")
+    return {k.replace("-", "_"): v for k, v in _read_yaml(RECIPES / command.replace(" ", "_") / f"{name}.yaml").items()}
+
+
+def _read_yaml(p: Path) -> dict[str, Any]:
+    if not p.is_file():
+        raise FewLabelsError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FewLabelsError(f"config file {p} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise FewLabelsError(f"config file {p} must be a mapping of option: value")
+    return data
+
+
+def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
+            recipe_options: dict[str, Any] | None = None, recipe_name: str | None = None) -> T:
+    """Build a config: dataclass defaults ← a recipe ← YAML file ← overrides (flags that were set)."""
     hints = _hints(cls)
     known = {f.name: f for f in fields(cls)}
     values: dict[str, Any] = {}
+    sources = []
+    if recipe_options:
+        sources.append((f"recipe {recipe_name}", recipe_options))
     if yaml_path:
-        p = Path(yaml_path)
-        if not p.is_file():
-            raise FewLabelsError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise FewLabelsError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise FewLabelsError(f"config file {p} must be a mapping of option: value")
+        sources.append((str(yaml_path), _read_yaml(Path(yaml_path))))
+    for where, data in sources:
         for k, v in data.items():
             key = str(k).replace("-", "_")
             if key not in known:
                 close = [n for n in known if n.startswith(key[:3])]
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise FewLabelsError(f"unknown config key '{k}' in {p}{hint}; valid keys: {', '.join(known)}")
+                raise FewLabelsError(f"unknown config key '{k}' in {where}{hint}; valid keys: {', '.join(known)}")
             values[key] = v
     for k, v in (overrides or {}).items():
         if k not in known:
@@ -187,9 +217,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                                 metavar=f.name.upper() if "choices" not in f.metadata else None)
 
 
-def from_args(cls: type[T], ns: argparse.Namespace) -> T:
+def from_args(cls: type[T], ns: argparse.Namespace, command: str | None = None) -> T:
     overrides = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
-    return resolve(cls, getattr(ns, "config", None), overrides)
+    name = getattr(ns, "recipe", None)
+    rec = recipe(command, name) if name and command else None
+    return resolve(cls, getattr(ns, "config", None), overrides, rec, name)
 
 
 def to_yaml(cfg: Any) -> str:

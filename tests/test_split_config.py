@@ -143,3 +143,74 @@ def test_list_options_and_lazy_api_names():
     assert {"train", "selftrain", "load_model", "TrainCommand", "SelfTrainCommand"} <= set(dir(fewlabels))
     from fewlabels.methods.selftrain import SelfTrainCommand
     assert fewlabels.SelfTrainCommand is SelfTrainCommand
+
+
+# Each built-in recipe is the option set of a measured benchmark run; the README quotes that run's accuracy for it.
+RECIPE_EVIDENCE = {("selftrain", "cifar-cpu"): "selftrain_cifar10_4000",
+                   ("selftrain", "cifar-gpu"): "selftrain_cifar10_4000_h200_sTl35",
+                   ("train", "cifar-cpu"): "cifar10_supervised"}
+# what the user brings (data, label budget, seeds, output) rather than the method's settings
+USER_OPTIONS = {"data", "out", "quiet", "seed", "split_seed", "labels", "labels_per_class"}
+
+
+def _command_classes():
+    from fewlabels.cli import Command, _commands
+
+    return {c.name: c.cls for c in _commands() if isinstance(c, Command)}
+
+
+def test_every_recipe_is_the_option_set_of_a_measured_run():
+    import json
+    from pathlib import Path
+
+    from fewlabels.config import RECIPES, recipe, recipes
+
+    classes = _command_classes()
+    found = {(d.name, n) for d in RECIPES.iterdir() if d.is_dir() for n in recipes(d.name)}
+    assert found == set(RECIPE_EVIDENCE), "a new recipe needs its benchmark run in RECIPE_EVIDENCE"
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    for (command, name), run in RECIPE_EVIDENCE.items():
+        cls = classes[command]
+        opts = json.loads((results / f"{run}.json").read_text())["options"]
+        measured = resolve(cls, overrides={k: v for k, v in opts.items() if k not in USER_OPTIONS})
+        from_recipe = resolve(cls, recipe_options=recipe(command, name), recipe_name=name)
+        ignore = set(USER_OPTIONS)
+        if command == "selftrain":
+            # the benchmark passes 0; the recipe keeps the command's default (10 batches), which only acts when the
+            # labelled images fill fewer than 10 batches: not so for the measured run's 4,000 labels
+            assert opts["labels_per_class"] * 10 / opts["batch_size"] >= from_recipe.min_steps_per_epoch
+            ignore.add("min_steps_per_epoch")
+        diff = {f: (getattr(measured, f), getattr(from_recipe, f)) for f in vars(measured)
+                if not f.startswith("_") and f not in ignore and getattr(measured, f) != getattr(from_recipe, f)}
+        assert not diff, f"recipe {command}/{name} differs from the run {run}: {diff}"
+
+
+def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
+    import argparse
+
+    import fewlabels
+    from fewlabels.cli import _commands, build_parser
+    from fewlabels.config import from_args
+
+    parser = build_parser(_commands())
+    cls = _command_classes()["selftrain"]
+
+    def cfg(*argv):
+        ns = parser.parse_args(["selftrain", *argv])
+        return from_args(cls, ns, "selftrain")
+
+    c = cfg("--recipe", "cifar-cpu", "--student-epochs", "5")
+    assert (c.student_models, c.threshold, c.unlabelled_ratio, c.student_epochs) == (["cnn-m-p2"], 0.5, 3.0, 5)
+    assert {"student_models", "student_epochs", "threshold"} <= c._explicit  # a resumed run keeps them
+    y = tmp_path / "mine.yaml"
+    y.write_text("threshold: 0.9\n")
+    assert cfg("--recipe", "cifar-gpu", "--config", str(y)).threshold == 0.9  # the user's file overrides the recipe
+    with pytest.raises(SystemExit):  # argparse names the valid recipes
+        parser.parse_args(["selftrain", "--recipe", "imagenet"])
+    assert isinstance(parser.parse_args(["evaluate"]), argparse.Namespace)  # no recipes: no flag
+    kw = fewlabels.recipe("selftrain", "cifar-cpu")
+    assert kw["teacher_model"] == "cnn-s-p2" and fewlabels.recipes("selftrain") == ["cifar-cpu", "cifar-gpu"]
+    with pytest.raises(FewLabelsError, match="no recipe 'cifar' for `fewlabels selftrain`; its recipes: cifar-cpu"):
+        fewlabels.recipe("selftrain", "cifar")
+    with pytest.raises(FewLabelsError, match="no recipe 'x' for `fewlabels evaluate`; it has no built-in recipes"):
+        fewlabels.recipe("evaluate", "x")
