@@ -201,6 +201,33 @@ def test_selftrain_round_beats_supervised_only(selftrain_run):
         assert (out / f).is_file(), f
 
 
+def test_selftrain_hands_over_the_last_round_unless_validation_shows_it_clearly_worse(selftrain_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from fewlabels.methods.selftrain import _pick_final
+
+    out, res = selftrain_run
+    rows = res["rounds"]
+    final = json.loads((out / "final.json").read_text())
+    assert final["round"] == res["final_round"] == 1 and res["final_test_acc"] == rows[1]["test_acc"]
+    handed = load_file(out / "checkpoints" / "best" / "model.safetensors")
+    source = load_file(out / "round1" / "checkpoints" / "best" / "model.safetensors")
+    assert handed.keys() == source.keys() and all(torch.equal(handed[k], source[k]) for k in handed)
+    # hand-made tables, 144 validation images: two standard errors at p = 0.9 are 0.05
+    last = tmp_path / "finetune"
+    rows = [{"round": 0, "val_acc": 0.9}, {"round": 1, "val_acc": 0.2}, {"round": 2, "val_acc": 0.5}]
+    assert _pick_final(tmp_path, last, rows, 144) == (0, tmp_path / "round0")  # a collapsed student: round 0
+    rows[2]["val_acc"] = 0.86  # 4 points below round 0: within noise, the last round stays
+    assert _pick_final(tmp_path, last, rows, 144) == (2, last)
+    assert _pick_final(tmp_path, last, rows, 5000) == (0, tmp_path / "round0")  # ... but not on 5,000 images
+    rows += [{"round": "finetune", "val_acc": 0.95}]
+    assert _pick_final(tmp_path, last, rows, 144) == (3, last)
+    rows = [{"round": 0, "val_acc": 0.9}, {"round": 1, "val_acc": 0.1}]
+    assert _pick_final(tmp_path, tmp_path / "round1", rows, 0) == (1, tmp_path / "round1")  # --val 0: the last
+    rows = [{"round": 0, "val_acc": None}, {"round": 1, "val_acc": None}]
+    assert _pick_final(tmp_path, tmp_path / "round1", rows, 144) == (1, tmp_path / "round1")
+
+
 def test_selftrain_resume_skips_finished_rounds(selftrain_run, capsys):
     out, res = selftrain_run
     stamp = (out / "round1" / "results.json").read_text()

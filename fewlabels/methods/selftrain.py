@@ -85,7 +85,8 @@ def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets:
 
 
 def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png)."""
+    """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png) and
+    which round was handed over as RUN/checkpoints/best (`final_round`, also RUN/final.json)."""
     cfg = command_config(SelfTrainCommand, cfg, kwargs)
     check_label_options(cfg)
     log = (lambda *_: None) if cfg.quiet else print
@@ -153,9 +154,9 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     if cfg.finetune_epochs > 0:
         rows.append(_finetune(cfg, ds, split, labelled, evals, run_dir, final_dir, base, log))
         final_dir = run_dir / "finetune"
-    _finish(run_dir, final_dir, rows, log)
+    chosen = _finish(run_dir, final_dir, rows, log, len(split.val))
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
-            "final_test_acc": rows[-1].get("test_acc")}
+            "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc")}
 
 
 def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[str, Any]:
@@ -195,7 +196,25 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log) -> None:
+def _pick_final(run_dir: Path, last_dir: Path, rows: list[dict[str, Any]], n_val: int) -> tuple[int, Path]:
+    """The row whose model the run hands over as checkpoints/best. As in Noisy Student that is the last student (or
+    its fine-tune), unless a validation set shows it clearly worse than an earlier round: below the best validation
+    accuracy by more than two binomial standard errors, sqrt(p(1-p)/n) at the best accuracy p (and by more than one
+    image). Then the best round's model: a student that collapsed under too much noise or too few epochs is not
+    handed over, while a one-image dip on a small validation set does not undo the last round. Without a validation
+    set (--val 0) the last: choosing on test accuracy would tune on the test set."""
+    last = len(rows) - 1
+    if n_val <= 0 or not rows or any(r.get("val_acc") is None for r in rows):
+        return last, last_dir
+    i = max(range(len(rows)), key=lambda j: (rows[j]["val_acc"], j))
+    p = rows[i]["val_acc"]
+    margin = max(2 * (p * (1 - p) / n_val) ** 0.5, 1 / n_val)
+    if p - rows[last]["val_acc"] <= margin + 1e-12:
+        return last, last_dir
+    return i, run_dir / ("finetune" if rows[i]["round"] == "finetune" else f"round{rows[i]['round']}")
+
+
+def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log, n_val: int = 0) -> int:
     from ..report import plot_lines
     write_json(run_dir / "rounds.json", rows)
     cols = ["round", "model", "pseudo_labels", "pl_precision", "val_acc", "test_acc", "minutes"]
@@ -208,12 +227,23 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log) -> 
     series = {k: (xs, [r.get(k) or 0 for r in rows]) for k in ("val_acc", "test_acc") if any(r.get(k) for r in rows)}
     if series:
         plot_lines(series, run_dir / "rounds.png", "round", "accuracy", "Noisy Student rounds")
+    chosen, src = _pick_final(run_dir, final_dir, rows, n_val)
     dst = run_dir / "checkpoints" / "best"
-    copy_checkpoint(final_dir / "checkpoints" / "best", dst)
+    copy_checkpoint(src / "checkpoints" / "best", dst)
+    row = rows[chosen]
+    write_json(run_dir / "final.json", {"round": row["round"], "from": src.name, "val_acc": row.get("val_acc"),
+                                        "test_acc": row.get("test_acc")})
     log("\n" + table)
     if rows and rows[0].get("test_acc") is not None and rows[-1].get("test_acc") is not None:
         log(f"supervised only (round 0): test accuracy {rows[0]['test_acc']:.4f}   "
-            f"after self-training: {rows[-1]['test_acc']:.4f}   final model: {dst}")
+            f"after self-training: {rows[-1]['test_acc']:.4f}   final model: {dst} (round {rows[chosen]['round']})")
+    if chosen != len(rows) - 1:
+        last, best = rows[-1], rows[chosen]
+        log(f"note: the last round ({last['round']}, validation accuracy {last['val_acc']:.4f}) ended clearly below "
+            f"round {best['round']} ({best['val_acc']:.4f}), so the final model is round {best['round']}'s. Students "
+            "trained on noised data need more epochs than their teacher to overtake it: raise --student-epochs, or "
+            "lower the noise (--student-augment weak, --student-drop-rate 0)")
+    return chosen
 
 
 def _cell(v: Any) -> str:
