@@ -128,14 +128,16 @@ def recipes(command: str) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
-def recipe(command: str, name: str) -> dict[str, Any]:
-    """A built-in recipe's options as keyword arguments, e.g. ``fewlabels.selftrain(**fewlabels.recipe("selftrain",
-    "cifar-cpu"), data="path/to/images", labels_per_class=400)``. Each file says what it was measured on."""
+def recipe(command: str, name: str, **overrides: Any) -> dict[str, Any]:
+    """A built-in recipe's options as keyword arguments, with `overrides` on top, e.g.
+    ``fewlabels.selftrain(**fewlabels.recipe("selftrain", "cifar-cpu", student_epochs=30), data="path/to/images",
+    labels_per_class=400)``. Each file says what it was measured on."""
     known = recipes(command)
     if name not in known:
         have = f"its recipes: {', '.join(known)}" if known else "it has no built-in recipes"
         raise FewLabelsError(f"no recipe '{name}' for `fewlabels {command}`; {have}")
-    return {k.replace("-", "_"): v for k, v in _read_yaml(RECIPES / command.replace(" ", "_") / f"{name}.yaml").items()}
+    data = _read_yaml(RECIPES / command.replace(" ", "_") / f"{name}.yaml")
+    return {**{k.replace("-", "_"): v for k, v in data.items()}, **overrides}
 
 
 def _read_yaml(p: Path) -> dict[str, Any]:
@@ -180,6 +182,8 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
         out[k] = _coerce(k, v, hints[k], known[k].metadata.get("choices"), known[k].metadata.get("bounds"))
     cfg = cls(**out)
     object.__setattr__(cfg, "_explicit", frozenset(values))  # what the user set (YAML or flags), for resuming
+    if recipe_options:
+        object.__setattr__(cfg, "_recipe", recipe_name)  # written into the run folder's config.yaml
     return cfg
 
 
@@ -247,4 +251,6 @@ def command_config(cls: type[T], cfg: Any = None, overrides: dict[str, Any] | No
     out = resolve(cls, overrides={**dataclasses.asdict(cfg), **(overrides or {})})
     if hasattr(cfg, "_explicit"):
         object.__setattr__(out, "_explicit", cfg._explicit | frozenset(overrides or {}))
+    if hasattr(cfg, "_recipe"):
+        object.__setattr__(out, "_recipe", cfg._recipe)
     return out

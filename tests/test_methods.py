@@ -239,6 +239,32 @@ def test_selftrain_resume_skips_finished_rounds(selftrain_run, capsys):
     assert res2["rounds"] == json.loads((out / "rounds.json").read_text())
 
 
+def test_selftrain_resume_keeps_the_runs_rounds_and_records_its_recipe(selftrain_run, tmp_path):
+    """A resume that leaves out --rounds / --finetune-epochs keeps the run's own (not the defaults: 2 and 0)."""
+    from fewlabels.cli import main
+
+    out, _ = selftrain_run
+    kw = dict(out=str(out), labels_per_class=5, teacher_model="cnn-tiny", student_models=["cnn-tiny"],
+              teacher_epochs=30, student_epochs=15, min_steps_per_epoch=4, **COMMON)
+    res = selftrain(**kw)  # rounds not given: the run's 1, not the default 2
+    assert [r["round"] for r in res["rounds"]] == [0, 1] and not (out / "round2").exists()
+    assert "rounds: 1" in (out / "config.yaml").read_text()
+    # a recipe run: its name in config.yaml, and a resume without --recipe keeps its rounds and fine-tune
+    run = tmp_path / "r"
+    argv = ["selftrain", "--recipe", "cifar-cpu", "--data", "digits", "--labels-per-class", "5", "--hflip", "false",
+            "--teacher-model", "cnn-tiny", "--student-models", "cnn-tiny", "--teacher-epochs", "1",
+            "--student-epochs", "1", "--finetune-epochs", "1", "--threshold", "0", "--batch-size", "64",
+            "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    text = (run / "config.yaml").read_text()
+    assert "# from the built-in recipe cifar-cpu" in text and "rounds: 1" in text
+    assert main(["selftrain", "--data", "digits", "--labels-per-class", "5", "--quiet", "--out", str(run)]) == 0
+    rows = json.loads((run / "rounds.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1, "finetune"]
+    text = (run / "config.yaml").read_text()
+    assert "finetune_epochs: 1" in text and "# from the built-in recipe cifar-cpu" in text
+
+
 def test_selftrain_run_extends_but_is_not_overwritten(selftrain_run):
     """A finished run takes a fine-tune and more rounds later; other options are refused."""
     out, _ = selftrain_run

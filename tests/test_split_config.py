@@ -149,8 +149,9 @@ def test_list_options_and_lazy_api_names():
 RECIPE_EVIDENCE = {("selftrain", "cifar-cpu"): "selftrain_cifar10_4000",
                    ("selftrain", "cifar-gpu"): "selftrain_cifar10_4000_h200_sTl35",
                    ("train", "cifar-cpu"): "cifar10_supervised"}
-# what the user brings (data, label budget, seeds, output) rather than the method's settings
-USER_OPTIONS = {"data", "out", "quiet", "seed", "split_seed", "labels", "labels_per_class"}
+# what the user brings (data, label budget, seeds, output, where it runs) rather than the method's settings
+USER_OPTIONS = {"data", "data_root", "cache_dir", "bad_images", "labels", "labels_per_class", "split", "split_seed",
+                "seed", "out", "quiet", "device", "eval_batch_size", "image_size", "mean", "std"}
 
 
 def _command_classes():
@@ -166,7 +167,8 @@ def test_every_recipe_is_the_option_set_of_a_measured_run():
     from fewlabels.config import RECIPES, recipe, recipes
 
     classes = _command_classes()
-    found = {(d.name, n) for d in RECIPES.iterdir() if d.is_dir() for n in recipes(d.name)}
+    commands = {d.name.replace("_", " ") for d in RECIPES.iterdir() if d.is_dir()}  # augment_preview/: two words
+    found = {(c, n) for c in commands for n in recipes(c)}
     assert found == set(RECIPE_EVIDENCE), "a new recipe needs its benchmark run in RECIPE_EVIDENCE"
     results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
     for (command, name), run in RECIPE_EVIDENCE.items():
@@ -174,6 +176,11 @@ def test_every_recipe_is_the_option_set_of_a_measured_run():
         opts = json.loads((results / f"{run}.json").read_text())["options"]
         measured = resolve(cls, overrides={k: v for k, v in opts.items() if k not in USER_OPTIONS})
         from_recipe = resolve(cls, recipe_options=recipe(command, name), recipe_name=name)
+        # every other option is written out, so that a default changed later does not change the recipe
+        unused = {"epochs", "augment"} if command == "selftrain" else set()  # selftrain sets these per round
+        missing = {f for f in vars(measured) if not f.startswith("_")} - USER_OPTIONS - unused - set(
+            recipe(command, name))
+        assert not missing, f"recipe {command}/{name} leaves {sorted(missing)} to the defaults"
         ignore = set(USER_OPTIONS)
         if command == "selftrain":
             # the benchmark passes 0; the recipe keeps the command's default (10 batches), which only acts when the
@@ -210,6 +217,8 @@ def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
     assert isinstance(parser.parse_args(["evaluate"]), argparse.Namespace)  # no recipes: no flag
     kw = fewlabels.recipe("selftrain", "cifar-cpu")
     assert kw["teacher_model"] == "cnn-s-p2" and fewlabels.recipes("selftrain") == ["cifar-cpu", "cifar-gpu"]
+    kw = fewlabels.recipe("selftrain", "cifar-cpu", student_epochs=30, data="digits")
+    assert kw["student_epochs"] == 30 and kw["data"] == "digits" and kw["student_models"] == ["cnn-m-p2"]
     with pytest.raises(FewLabelsError, match="no recipe 'cifar' for `fewlabels selftrain`; its recipes: cifar-cpu"):
         fewlabels.recipe("selftrain", "cifar")
     with pytest.raises(FewLabelsError, match="no recipe 'x' for `fewlabels evaluate`; it has no built-in recipes"):

@@ -78,6 +78,9 @@ def run_folder(out: str | None, command: str) -> Path:
 # far it goes. Any other difference would mix two runs in one folder.
 RESUME_MAY_CHANGE = {"out", "quiet", "device", "eval_batch_size", "data_root", "cache_dir", "rounds",
                      "finetune_epochs"}
+# Of those, how far a run goes: a resume that does not give them again keeps the run's own values (a run started
+# with --rounds 1, or a recipe's, is not extended by the default of 2 because the resuming command left it out).
+RESUME_KEEPS_UNLESS_GIVEN = {"rounds", "finetune_epochs"}
 
 
 # What a run writes at the top of its folder: a folder without config.yaml that holds one of these is not handed to
@@ -127,9 +130,20 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
             for k in changed:  # defaults that changed since the run started: resume with the run's own values
                 setattr(cfg, k, old[k])
             changed = []
+        explicit = getattr(cfg, "_explicit", None)
+        if started and isinstance(old, dict) and explicit is not None:
+            for k in RESUME_KEEPS_UNLESS_GIVEN - set(explicit):
+                if k in old and k in new and old[k] != new[k]:
+                    setattr(cfg, k, old[k])
         if changed or old_command != command:  # nothing was done there: start afresh, with a split of these options
             (run_dir / "split.json").unlink(missing_ok=True)
-    atomic_write_text(path, f"# fewlabels {command}\n" + to_yaml(cfg))
+    recipe = getattr(cfg, "_recipe", None)
+    header = f"# fewlabels {command}\n" + (f"# from the built-in recipe {recipe}, then --config and flags\n"
+                                           if recipe else "")
+    if not recipe and path.is_file():  # a resume without --recipe: the run still came from it
+        header += "".join(line + "\n" for line in path.read_text().splitlines()[1:2]
+                          if line.startswith("# from the built-in recipe "))
+    atomic_write_text(path, header + to_yaml(cfg))
     write_json(run_dir / "environment.json", environment_info())
 
 

@@ -154,7 +154,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     if cfg.finetune_epochs > 0:
         rows.append(_finetune(cfg, ds, split, labelled, evals, run_dir, final_dir, base, log))
         final_dir = run_dir / "finetune"
-    chosen = _finish(run_dir, final_dir, rows, log, len(split.val))
+    chosen = _finish(run_dir, final_dir, rows, log, len(evals["val"]) if "val" in evals else 0)
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
             "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc")}
 
@@ -204,9 +204,10 @@ def _pick_final(run_dir: Path, last_dir: Path, rows: list[dict[str, Any]], n_val
     handed over, while a one-image dip on a small validation set does not undo the last round. Without a validation
     set (--val 0) the last: choosing on test accuracy would tune on the test set."""
     last = len(rows) - 1
-    if n_val <= 0 or not rows or any(r.get("val_acc") is None for r in rows):
+    scored = [j for j, r in enumerate(rows) if r.get("val_acc") is not None]  # e.g. a round made by an old version
+    if n_val <= 0 or not rows or last not in scored:
         return last, last_dir
-    i = max(range(len(rows)), key=lambda j: (rows[j]["val_acc"], j))
+    i = max(scored, key=lambda j: (rows[j]["val_acc"], j))
     p = rows[i]["val_acc"]
     margin = max(2 * (p * (1 - p) / n_val) ** 0.5, 1 / n_val)
     if p - rows[last]["val_acc"] <= margin + 1e-12:
@@ -236,7 +237,8 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log, n_v
     log("\n" + table)
     if rows and rows[0].get("test_acc") is not None and rows[-1].get("test_acc") is not None:
         log(f"supervised only (round 0): test accuracy {rows[0]['test_acc']:.4f}   "
-            f"after self-training: {rows[-1]['test_acc']:.4f}   final model: {dst} (round {rows[chosen]['round']})")
+            f"last round: {rows[-1]['test_acc']:.4f}   final model: {dst} (round {row['round']}, test accuracy "
+            f"{row['test_acc']:.4f})")
     if chosen != len(rows) - 1:
         last, best = rows[-1], rows[chosen]
         log(f"note: the last round ({last['round']}, validation accuracy {last['val_acc']:.4f}) ended clearly below "
