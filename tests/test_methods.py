@@ -220,6 +220,11 @@ def test_selftrain_hands_over_the_last_round_unless_validation_shows_it_clearly_
     rows[2]["val_acc"] = 0.86  # 4 points below round 0: within noise, the last round stays
     assert _pick_final(tmp_path, last, rows, 144) == (2, last)
     assert _pick_final(tmp_path, last, rows, 5000) == (0, tmp_path / "round0")  # ... but not on 5,000 images
+    # the README demo's table (2026-12-04): round 1 143/144, round 2 141/144 — two images, not a significant drop
+    demo = [{"round": 0, "val_acc": 137 / 144}, {"round": 1, "val_acc": 143 / 144}, {"round": 2, "val_acc": 141 / 144}]
+    assert _pick_final(tmp_path, tmp_path / "round2", demo, 144) == (2, tmp_path / "round2")
+    demo[2]["val_acc"] = 138 / 144  # five images below: McNemar's test can call that
+    assert _pick_final(tmp_path, tmp_path / "round2", demo, 144) == (1, tmp_path / "round1")
     rows += [{"round": "finetune", "val_acc": 0.95}]
     assert _pick_final(tmp_path, last, rows, 144) == (3, last)
     rows = [{"round": 0, "val_acc": 0.9}, {"round": 1, "val_acc": 0.1}]

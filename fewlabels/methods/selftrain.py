@@ -199,17 +199,19 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _pick_final(run_dir: Path, last_dir: Path, rows: list[dict[str, Any]], n_val: int) -> tuple[int, Path]:
     """The row whose model the run hands over as checkpoints/best. As in Noisy Student that is the last student (or
     its fine-tune), unless a validation set shows it clearly worse than an earlier round: below the best validation
-    accuracy by more than two binomial standard errors, sqrt(p(1-p)/n) at the best accuracy p (and by more than one
-    image). Then the best round's model: a student that collapsed under too much noise or too few epochs is not
-    handed over, while a one-image dip on a small validation set does not undo the last round. Without a validation
-    set (--val 0) the last: choosing on test accuracy would tune on the test set."""
+    accuracy by more than two binomial standard errors, sqrt(p(1-p)/n) at the best accuracy p, and by more than four
+    images (McNemar's test at two standard errors, b - c > 2 sqrt(b + c), needs at least five images of difference
+    even when one model is right wherever the two disagree). Then the best round's model: a student that collapsed
+    under too much noise or too few epochs is not handed over, while a dip of a few images on a small validation set
+    does not undo the last round. Without a validation set (--val 0) the last: choosing on test accuracy would tune
+    on the test set."""
     last = len(rows) - 1
     scored = [j for j, r in enumerate(rows) if r.get("val_acc") is not None]  # e.g. a round made by an old version
     if n_val <= 0 or not rows or last not in scored:
         return last, last_dir
     i = max(scored, key=lambda j: (rows[j]["val_acc"], j))
     p = rows[i]["val_acc"]
-    margin = max(2 * (p * (1 - p) / n_val) ** 0.5, 1 / n_val)
+    margin = max(2 * (p * (1 - p) / n_val) ** 0.5, 4 / n_val)
     if p - rows[last]["val_acc"] <= margin + 1e-12:
         return last, last_dir
     return i, run_dir / ("finetune" if rows[i]["round"] == "finetune" else f"round{rows[i]['round']}")
