@@ -343,6 +343,21 @@ def test_labels_from_logits_averages_the_teachers_softmaxes():
         labels_from_logits([a, b[:, :2]])
 
 
+def test_selftrain_threshold_too_high_says_how_to_keep_the_teacher(tmp_path, capsys):
+    import shutil
+
+    kw = dict(labels_per_class=5, rounds=1, teacher_model="cnn-tiny", student_models=["cnn-tiny"], teacher_epochs=1,
+              student_epochs=1, min_steps_per_epoch=2, **COMMON)
+    with pytest.raises(FewLabelsError, match=r"round 1: no pseudo-label passed --threshold 1.0; lower it, with a new "
+                                             r"--out .*copy .*round0 and .*split.json"):
+        selftrain(out=str(tmp_path / "a"), threshold=1.0, **kw)
+    (tmp_path / "b").mkdir()
+    for f in ("round0", "split.json"):  # what the message says to do
+        (shutil.copytree if f == "round0" else shutil.copy)(tmp_path / "a" / f, tmp_path / "b" / f)
+    res = selftrain(out=str(tmp_path / "b"), threshold=0.0, **{**kw, "quiet": False})
+    assert "round 0: already done" in capsys.readouterr().out and [r["round"] for r in res["rounds"]] == [0, 1]
+
+
 def test_selftrain_needs_unlabelled_pool(tmp_path):
     with pytest.raises(FewLabelsError, match="unlabelled pool is empty"):
         selftrain(out=str(tmp_path), rounds=1, **COMMON)
