@@ -122,9 +122,13 @@ def _hints(cls: type) -> dict[str, Any]:
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
 
+def _recipe_dir(command: str) -> Path:
+    return RECIPES / command.replace(" ", "_")  # a two-word command such as "augment preview": augment_preview/
+
+
 def recipes(command: str) -> list[str]:
     """The built-in recipes of a command (`fewlabels/recipes/<command>/<name>.yaml`): measured option sets."""
-    folder = RECIPES / command.replace(" ", "_")
+    folder = _recipe_dir(command)
     return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
@@ -136,7 +140,7 @@ def recipe(command: str, name: str, **overrides: Any) -> dict[str, Any]:
     if name not in known:
         have = f"its recipes: {', '.join(known)}" if known else "it has no built-in recipes"
         raise FewLabelsError(f"no recipe '{name}' for `fewlabels {command}`; {have}")
-    data = _read_yaml(RECIPES / command.replace(" ", "_") / f"{name}.yaml")
+    data = _read_yaml(_recipe_dir(command) / f"{name}.yaml")
     return {**{k.replace("-", "_"): v for k, v in data.items()}, **overrides}
 
 

@@ -98,6 +98,9 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
     reused: its split is derived from the options and made again.
     """
     path = run_dir / "config.yaml"
+    recipe = getattr(cfg, "_recipe", None)
+    header = f"# fewlabels {command}\n" + (f"# from the built-in recipe {recipe}, then --config and flags\n"
+                                           if recipe else "")
     if not path.is_file():
         theirs = [n for n in RUN_FILES if (run_dir / n).exists()]
         if theirs:
@@ -107,7 +110,9 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
         started = sorted(e.name for e in run_dir.iterdir()
                          if e.name not in ("config.yaml", "environment.json", "split.json"))
         text = path.read_text()
-        first = text.split("\n", 1)[0]
+        first, *rest = text.split("\n", 2)
+        if not recipe and rest and rest[0].startswith("# from the built-in recipe "):  # resumed without --recipe
+            header += rest[0] + "\n"
         old_command = first.removeprefix("# fewlabels ").strip() if first.startswith("# fewlabels ") else "?"
         try:
             old = yaml.safe_load(text) or {}
@@ -119,8 +124,8 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
         if started and old_command != command:
             raise FewLabelsError(f"{run_dir} holds a `fewlabels {old_command}` run; `fewlabels {command}` will not "
                                  f"write into it: give it a new --out")
+        explicit = getattr(cfg, "_explicit", None)  # None: a config built in code, every option counts
         if started and changed:
-            explicit = getattr(cfg, "_explicit", None)  # None: a config built in code, every option counts
             given = [k for k in changed if explicit is None or k in explicit or not isinstance(old, dict)]
             if given:
                 diff = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" if isinstance(old, dict) else k for k in given[:6])
@@ -130,19 +135,12 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
             for k in changed:  # defaults that changed since the run started: resume with the run's own values
                 setattr(cfg, k, old[k])
             changed = []
-        explicit = getattr(cfg, "_explicit", None)
         if started and isinstance(old, dict) and explicit is not None:
             for k in RESUME_KEEPS_UNLESS_GIVEN - set(explicit):
                 if k in old and k in new and old[k] != new[k]:
                     setattr(cfg, k, old[k])
         if changed or old_command != command:  # nothing was done there: start afresh, with a split of these options
             (run_dir / "split.json").unlink(missing_ok=True)
-    recipe = getattr(cfg, "_recipe", None)
-    header = f"# fewlabels {command}\n" + (f"# from the built-in recipe {recipe}, then --config and flags\n"
-                                           if recipe else "")
-    if not recipe and path.is_file():  # a resume without --recipe: the run still came from it
-        header += "".join(line + "\n" for line in path.read_text().splitlines()[1:2]
-                          if line.startswith("# from the built-in recipe "))
     atomic_write_text(path, header + to_yaml(cfg))
     write_json(run_dir / "environment.json", environment_info())
 

@@ -139,12 +139,10 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
                         threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class, device=device)
         label_s = time.perf_counter() - t0
         if len(pl) == 0:
-            raise FewLabelsError(
-                f"round {r}: no pseudo-label passed --threshold {cfg.threshold}; lower it, with a new --out (this "
-                f"folder keeps its options; copy {run_dir / f'round{r - 1}'} and {run_dir / 'split.json'} into the new "
-                "one to reuse the finished rounds)" if r == 1 else
-                f"round {r}: no pseudo-label passed --threshold {cfg.threshold}; lower it, with a new --out (this "
-                "folder keeps its options)")
+            reuse = (f"; copy {run_dir / 'round0'} and {run_dir / 'split.json'} into the new one to reuse the "
+                     "finished rounds" if r == 1 else "")
+            raise FewLabelsError(f"round {r}: no pseudo-label passed --threshold {cfg.threshold}; lower it, with a "
+                                 f"new --out (this folder keeps its options{reuse})")
         q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {}
         pl.save(rdir, pool.paths, ds.train.classes, split.unlabelled)
         write_json(rdir / "pseudo_labels_report.json", q)
