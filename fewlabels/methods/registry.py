@@ -17,7 +17,7 @@ def extra_commands(Command: Callable) -> list:
         Command("selftrain", ST.SelfTrainCommand, ST.selftrain,
                 "Noisy Student self-training: teacher → pseudo-labels → noised student, repeated"),
     ]
-    for modname in ("distill", "transfer", "preview", "probes"):
+    for modname in ("distill", "transfer", "preview", "probes", "suggest"):
         if importlib.util.find_spec(f"fewlabels.methods.{modname}") is None:
             continue
         mod = importlib.import_module(f"fewlabels.methods.{modname}")
