@@ -44,8 +44,18 @@ def _commands() -> list[Command]:
 
 def _show_eval(report: dict) -> None:
     print(f"accuracy {report['accuracy']:.4f} on {report['n']} {report['on']} images")
-    for c, a in report["per_class_accuracy"].items():
-        print(f"  {c:>16s}  {a:.4f}")
+    per_class = report.get("per_class")
+    num = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731  NaN (no images) or JSON's null
+    if per_class:  # precision/recall/F1 tell a rare class's misses apart from the large classes' (recall = accuracy)
+        cw = max(16, *(len(c) for c in per_class))
+        print(f"  {'class':>{cw}s}  precision  recall      f1  support")
+        for c, m in per_class.items():
+            print(f"  {c:>{cw}s}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}")
+        print(f"macro-F1 {num(report.get('macro_f1'))} (classes weigh the same)")
+        print(f"balanced accuracy {num(report.get('balanced_accuracy'))} (mean recall over the classes)")
+    else:  # a report written before per-class precision/recall
+        for c, a in report["per_class_accuracy"].items():
+            print(f"  {c:>16s}  {a:.4f}")
     cm, classes = report.get("confusion_matrix"), report.get("classes", [])
     if not cm:
         return

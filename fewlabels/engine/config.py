@@ -49,6 +49,14 @@ class TrainConfig:
     mix_per_image: bool = opt(False, "draw the MixUp/CutMix λ per image instead of per batch")
     unlabelled_ratio: float = opt(0.0, "with pseudo-labelled images: pseudo-labelled images per labelled image in "
                                   "each batch (0 = one shuffled pool)", ge=0)
+    class_weights: str = opt("none", "imbalanced classes: balanced weights each image's loss by n / (classes · "
+                             "images of its class), counted over the labelled and pseudo-labelled images (sklearn's "
+                             "compute_class_weight; the mean weight stays 1); none = every image counts the same",
+                             choices=("none", "balanced"))
+    sampler: str = opt("uniform", "imbalanced classes: balanced draws each epoch's batches with replacement so that "
+                       "every class is equally likely (same steps per epoch; with --unlabelled-ratio only the "
+                       "labelled part); uniform = shuffled passes. Use this or --class-weights, not both",
+                       choices=("uniform", "balanced"))
     precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16, fp16, fp32",
                          choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")

@@ -5,6 +5,10 @@ Images live on the device as one uint8 tensor; each step takes a batch of indice
 takes an optimizer step under autocast. Targets are always soft (N, K), so supervised training, pseudo-labels and
 distillation differ only in the targets and the loss function passed in.
 
+Imbalanced classes (`class_weights`, `sampler`): the class of an image is the argmax of its target row, over the
+images that have a label (pseudo-labelled ones included, as their pseudo-label's class); images without a label
+(distillation's unlabelled images) are never weighted and keep their uniform share of the draws.
+
 Resuming: at the end of every epoch `RUN/checkpoints/last/` is replaced atomically with the weights, optimizer, EMA
 and history. Every epoch's randomness is derived from (seed, epoch), so a resumed run replays the same batches.
 """
@@ -81,17 +85,79 @@ class FitResult:
         """Metrics of the model a user gets from the run folder (checkpoints/best)."""
         return self.best_row or (self.history[-1] if self.history else {})
 
+    def best_model(self) -> nn.Module:
+        """The model saved as RUN/checkpoints/best, the one a user gets from the run folder and `final` describes.
+        `model` is the last epoch's (EMA) weights, which differ when validation picked an earlier epoch: this is a
+        copy of it (same device, dtype and memory format, so it evaluates as fit evaluated) with the best weights
+        loaded; `model` itself when there is no run folder or no best checkpoint (then best = last)."""
+        import copy
 
-def _batches(ts: TrainSet, batch_size: int, ratio: float, g: torch.Generator, min_steps: int = 0
-             ) -> list[torch.Tensor]:
+        from safetensors.torch import load_file
+
+        from .checkpoint import _resolve
+        folder = _resolve(self.run_dir / "checkpoints" / "best") if self.run_dir is not None else None
+        if folder is None:
+            return self.model
+        device = next(self.model.parameters()).device
+        best = copy.deepcopy(self.model)
+        best.load_state_dict(load_file(str(folder / "model.safetensors"), device=str(device)), strict=True)
+        return best.eval()
+
+
+def row_classes(targets: torch.Tensor, has_label: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """The class of each row: argmax of its target over the first num_classes columns (distillation carries the
+    teacher's cached logits after them), -1 where the image has no label."""
+    k = num_classes or targets.shape[1]
+    cls = targets[:, :k].argmax(1)
+    return torch.where(has_label.to(cls.device), cls, torch.full_like(cls, -1))
+
+
+def balanced_class_weights(classes: torch.Tensor) -> torch.Tensor:
+    """Per-row loss weights n / (C · n_c) (scikit-learn's compute_class_weight("balanced")) for rows of class c ≥ 0,
+    n the labelled rows and C the classes among them, so the weights average 1 over those rows and the loss keeps
+    its scale (and --lr its meaning) while every class carries the same total weight; 1 for rows without a label."""
+    lab = classes >= 0
+    w = torch.ones(classes.shape, dtype=torch.float32)
+    if not bool(lab.any()):
+        return w
+    counts = torch.bincount(classes[lab])
+    present = int((counts > 0).sum())
+    w[lab] = lab.sum().item() / (present * counts[classes[lab]].float())
+    return w
+
+
+def balanced_sampling_probs(classes: torch.Tensor) -> torch.Tensor:
+    """Per-row draw probabilities under which every class is equally likely: 1/(C · n_c) of the labelled rows' share
+    n_lab/n for a row of class c; rows without a label (class -1) keep their uniform 1/n. Sums to 1."""
+    n = classes.numel()
+    lab = classes >= 0
+    p = torch.full((n,), 1.0 / n, dtype=torch.float64)
+    if bool(lab.any()):
+        counts = torch.bincount(classes[lab])
+        present = int((counts > 0).sum())
+        p[lab] = (lab.sum().item() / n) / (present * counts[classes[lab]].double())
+    return p
+
+
+def _batches(ts: TrainSet, batch_size: int, ratio: float, g: torch.Generator, min_steps: int = 0,
+             classes: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Index batches for one epoch. ratio > 0: each batch has B/(1+ratio) labelled and the rest pseudo-labelled
     images, and the epoch is one pass over the pseudo-labelled images (labelled ones are cycled). min_steps: a set
-    smaller than min_steps batches is passed over several times (reshuffled) per epoch."""
+    smaller than min_steps batches is passed over several times (reshuffled) per epoch.
+
+    classes (N,) (the balanced sampler; row_classes): the same number of batches of the same size, their images
+    drawn with replacement so that every class is equally likely (balanced_sampling_probs) instead of shuffled
+    passes; with ratio > 0 only the labelled part is drawn so, balanced over its own class counts, and the
+    pseudo-labelled part stays one shuffled pass: every pseudo-label once an epoch."""
     n = ts.images.shape[0]
     if ratio <= 0 or ts.pseudo is None or not bool(ts.pseudo.any()) or bool(ts.pseudo.all()):
         bs = min(batch_size, n)
         reps = max(1, math.ceil(min_steps * bs / n))  # tiny labelled sets: several reshuffled passes per epoch
-        perm = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
+        if classes is not None:
+            perm = torch.multinomial(balanced_sampling_probs(classes), (reps * n // bs) * bs, replacement=True,
+                                     generator=g)
+        else:
+            perm = torch.cat([torch.randperm(n, generator=g) for _ in range(reps)])
         return [perm[i:i + bs] for i in range(0, perm.numel() - bs + 1, bs)]  # drop_last keeps BN statistics sane
     pseudo_idx = ts.pseudo.nonzero().squeeze(1)
     lab_idx = (~ts.pseudo).nonzero().squeeze(1)
@@ -99,8 +165,12 @@ def _batches(ts: TrainSet, batch_size: int, ratio: float, g: torch.Generator, mi
     b_ps = max(1, batch_size - b_lab)
     steps = max(1, pseudo_idx.numel() // b_ps)
     ps = pseudo_idx[torch.randperm(pseudo_idx.numel(), generator=g)]
-    reps = math.ceil(steps * b_lab / lab_idx.numel())
-    lab = torch.cat([lab_idx[torch.randperm(lab_idx.numel(), generator=g)] for _ in range(reps)])
+    if classes is not None:
+        lab = lab_idx[torch.multinomial(balanced_sampling_probs(classes[lab_idx]), steps * b_lab, replacement=True,
+                                        generator=g)]
+    else:
+        reps = math.ceil(steps * b_lab / lab_idx.numel())
+        lab = torch.cat([lab_idx[torch.randperm(lab_idx.numel(), generator=g)] for _ in range(reps)])
     return [torch.cat([lab[i * b_lab:(i + 1) * b_lab], ps[i * b_ps:(i + 1) * b_ps]]) for i in range(steps)]
 
 
@@ -146,10 +216,27 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     run_dir: where checkpoints and metrics.jsonl go (None: nothing written).
     lr_scale: learning-rate multiplier per parameter name (layer-wise rates). on_epoch_start(model, epoch): a hook,
     e.g. to unfreeze a backbone after a first phase.
+
+    cfg.class_weights = "balanced" scales each target row by its class's weight once, here, on a copy (the caller's
+    targets stay as they are): with soft targets L = -Σ_k w·p_k·log q_k = w·CE, so the loss stays a mean over the
+    batch of weighted terms, label smoothing and selftrain's confidence scaling compose by multiplication, and
+    MixUp/CutMix mix the scaled rows linearly (a mixed image's weight is the mix of its two images' weights). It
+    needs a loss that is that cross-entropy (supervised_loss): another loss_fn may read the targets' mass otherwise
+    (distillation tells whole labels by rows summing to 1), and is refused. cfg.sampler = "balanced" draws the
+    batches by class (see _batches) and works with any loss.
     """
     from ..augment import Mixer, build_augment
 
     cfg = checked(cfg)
+    if cfg.class_weights != "none" and cfg.sampler != "uniform":
+        raise FewLabelsError(f"--class-weights {cfg.class_weights} and --sampler {cfg.sampler} each even out the "
+                             "classes, and together over-correct (a class with 10x fewer images would count 10x "
+                             "more than the others): keep one of them")
+    if cfg.class_weights != "none" and loss_fn is not supervised_loss:
+        name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        raise FewLabelsError(f"--class-weights {cfg.class_weights} weights the cross-entropy through its targets, "
+                             f"which this method's loss ({name}) does not read as weights: balance the classes with "
+                             f"--sampler balanced instead")
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
@@ -162,7 +249,17 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = train.images.to(device)  # (N, C, H, W) uint8, lives on the device for the whole run
+    classes = (row_classes(train.targets, train.has_label, getattr(model, "num_classes", None)).cpu()
+               if cfg.class_weights != "none" or cfg.sampler != "uniform" else None)
     targets = train.targets.to(device, torch.float32)
+    if cfg.class_weights == "balanced":  # a new tensor: `.to` may have returned the caller's own
+        weights = balanced_class_weights(classes)
+        targets = targets * weights.to(device).unsqueeze(1)
+        lab = classes >= 0
+        if bool(lab.any()):
+            log(f"balanced class weights: {float(weights[lab].min()):.3g} (the largest class) to "
+                f"{float(weights[lab].max()):.3g} (the smallest), over {int(lab.sum())} labelled images")
+    draw_by = classes if cfg.sampler == "balanced" else None
     has_label = train.has_label.to(device)
     mean, std = stats_tensors(*norm, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -177,7 +274,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         _init_from_data(model, images, mean, std, cfg, log)
     opt = build_optimizer(model, cfg, lr_scale)
     g0 = torch.Generator().manual_seed(cfg.seed)
-    steps_per_epoch = len(_batches(train, cfg.batch_size, cfg.unlabelled_ratio, g0, cfg.min_steps_per_epoch))
+    steps_per_epoch = len(_batches(train, cfg.batch_size, cfg.unlabelled_ratio, g0, cfg.min_steps_per_epoch,
+                                   draw_by))
     total_steps = steps_per_epoch * cfg.epochs
     warmup = round(cfg.warmup_epochs * steps_per_epoch)
     if warmup > total_steps // 2:  # a warm-up as long as the run would never reach --lr or decay from it
@@ -222,7 +320,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             on_epoch_start(model, epoch)
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path, replayable on resume
-        batches = _batches(train, cfg.batch_size, cfg.unlabelled_ratio, g, cfg.min_steps_per_epoch)
+        batches = _batches(train, cfg.batch_size, cfg.unlabelled_ratio, g, cfg.min_steps_per_epoch, draw_by)
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)

@@ -19,7 +19,7 @@ from ..engine.checkpoint import load_model
 from ..engine.config import TrainConfig
 from ..engine.loop import fit
 from ..errors import FewLabelsError
-from ..eval import classification_report, predict_logits
+from ..eval import classification_report, final_report, predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     DataConfig,
@@ -44,20 +44,30 @@ class TrainCommand(RunConfig, TrainConfig, ModelConfig, DataConfig):
 
 
 def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
-    """Train a model; returns the results (also written to RUN/results.json). Keyword arguments are the same
-    options as the command line (e.g. `train(data="digits", model="cnn-s", epochs=10)`)."""
+    """Train a model; returns the results (also written to RUN/results.json): the metrics of the epoch saved as
+    checkpoints/best, and that model's per-class report on the test images (else the validation images) as `report`
+    ({"on", **classification_report}) with its `macro_f1` and `balanced_accuracy` also at the top. Keyword arguments
+    are the same options as the command line (e.g. `train(data="digits", model="cnn-s", epochs=10)`)."""
     cfg = command_config(TrainCommand, cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     run_dir = run_folder(cfg.out, "train")
     save_config(run_dir, cfg, "train")
     ds, split = prepare_data(cfg, run_dir, log)
     model, meta = build_model(cfg, ds, log, cfg.seed)
-    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), train_config(cfg, ds),
-                 norm=(ds.mean, ds.std), evals=eval_sets(ds, split), run_dir=run_dir, meta=meta, log=log)
+    tc = train_config(cfg, ds)
+    evals = eval_sets(ds, split)
+    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tc, norm=(ds.mean, ds.std), evals=evals,
+                 run_dir=run_dir, meta=meta, log=log)
     out = {"run_dir": str(run_dir), "labels": len(split.labelled), **result.final,
            "last_epoch": result.history[-1] if result.history else {}}
     if "test_acc" in out:
         out["test_accuracy"] = out["test_acc"]
+    # per-class metrics of checkpoints/best (not of fit's last-epoch model), evaluated as fit evaluated it
+    report = final_report(result.best_model(), evals, (ds.mean, ds.std), batch_size=tc.eval_batch_size,
+                          precision=tc.precision, tta_flip=tc.tta_flip, tta_translate=tc.tta_translate,
+                          channels_last=tc.channels_last)
+    if report is not None:
+        out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], report=report)
     write_json(run_dir / "results.json", out)
     log(f"done: {run_dir}  " + (f"test accuracy {out['test_accuracy']:.4f}" if "test_accuracy" in out else ""))
     return out
@@ -65,7 +75,8 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
 
 @dataclass
 class EvaluateCommand(DataConfig):
-    """Evaluate a trained model: accuracy, per-class accuracy, confusion matrix."""
+    """Evaluate a trained model: accuracy, per-class precision, recall and F1, macro-F1, balanced accuracy, confusion
+    matrix."""
 
     model_path: str = opt("", "run folder or checkpoint to evaluate")
     on: str = opt("test", "which images: test, val (the run's validation split) or train", choices=("test", "val",
@@ -78,8 +89,9 @@ class EvaluateCommand(DataConfig):
 
 def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Accuracy of a trained model on a dataset's test, validation or training images; returns {"accuracy", "n",
-    "per_class_accuracy", "confusion_matrix" (rows: true class), "classes", "model", "data", "on"} (also written to
-    --out as JSON). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
+    "per_class_accuracy", "confusion_matrix" (rows: true class), "classes", "per_class" ({class: {"precision",
+    "recall", "f1", "support"}}), "macro_f1", "balanced_accuracy", "model", "data", "on"} (also written to --out as
+    JSON; see eval.classification_report). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
     cfg = command_config(EvaluateCommand, cfg, kwargs)
     unused = options_given(cfg, ["labels", "labels_per_class", "val", "mean", "std", "split_seed"])
     if unused:
