@@ -1,5 +1,8 @@
 """Image-folder datasets: ``DIR/train/<class>/*`` (+ ``DIR/test``, ``DIR/val``) or one class tree ``DIR/<class>/*``.
 
+Either layout may hold ``DIR/unlabelled/`` (or ``DIR/unlabeled/``): the user's images without a class, searched
+recursively, decoded by the same rules into the split "unlabelled" with label -1 (the pool of self-training).
+
 Decoding spreads chunks of files over all cores; each worker decodes, converts and resizes its chunk straight into
 one uint8 (n, C, H, W) array, so the target shape must be known before decoding. It is guessed from the headers
 of a few training files and checked against every header seen while decoding; in the rare case the guess was
@@ -47,6 +50,7 @@ from fewlabels.errors import FewLabelsError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 SPLIT_NAMES = ("train", "test", "val")
+POOL_NAMES = ("unlabelled", "unlabeled")  # DIR/unlabelled/: images without a class, searched recursively
 BAD_IMAGE_POLICIES = ("stop", "skip")
 TEST_FRACTION = 0.2  # held out of a class tree (and of digits) as the test split
 SPLIT_SEED = 0
@@ -64,11 +68,12 @@ class FolderFiles:
     """What is on disk: the image files of each split (train first) and the class names."""
 
     root: Path
-    layout: str  # "splits" (DIR/train, ...) or "tree" (DIR/<class>/...)
+    layout: str  # "splits" (DIR/train, ...), "tree" (DIR/<class>/...) or "manifest" (a CSV/TSV file)
     classes: list[str]
     paths: dict[str, list[str]] = field(default_factory=dict)
     labels: dict[str, list[int]] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)  # files without an image extension
+    manifest: str | None = None  # the CSV/TSV file the listing came from
 
     def all_paths(self) -> list[str]:
         return [p for split in self.paths for p in self.paths[split]]
@@ -94,16 +99,26 @@ def load_image_folder(
     workers: int | None = None,
 ) -> FolderData:
     """Decode an image folder, or load it from the cache. A class tree gets a stratified 20% test split."""
+    return load_files(list_folder(Path(root)), cache_dir=cache_dir, bad_images=bad_images, image_size=image_size,
+                      progress=progress, workers=workers)
+
+
+def load_files(files: FolderFiles, *, cache_dir: str | Path | None = None, bad_images: str = "stop",
+               image_size: int | None = None, progress: bool = True, workers: int | None = None) -> FolderData:
+    """Decode listed files (an image folder's, or a CSV manifest's), or load them from the cache. Without a test
+    split of their own (a class tree, a manifest without test rows) a stratified 20% of train becomes the test."""
     if bad_images not in BAD_IMAGE_POLICIES:
         raise FewLabelsError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got {bad_images!r}.")
     if image_size is not None and image_size < 1:
         raise FewLabelsError(f"image_size must be a positive number of pixels, got {image_size}.")
-    files = list_folder(Path(root))
     _warn_ignored(files)
     entry = cache_entry(files, cache_dir, image_size, bad_images)
-    info: dict[str, Any] = {"source": "image folder", "root": str(files.root), "layout": files.layout,
-                            "cache": str(entry)}
-    if files.layout == "tree":
+    info: dict[str, Any] = {"source": "CSV manifest" if files.layout == "manifest" else "image folder",
+                            "root": str(files.root), "layout": files.layout, "cache": str(entry)}
+    if files.manifest:
+        info["manifest"] = files.manifest
+    held_out = files.layout == "tree" or (files.layout == "manifest" and not files.paths.get("test"))
+    if held_out:
         info["test_split"] = split_info(str(files.root))
     cached = cache.load(entry, files.root)
     if cached is not None:
@@ -124,10 +139,10 @@ def load_image_folder(
         raise FewLabelsError(f"No training image of class {', '.join(empty)} could be read (bad_images='skip' left "
                              "them all out), so the model could never predict it. Fix those files, or remove the "
                              "class folder.")
-    if files.layout == "tree":
+    if held_out:
         # No test folder: hold out a fixed stratified 20% so that a test number exists and never sees train.
         train_idx, test_idx = stratified_split(splits["train"].labels)
-        splits = {"train": splits["train"].subset(train_idx), "test": splits["train"].subset(test_idx)}
+        splits = {**splits, "train": splits["train"].subset(train_idx), "test": splits["train"].subset(test_idx)}
     mean, std = channel_stats(splits["train"].images)  # ~1 s for 50k CIFAR images: worth caching too
     cache.save(entry, splits, files.root, {"mean": mean, "std": std})
     return FolderData(splits, mean, std, {**info, "cache_hit": False})
@@ -137,6 +152,8 @@ def cache_entry(files: FolderFiles, cache_dir: str | Path | None, image_size: in
     """The cache entry for these files and every setting that changes the decoded tensors."""
     settings = {"image_size": image_size, "bad_images": bad_images, "conversion": CONVERSION_VERSION,
                 "test_split": [TEST_FRACTION, SPLIT_SEED]}
+    if files.manifest:  # two manifests in one folder are two entries, and a renamed class is a new listing
+        settings.update(manifest=files.manifest, classes=files.classes)
     return cache.entry_for(cache_dir, files.root, settings, _listing(files))
 
 
@@ -159,7 +176,10 @@ def list_folder(root: Path) -> FolderFiles:
                              f"If {present[0]} is one of your classes, rename its folder: train, test and val "
                              "name split folders.")
     split_dirs = {name: root / name for name in present} if present else {"train": root}
-    classes = _class_names(split_dirs["train"])
+    pools = [root / name for name in POOL_NAMES if (root / name).is_dir()]
+    if len(pools) > 1:
+        raise FewLabelsError(f"{root} has both unlabelled/ and unlabeled/: keep one folder of unlabelled images")
+    classes = _class_names(split_dirs["train"], skip=POOL_NAMES if not present else ())
     files = FolderFiles(root, "splits" if present else "tree", classes)
     for split, split_dir in split_dirs.items():
         _list_split(files, split, split_dir)
@@ -167,12 +187,20 @@ def list_folder(root: Path) -> FolderFiles:
                        and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
         if loose:
             warnings.warn(f"Ignored {len(loose)} image(s) directly in {split_dir}, outside the class folders "
-                          f"({_first_few(loose)}): an image's class is the name of the folder it is in.", stacklevel=3)
+                          f"({_first_few(loose)}): an image's class is the name of the folder it is in; images "
+                          f"without a class go in {root / 'unlabelled'}/.", stacklevel=3)
+    if pools:  # the user's own unlabelled images: listed after the labelled splits, label -1
+        images, others = _list_images(pools[0])
+        if not images:
+            raise FewLabelsError(f"{pools[0]} has no images: add the unlabelled images there, or remove the folder")
+        files.paths["unlabelled"], files.labels["unlabelled"] = images, [-1] * len(images)
+        files.ignored += others
     return files
 
 
-def _class_names(split_dir: Path) -> list[str]:
-    names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+def _class_names(split_dir: Path, skip: tuple[str, ...] = ()) -> list[str]:
+    names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith(".")
+                   and e.name not in skip)
     if not names:
         raise FewLabelsError(f"{split_dir} has no class subfolders. Put each class's images in a subfolder named "
                              f"after the class: {split_dir}/<class>/image.jpg.")
@@ -180,7 +208,7 @@ def _class_names(split_dir: Path) -> list[str]:
 
 
 def _list_split(files: FolderFiles, split: str, split_dir: Path) -> None:
-    found = _class_names(split_dir)
+    found = _class_names(split_dir, POOL_NAMES if split_dir == files.root else ())
     unknown = sorted(set(found) - set(files.classes))
     if unknown:
         raise FewLabelsError(f"{split_dir} has class folders that train/ does not have: {', '.join(unknown)}. Test "

@@ -8,6 +8,7 @@
 - ``cifar10``, ``cifar100``, ``mnist``, ``fashion-mnist``, ``svhn``, ``stl10`` (labelled train + test) and
   ``stl10-unlabeled`` (train = the 5,000 labelled then the 100,000 unlabelled images, label -1): torchvision's
   files under ``root`` (default $FEWLABELS_DATA, else ~/.cache/fewlabels/datasets), downloaded when missing.
+- a CSV/TSV manifest (``path,label[,split]`` rows; an empty label = unlabelled): see :mod:`fewlabels.data.manifest`.
 - a folder: see :mod:`fewlabels.data.folder`. A single class tree ``DIR/<class>/*`` has no test split of its own:
   test = a stratified 20% of it (seed 0), train = the rest, and ``Dataset.info["test_split"]`` says so.
 
@@ -29,8 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fewlabels.data.folder import channel_stats, load_image_folder, split_info, stratified_split
+from fewlabels.data.folder import channel_stats, list_folder, load_files, split_info, stratified_split
 from fewlabels.data.imageset import ImageSet
+from fewlabels.data.manifest import is_manifest, read_manifest
 from fewlabels.errors import FewLabelsError
 
 DOWNLOAD_TIMEOUT_S = 30.0  # per network operation: an offline machine with a silent firewall fails in seconds
@@ -44,6 +46,7 @@ class Dataset:
     train: ImageSet
     test: ImageSet | None  # None when the source has no test split
     val: ImageSet | None = field(default=None, kw_only=True)  # an explicit validation split (image folder DIR/val)
+    unlabelled: ImageSet | None = field(default=None, kw_only=True)  # the user's own unlabelled images (label -1)
     mean: tuple[float, ...]  # per channel, on [0, 1]: the published values, else computed from train
     std: tuple[float, ...]
     info: dict[str, Any] = field(default_factory=dict, kw_only=True)  # provenance: source, root, test split, cache
@@ -76,6 +79,8 @@ def load_dataset(spec: str, *, root: str | Path | None = None, cache_dir: str | 
         train, test, info = _LOADERS[name](_data_root(root), download)
         dataset = _with_stats(name, train, test, info)
         return dataset if image_size is None else _resized(dataset, image_size)
+    if is_manifest(spec) and not Path(spec).expanduser().is_dir():
+        return _load_folder(Path(spec), cache_dir, bad_images, image_size, progress, workers, manifest=True)
     if Path(spec).expanduser().exists() or _looks_like_path(spec):
         return _load_folder(Path(spec), cache_dir, bad_images, image_size, progress, workers)
     raise FewLabelsError(f"{spec!r} is neither a dataset name ({', '.join(SOURCES)}) nor an existing folder. "
@@ -235,12 +240,14 @@ def _to_imageset(ds: Any, source: _TorchvisionSource) -> ImageSet:
 
 
 def _load_folder(path: Path, cache_dir: str | Path | None, bad_images: str, image_size: int | None,
-                 progress: bool, workers: int | None) -> Dataset:
-    data = load_image_folder(path, cache_dir=cache_dir, bad_images=bad_images, image_size=image_size,
-                             progress=progress, workers=workers)
+                 progress: bool, workers: int | None, manifest: bool = False) -> Dataset:
+    files = read_manifest(path) if manifest else list_folder(path)
+    data = load_files(files, cache_dir=cache_dir, bad_images=bad_images, image_size=image_size, progress=progress,
+                      workers=workers)
     splits = data.splits
-    return Dataset(Path(data.info["root"]).name, splits["train"], splits.get("test"), data.mean, data.std,
-                   val=splits.get("val"), info={**data.info, "stats": "computed from train"})
+    name = Path(files.manifest).stem if files.manifest else Path(data.info["root"]).name
+    return Dataset(name, splits["train"], splits.get("test"), data.mean, data.std, val=splits.get("val"),
+                   unlabelled=splits.get("unlabelled"), info={**data.info, "stats": "computed from train"})
 
 
 # ---------------------------------------------------------------------------------------------------- resizing

@@ -82,19 +82,25 @@ def make_split(labels: torch.Tensor, num_classes: int, *, labels_total: int | No
     """Make a seeded, stratified split of a training pool.
 
     labels: int64 (N,) true labels of the pool (the labels of 'unlabelled' images are only used for stratifying the
-    validation split and, later, for reporting pseudo-label precision — never for training).
-    labels_total / labels_per_class: the label budget (at most one of them; neither = every remaining image labelled).
-    val: validation size, as a count or a fraction of the pool; held out before the budget is drawn.
+    validation split and, later, for reporting pseudo-label precision — never for training); -1 marks an image
+    whose label nobody knows (a user's unlabelled photos): it is always in the unlabelled part.
+    labels_total / labels_per_class: the label budget (at most one of them; neither = every remaining image with a
+    label is labelled), drawn from the images with a label.
+    val: validation size, as a count or a fraction of the images with a label; held out before the budget is drawn.
     """
     n = labels.numel()
     if labels_total is not None and labels_per_class is not None:
         raise FewLabelsError("give either --labels or --labels-per-class, not both")
     g = torch.Generator().manual_seed(seed)
-    counts = torch.bincount(labels, minlength=num_classes)
-    n_val = int(round(val * n)) if isinstance(val, float) and val < 1 else int(val)
-    if n_val < 0 or n_val >= n:
-        raise FewLabelsError(f"validation size {val} does not fit a training pool of {n} images: use a smaller --val")
     idx = torch.arange(n)
+    unknown = idx[labels < 0]  # truly unlabelled: never validation, never in the budget
+    idx = idx[labels >= 0]
+    n_known = idx.numel()
+    counts = torch.bincount(labels[idx], minlength=num_classes)
+    n_val = int(round(val * n_known)) if isinstance(val, float) and val < 1 else int(val)
+    if n_val < 0 or n_val >= max(n_known, 1):
+        raise FewLabelsError(f"validation size {val} does not fit {n_known} labelled training images: use a smaller "
+                             "--val")
     val_idx, pool = _stratified_take(labels, idx, _allocate(n_val, counts), g) if n_val else (idx[:0], idx)
     pool_counts = torch.bincount(labels[pool], minlength=num_classes)
     if labels_per_class is not None:
@@ -118,6 +124,6 @@ def make_split(labels: torch.Tensor, num_classes: int, *, labels_total: int | No
         while int(per_class.sum()) > labels_total:  # the at-least-one rule can overshoot by a few
             per_class[int(torch.argmax(per_class))] -= 1
     else:
-        return Split(pool.sort().values, val_idx, idx[:0], seed, n)
+        return Split(pool.sort().values, val_idx, unknown, seed, n)
     lab, unl = _stratified_take(labels, pool, per_class, g)
-    return Split(lab, val_idx, unl.sort().values, seed, n)
+    return Split(lab, val_idx, torch.cat([unl, unknown]).sort().values, seed, n)

@@ -39,6 +39,15 @@ class DataConfig:
 
 
 @dataclass
+class PoolConfig:
+    unlabelled: list[str] | None = opt(None, "your unlabelled images: folders (searched recursively) and/or CSV/TSV "
+                                       "lists of paths, comma-separated; added to the pool of a folder's own "
+                                       "unlabelled/ and a manifest's rows without a label. With real unlabelled "
+                                       "images every labelled image is used unless --labels/--labels-per-class say "
+                                       "otherwise")
+
+
+@dataclass
 class ModelConfig:
     model: str = opt("cnn-s", "model name: cnn-tiny/s/m/l/xl (each also as -p2: airbench's 2x2 stem, faster), "
                               "mlp, resnet20/32/44/56, timm:<name>")
@@ -55,6 +64,9 @@ class RunConfig:
     quiet: bool = opt(False, "print less")
 
 
+EMPTY_POOL = ("the unlabelled pool is empty: give your unlabelled images (--unlabelled FOLDER_OR_CSV, a folder's "
+              "unlabelled/ next to train/, or manifest rows with an empty label), or simulate a label budget "
+              "(--labels or --labels-per-class) that leaves training images unlabelled")
 NO_FLIP_SOURCES = ("digits", "mnist", "svhn")  # a mirrored digit is not the same digit
 
 
@@ -145,8 +157,30 @@ def save_config(run_dir: Path, cfg: Any, command: str) -> None:
     write_json(run_dir / "environment.json", environment_info())
 
 
-def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Dataset, Split]:
-    """Load the dataset and make (or reuse) the label-budget split; save it in the run folder."""
+def source_split(source: str | None) -> Path | None:
+    """The split.json of the run a model comes from (a run folder, or a checkpoint inside one: RUN/checkpoints/best,
+    RUN/roundN/checkpoints/best of selftrain), or None for a plain weights file or a model name."""
+    if not source or not Path(source).exists():
+        return None
+    from ..engine.checkpoint import find_checkpoint
+    try:
+        folder = find_checkpoint(source)
+    except FewLabelsError:
+        return None
+    for d in [Path(source).absolute(), folder, *list(folder.parents)[:3]]:
+        if (d / "split.json").is_file():
+            return d / "split.json"
+    return None
+
+
+def prepare_data(dc: DataConfig, run_dir: Path | None, log=print, source: Path | None = None,
+                 source_name: str = "") -> tuple[Dataset, Split]:
+    """Load the dataset and make (or reuse) the label-budget split; save it in the run folder.
+
+    source: the split.json of the run this one starts from (`selftrain --teacher RUN`, `--pretrained RUN`). When it
+    was made for this dataset it is reused unless --split or a label budget says otherwise, so that the images that
+    run was trained on stay out of this run's validation images; when a budget makes a new split, the new validation
+    images must not be among that run's labelled ones (else its accuracy would be measured on its training data)."""
     ds = load_dataset(dc.data, root=dc.data_root, cache_dir=dc.cache_dir, bad_images=dc.bad_images,
                       image_size=dc.image_size)
     if ds.train.num_classes < 2:
@@ -160,12 +194,19 @@ def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Datas
         if len(mean) != c or len(std) != c:
             raise FewLabelsError(f"--mean and --std need {c} values (one per channel), got {len(mean)} and {len(std)}")
         ds.mean, ds.std = mean, std
+    n_own = len(ds.train)
+    ds = _with_pool(ds, getattr(dc, "unlabelled", None), dc, log)
     n = len(ds.train)
     existing = run_dir / "split.json" if run_dir is not None else None
+    budget = dc.labels is not None or dc.labels_per_class is not None
+    theirs = _fitting_split(source, n, n_own, dc.data)
     if dc.split:
-        split = Split.load(dc.split, pool_size=n)
+        split = _load_split(dc.split, n, n_own)
     elif existing is not None and existing.is_file():
         split = Split.load(existing, pool_size=n)  # resuming: keep the split the run started with
+    elif theirs is not None and not budget and ds.val is None:
+        split = theirs
+        log(f"the split of {source_name or source.parent} (its labelled images, validation images and pool)")
     else:
         if dc.val >= 1 and not float(dc.val).is_integer():
             raise FewLabelsError(f"--val {dc.val:g}: give a fraction below 1 (e.g. 0.1) or a whole number of images")
@@ -174,12 +215,102 @@ def prepare_data(dc: DataConfig, run_dir: Path | None, log=print) -> tuple[Datas
             val = 0  # the source has its own validation split
         split = make_split(ds.train.labels, ds.train.num_classes, labels_total=dc.labels,
                            labels_per_class=dc.labels_per_class, val=val, seed=dc.split_seed)
+    if theirs is not None and split is not theirs:
+        leaked = set(theirs.labelled.tolist()) & set(split.val.tolist())
+        if leaked:
+            raise FewLabelsError(f"{len(leaked)} validation images of this run were training images of "
+                                 f"{source_name or source.parent}, so its validation accuracy would be measured on "
+                                 f"images it learned from: drop the label-budget options to reuse that run's split, "
+                                 f"or pass --split {source}")
     if run_dir is not None:
         split.save(run_dir / "split.json")
-    log(f"data {ds.name}: {n} training images ({len(split.labelled)} labelled, {len(split.val)} validation, "
-        f"{len(split.unlabelled)} unlabelled), {len(ds.test) if ds.test is not None else 0} test, "
-        f"{ds.train.num_classes} classes, images {ds.train.image_shape}")
+    v = val_set(ds, split)
+    n_real = int((ds.train.labels < 0).sum())
+    hidden = len(split.unlabelled) - n_real
+    pool = (f"{len(split.unlabelled)} unlabelled" + (f": {n_real} without a label, {hidden} with theirs hidden"
+                                                      if n_real and hidden else ""))
+    log(f"data {ds.name}: {len(split.labelled)} labelled, {len(v) if v is not None else 0} validation"
+        f"{' (' + _val_source(ds) + ')' if ds.val is not None else ''}, {pool}, "
+        f"{len(ds.test) if ds.test is not None else 0} test; {ds.train.num_classes} classes, images "
+        f"{ds.train.image_shape}")
     return ds, split
+
+
+def _val_source(ds: Dataset) -> str:
+    return "its own val split" if ds.info.get("layout") == "manifest" else "its own val/ folder"
+
+
+def _fitting_split(source: Path | None, n: int, n_own: int, data: str) -> Split | None:
+    """The source run's split when it was made for this dataset (the same --data, the same number of images)."""
+    if source is None:
+        return None
+    try:
+        s = Split.load(source)
+        theirs = (yaml.safe_load((source.parent / "config.yaml").read_text()) or {}).get("data")
+    except (FewLabelsError, OSError, yaml.YAMLError, AttributeError):
+        return None
+    if theirs is None or _same_data(str(theirs), data, source.parent) is False:
+        return None
+    return _load_split(str(source), n, n_own) if s.pool_size in (n, n_own) else None
+
+
+def _same_data(a: str, b: str, a_base: Path) -> bool:
+    """Two --data values name the same dataset: the same source name, or the same folder/file (a relative path of
+    the source run may have been given from another working folder: tried as it is and from the run's parent)."""
+    if a == b:
+        return True
+    pb = Path(b).expanduser()
+    if not pb.exists():
+        return False
+    return any(Path(c).expanduser().exists() and Path(c).expanduser().resolve() == pb.resolve()
+               for c in (a, a_base.parent / a))
+
+
+def _load_split(path: str, n: int, n_own: int) -> Split:
+    """A split made for this dataset; a split made before the unlabelled pool was added (e.g. the teacher's run,
+    trained on the labelled images alone) gets the pool appended to its unlabelled part."""
+    s = Split.load(path, pool_size=n if n == n_own else None)
+    if s.pool_size == n:
+        return s
+    if s.pool_size == n_own:
+        extra = torch.arange(n_own, n)
+        return Split(s.labelled, s.val, torch.cat([s.unlabelled, extra]), s.seed, n)
+    return Split.load(path, pool_size=n)  # the error that names both sizes
+
+
+def _with_pool(ds: Dataset, unlabelled: list[str] | None, dc: DataConfig, log) -> Dataset:
+    """The dataset with its unlabelled pool (DIR/unlabelled/, a manifest's rows without a label, --unlabelled)
+    appended to the training images with label -1, so that a split's indices cover both; files that are already
+    labelled training, validation or test images are left out of the pool (once is enough, and a test image must not
+    be trained on, even unlabelled)."""
+    pools = [ds.unlabelled] if ds.unlabelled is not None and len(ds.unlabelled) else []
+    if unlabelled:
+        from ..data.pool import load_pool
+        pools.append(load_pool(unlabelled, ds.train.image_shape, cache_dir=dc.cache_dir, bad_images=dc.bad_images,
+                               classes=ds.train.classes))
+    if not pools:
+        return ds
+    import os
+    taken = {os.path.realpath(p) for part in (ds.train, ds.val, ds.test) if part is not None
+             for p in (part.paths or [])}
+    images, paths, dropped = [ds.train.images], list(ds.train.paths or [""] * len(ds.train)), 0
+    for pool in pools:
+        keep = [i for i, p in enumerate(pool.paths or []) if not p or os.path.realpath(p) not in taken]
+        dropped += len(pool) - len(keep)
+        if len(keep) < len(pool):
+            pool = pool.subset(keep)
+        taken |= {os.path.realpath(p) for p in pool.paths or [] if p}
+        images.append(pool.images)
+        paths += pool.paths or [""] * len(pool)
+    if dropped:
+        log(f"note: {dropped} unlabelled file(s) are also labelled, validation or test images of {ds.name}; they were "
+            "left out of the unlabelled pool")
+    n_pool = sum(len(t) for t in images[1:])
+    train = ImageSet(torch.cat(images), torch.cat([ds.train.labels, torch.full((n_pool,), -1, dtype=torch.long)]),
+                     list(ds.train.classes), paths)
+    info = {**ds.info, "unlabelled_pool": {"images": n_pool, "from": list(unlabelled or []) + (
+        ["unlabelled/ or rows without a label"] if ds.unlabelled is not None else [])}}
+    return dataclasses.replace(ds, train=train, unlabelled=None, info=info)
 
 
 def val_set(ds: Dataset, split: Split) -> ImageSet | None:

@@ -34,6 +34,7 @@ from ..utils import autocast, pick_device, pick_dtype, synchronize, to_device, w
 from .common import (
     DataConfig,
     ModelConfig,
+    PoolConfig,
     RunConfig,
     build_model,
     check_classes,
@@ -90,12 +91,13 @@ class DistillOptions:
     teacher: str = opt("", "the teacher: a fewlabels run folder or checkpoint trained on the same classes")
     alpha: float = opt(0.9, "weight α of the distillation term: L = α·T²·KL + (1−α)·CE", ge=0, le=1)
     temperature: float = opt(4.0, "softmax temperature T", gt=0)
-    use_unlabelled: bool = opt(False, "add the split's unlabelled images (distillation term only)")
+    use_unlabelled: bool = opt(False, "add the split's unlabelled images (distillation term only); on by itself "
+                               "with --unlabelled")
     cache_teacher: bool = opt(False, "compute teacher logits once on clean images (faster; stale under augmentation)")
 
 
 @dataclass
-class DistillCommand(RunConfig, DistillOptions, TrainConfig, ModelConfig, DataConfig):
+class DistillCommand(RunConfig, DistillOptions, TrainConfig, ModelConfig, PoolConfig, DataConfig):
     """Train a student on a frozen teacher's temperature-softened outputs plus the true labels."""
 
 
@@ -114,7 +116,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     ds, split = prepare_data(cfg, run_dir, log)
     check_classes(tmeta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     k = ds.train.num_classes
-    idx = torch.cat([split.labelled, split.unlabelled]) if cfg.use_unlabelled else split.labelled
+    idx = torch.cat([split.labelled, split.unlabelled]) if cfg.use_unlabelled or cfg.unlabelled else split.labelled
     sub = ds.train.subset(idx)
     has_label = torch.zeros(len(sub), dtype=torch.bool)
     has_label[: len(split.labelled)] = True

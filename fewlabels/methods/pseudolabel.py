@@ -23,7 +23,16 @@ from ..engine.checkpoint import find_checkpoint, load_model
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import DataConfig, RunConfig, check_classes, prepare_data, run_folder, save_config
+from .common import (
+    EMPTY_POOL,
+    DataConfig,
+    PoolConfig,
+    RunConfig,
+    check_classes,
+    prepare_data,
+    run_folder,
+    save_config,
+)
 
 
 @dataclass
@@ -90,12 +99,14 @@ def soft_targets(logits: torch.Tensor, temperature: float = 1.0, hard: bool = Tr
 
 
 def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
-           fill: bool = True) -> torch.Tensor:
+           fill: bool = True, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (M,) of the pseudo-labels to keep, from teacher probabilities (N, K).
 
     threshold: keep images whose top probability ≥ threshold. balance: at most `per_class` per predicted class
     (default: the mean kept count per class), the most confident first; with `fill`, classes with fewer are topped up
     by repeating their images (most confident first). Without balance: every image above the threshold, once.
+    prior (K,): class frequencies to balance to instead of uniform (e.g. the labelled images' own, for a pool as
+    imbalanced as the labelled set): class c's cap is prior_c × the kept count (× K × per_class / K with per_class).
     """
     conf, pred = probs.max(1)
     keep = (conf >= threshold).nonzero().squeeze(1)
@@ -105,11 +116,17 @@ def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True,
     kept_pred = pred[keep]
     counts = torch.bincount(kept_pred, minlength=k)
     cap = per_class if per_class is not None else int(round(keep.numel() / max(1, int((counts > 0).sum()))))
+    caps = [cap] * k
+    if prior is not None:
+        p = prior.double().clamp_min(0) / prior.double().clamp_min(0).sum()
+        total = cap * k if per_class is not None else keep.numel()
+        caps = [max(1, int(round(float(p[c]) * total))) for c in range(k)]
     out = []
     for c in range(k):
         members = keep[kept_pred == c]
         if members.numel() == 0:
             continue
+        cap = caps[c]
         members = members[torch.argsort(conf[members], descending=True, stable=True)]
         if members.numel() >= cap:
             out.append(members[:cap])
@@ -165,7 +182,7 @@ def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_fli
 
 def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool = True, temperature: float = 1.0,
                        threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
-                       fill: bool = True) -> PseudoLabels:
+                       fill: bool = True, prior: torch.Tensor | None = None) -> PseudoLabels:
     """Pseudo-labels from one teacher's logits (N, K), or from several teachers' (a list): then their softmaxes
     are averaged, for the confidence, the hard labels and the soft targets alike (an ensemble of teachers)."""
     group = logits if isinstance(logits, (list, tuple)) else [logits]
@@ -176,18 +193,24 @@ def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool 
         targets = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).float()
     else:
         targets = torch.stack([soft_targets(g, temperature, hard=False) for g in group]).mean(0)
-    return make_pseudo_labels(probs, targets, threshold=threshold, balance=balance, per_class=per_class, fill=fill)
+    return make_pseudo_labels(probs, targets, threshold=threshold, balance=balance, per_class=per_class, fill=fill,
+                              prior=prior)
 
 
 def label_pool(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, hard: bool = True, temperature: float = 1.0,
                tta_flip: bool = False, tta_translate: int = 0, threshold: float = 0.0, balance: bool = True,
                per_class: int | None = None, fill: bool = True, batch_size: int = 1024,
-               device: torch.device | None = None) -> PseudoLabels:
+               device: torch.device | None = None, prior: torch.Tensor | None = None) -> PseudoLabels:
     """Teacher inference on the clean pool (no grad, big batches, bf16), then selection."""
     logits = pool_logits(teacher, meta, pool, tta_flip=tta_flip, tta_translate=tta_translate, batch_size=batch_size,
                          device=device)
     return labels_from_logits(logits, hard=hard, temperature=temperature, threshold=threshold, balance=balance,
-                              per_class=per_class, fill=fill)
+                              per_class=per_class, fill=fill, prior=prior)
+
+
+def labelled_prior(train: ImageSet, split: Any) -> torch.Tensor:
+    """Class frequencies (K,) of the labelled images of a split."""
+    return torch.bincount(train.labels[split.labelled], minlength=train.num_classes).double()
 
 
 @dataclass
@@ -197,6 +220,9 @@ class PseudoLabelOptions:
     temperature: float = opt(1.0, "temperature T of soft labels", gt=0)
     balance: bool = opt(True, "balance classes: at most --per-class images each, sparse classes duplicated")
     per_class: int | None = opt(None, "per-class cap when balancing (default: the mean kept count per class)", ge=1)
+    balance_to: str = opt("uniform", "class shares when balancing: uniform, or labelled (the labelled images' own "
+                          "class frequencies, for data whose classes are imbalanced by nature)",
+                          choices=("uniform", "labelled"))
     tta_flip_teacher: bool = opt(False, "the teacher averages the image and its mirror")
     tta_translate_teacher: int = opt(0, "the teacher also averages the image shifted by ± this many pixels "
                                         "(multi-crop TTA, as --tta-translate does for evaluation)", ge=0)
@@ -206,13 +232,14 @@ def check_label_options(cfg: Any) -> None:
     """Refuse pseudo-label options that another option switches off (they would be ignored)."""
     from .common import flags, options_given
 
-    for name, needs, on in (("per_class", "balance", cfg.balance), ("temperature", "soft", cfg.soft)):
+    for name, needs, on in (("per_class", "balance", cfg.balance), ("temperature", "soft", cfg.soft),
+                            ("balance_to", "balance", cfg.balance)):
         if not on and options_given(cfg, [name]):
             raise FewLabelsError(f"{flags([name])} only applies with {flags([needs])}: add it, or drop {flags([name])}")
 
 
 @dataclass
-class PseudoLabelCommand(RunConfig, PseudoLabelOptions, DataConfig):
+class PseudoLabelCommand(RunConfig, PseudoLabelOptions, PoolConfig, DataConfig):
     """Label the unlabelled images of a split with a trained teacher."""
 
     teacher: str = opt("", "the teacher: a run folder or checkpoint")
@@ -253,12 +280,12 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     ds, split = prepare_data(cfg, run_dir, log)
     check_classes(meta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     if len(split.unlabelled) == 0:
-        raise FewLabelsError("the unlabelled pool is empty: give a label budget (--labels or --labels-per-class) so "
-                             "that some training images are left unlabelled")
+        raise FewLabelsError(EMPTY_POOL)
     pool = ds.train.subset(split.unlabelled)
     pl = label_pool(teacher, meta, pool, hard=not cfg.soft, temperature=cfg.temperature,
                     tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher, threshold=cfg.threshold,
-                    balance=cfg.balance, per_class=cfg.per_class, device=device)
+                    balance=cfg.balance, per_class=cfg.per_class, device=device,
+                    prior=labelled_prior(ds.train, split) if cfg.balance_to == "labelled" else None)
     if len(pl) == 0:
         raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
     pl.save(run_dir, pool.paths, ds.train.classes, split.unlabelled)

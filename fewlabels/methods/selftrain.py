@@ -19,25 +19,33 @@ from typing import Any
 import torch
 
 from ..config import command_config, opt
-from ..engine.checkpoint import copy_checkpoint, load_model, read_meta
+from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TrainConfig
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
+from ..eval import accuracy, predict_logits
 from ..losses import smooth_one_hot
-from ..utils import pick_device, write_json
+from ..utils import pick_device, pick_dtype, write_json
 from .common import (
+    EMPTY_POOL,
     DataConfig,
     ModelConfig,
+    PoolConfig,
     RunConfig,
     build_model,
+    check_classes,
     eval_sets,
+    flags,
     labelled_trainset,
+    options_given,
     prepare_data,
     run_folder,
     save_config,
+    source_split,
     train_config,
 )
-from .pseudolabel import PseudoLabelOptions, check_label_options, label_pool, quality
+from .pseudolabel import PseudoLabelOptions, check_label_options, label_pool, labelled_prior, quality
+from .transfer import lr_scales
 
 
 @dataclass
@@ -53,13 +61,25 @@ class SelfTrainOptions:
     student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier", ge=0, lt=1)
     student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students", ge=0, lt=1)
     finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)", ge=0)
+    teacher: str | None = opt(None, "round 0 from an existing fewlabels run (a train, transfer or distill run folder, "
+                              "or a checkpoint) instead of training a teacher; its split is reused when it was "
+                              "made for this data")
+    teacher_pretrained: str | None = opt(None, "start the round-0 teacher from these weights: a weights file, a "
+                                         "fewlabels run folder (its model, unless --teacher-model is given) or "
+                                         "'true' for the model's own (timm:<name>); new head for your classes")
+    student_pretrained: str | None = opt(None, "start each student from these weights (as --teacher-pretrained) "
+                                         "instead of from scratch")
+    backbone_lr: float | None = opt(None, "rounds that start from pretrained weights: learning rate of every layer "
+                                    "but the head (default lr/10, as transfer)", ge=0)
+    layer_decay: float | None = opt(None, "rounds that start from pretrained weights: layer-wise decay, lr · "
+                                    "decay^depth from the head (overrides --backbone-lr)", gt=0, le=1)
     confidence_power: float = opt(0.0, "weight each pseudo-label's loss by the teacher's confidence to this power, "
                                   "so doubtful labels count less (0 = all count fully; on CIFAR-10 with 4,000 "
                                   "labels, 3 left the final accuracy unchanged: see the README)", ge=0)
 
 
 @dataclass
-class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainConfig, DataConfig):
+class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainConfig, PoolConfig, DataConfig):
     """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
 
     min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
@@ -89,13 +109,21 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     which round was handed over as RUN/checkpoints/best (`final_round`, also RUN/final.json)."""
     cfg = command_config(SelfTrainCommand, cfg, kwargs)
     check_label_options(cfg)
+    if cfg.teacher and options_given(cfg, ["teacher_pretrained", "teacher_epochs", "teacher_model"]):
+        raise FewLabelsError(f"--teacher {cfg.teacher} is round 0 as it is, so "
+                             f"{flags(options_given(cfg, ['teacher_pretrained', 'teacher_epochs', 'teacher_model']))}"
+                             " would not be used: drop them, or drop --teacher to train a teacher")
+    if cfg.teacher:
+        find_checkpoint(cfg.teacher)  # a clear error before any work
     log = (lambda *_: None) if cfg.quiet else print
+    teacher_model = _model_of(cfg.teacher_pretrained, cfg.teacher_model, "teacher_model" in options_given(
+        cfg, ["teacher_model"]))
     run_dir = run_folder(cfg.out, "selftrain")
     save_config(run_dir, cfg, "selftrain")
-    ds, split = prepare_data(cfg, run_dir, log)
+    start = cfg.teacher or cfg.teacher_pretrained
+    ds, split = prepare_data(cfg, run_dir, log, source=source_split(start), source_name=start or "")
     if cfg.rounds > 0 and len(split.unlabelled) == 0:
-        raise FewLabelsError("the unlabelled pool is empty: self-training needs a label budget (--labels or "
-                             "--labels-per-class) that leaves training images unlabelled")
+        raise FewLabelsError(EMPTY_POOL)
     device = pick_device(cfg.device)
     labelled = labelled_trainset(ds, split, cfg.label_smoothing)
     pool = ds.train.subset(split.unlabelled)
@@ -104,7 +132,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     rows: list[dict[str, Any]] = []
 
     def run_round(r: int, model_name: str, train: TrainSet, tcfg: TrainConfig, drop: float, dpr: float,
-                  extra: dict[str, Any]) -> dict[str, Any]:
+                  extra: dict[str, Any], pretrained: str | None = None) -> dict[str, Any]:
         rdir = run_dir / f"round{r}"
         done = rdir / "results.json"
         if done.is_file():
@@ -112,23 +140,31 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             log(f"round {r}: already done ({model_name}), skipping")
             return row
         t0 = time.perf_counter()
-        model, meta = build_model(ModelConfig(model_name, drop, dpr, None), ds, log, cfg.seed + r)
-        log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)")
-        res = fit(model, train, tcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log)
+        model, meta = build_model(ModelConfig(model_name, drop, dpr, pretrained), ds, log, cfg.seed + r)
+        log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)"
+            + (f", from {pretrained}" if pretrained else ""))
+        scales = lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained else None
+        res = fit(model, train, tcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log,
+                  lr_scale=scales)
         last = res.final  # the checkpoint the next round loads
         row = {"round": r, "model": model_name, "val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"),
                "train_images": int(train.images.shape[0]), "minutes": round((time.perf_counter() - t0) / 60, 3),
-               **extra}
+               **extra, **({"pretrained": pretrained} if pretrained else {})}
         write_json(done, row)
         return row
 
     # round 0: the teacher on the labelled images alone = the supervised-only baseline
     tcfg = replace(base, epochs=cfg.teacher_epochs, augment=cfg.teacher_augment)
-    rows.append(run_round(0, cfg.teacher_model, labelled, tcfg, 0.0, 0.0, {"pseudo_labels": 0}))
-    models = cfg.student_models or [cfg.teacher_model]
+    if cfg.teacher:
+        rows.append(_adopt_teacher(cfg.teacher, ds, evals, run_dir / "round0", device, log))
+    else:
+        rows.append(run_round(0, teacher_model, labelled, tcfg, 0.0, 0.0, {"pseudo_labels": 0},
+                              cfg.teacher_pretrained))
+    models = cfg.student_models or [rows[0]["model"]]
+    student_given = "student_models" in options_given(cfg, ["student_models"])
     for r in range(1, cfg.rounds + 1):
         rdir = run_dir / f"round{r}"
-        name = models[min(r - 1, len(models) - 1)]
+        name = _model_of(cfg.student_pretrained, models[min(r - 1, len(models) - 1)], student_given)
         if (rdir / "results.json").is_file():  # finished before an interruption: no need to label the pool again
             rows.append(run_round(r, name, labelled, base, 0.0, 0.0, {}))
             continue
@@ -136,7 +172,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         t0 = time.perf_counter()
         pl = label_pool(teacher, tmeta, pool, hard=not cfg.soft, temperature=cfg.temperature,
                         tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                        threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class, device=device)
+                        threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class, device=device,
+                        prior=labelled_prior(ds.train, split) if cfg.balance_to == "labelled" else None)
         label_s = time.perf_counter() - t0
         if len(pl) == 0:
             reuse = (f"; copy {run_dir / 'round0'} and {run_dir / 'split.json'} into the new one to reuse the "
@@ -152,7 +189,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         scfg = replace(base, epochs=cfg.student_epochs, augment=cfg.student_augment)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
-                               "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)}))
+                               "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)},
+                              cfg.student_pretrained))
     final_dir = run_dir / f"round{cfg.rounds}"
     if cfg.finetune_epochs > 0:
         rows.append(_finetune(cfg, ds, split, labelled, evals, run_dir, final_dir, base, log))
@@ -160,6 +198,42 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     chosen = _finish(run_dir, final_dir, rows, log, len(evals["val"]) if "val" in evals else 0)
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
             "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc")}
+
+
+def _model_of(weights: str | None, name: str, given: bool) -> str:
+    """The model to build for pretrained weights: a fewlabels checkpoint says which model it holds, and that one is
+    used unless the user named one."""
+    if not weights or given or not Path(weights).exists():
+        return name
+    try:
+        return str(read_meta(weights)["model"])
+    except (FewLabelsError, KeyError):
+        return name  # a plain weights file: the model the options name
+
+
+def _adopt_teacher(source: str, ds, evals, rdir: Path, device, log) -> dict[str, Any]:
+    """Round 0 = an existing run's model, not retrained: its checkpoint is copied into round0/ and scored on this
+    run's validation and test images (with its own normalisation), so the round table starts from it."""
+    done = rdir / "results.json"
+    if done.is_file():
+        log("round 0: already done (the given teacher), skipping")
+        return json.loads(done.read_text())
+    t0 = time.perf_counter()
+    folder = find_checkpoint(source)
+    model, meta = load_model(folder, device)
+    check_classes(meta, ds.train.classes, f"the teacher {source}", ds.train)
+    row: dict[str, Any] = {"round": 0, "model": meta["model"], "teacher": str(source)}
+    for name, images in evals.items():
+        logits = predict_logits(model, images.images, meta["mean"], meta["std"], device=device,
+                                dtype=pick_dtype("auto", device))
+        row[f"{name}_acc"] = accuracy(logits, images.labels)
+    row.update({"val_acc": row.get("val_acc"), "test_acc": row.get("test_acc"), "train_images": 0,
+                "minutes": round((time.perf_counter() - t0) / 60, 3), "pseudo_labels": 0})
+    copy_checkpoint(folder, rdir / "checkpoints" / "best")
+    write_json(done, row)
+    log(f"round 0: the teacher {source} ({meta['model']}): " + "  ".join(
+        f"{k} {row[k]:.4f}" for k in ("val_acc", "test_acc") if row.get(k) is not None))
+    return row
 
 
 def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[str, Any]:
@@ -240,10 +314,19 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log, n_v
     write_json(run_dir / "final.json", {"round": row["round"], "from": src.name, "val_acc": row.get("val_acc"),
                                         "test_acc": row.get("test_acc")})
     log("\n" + table)
-    if rows and rows[0].get("test_acc") is not None and rows[-1].get("test_acc") is not None:
-        log(f"supervised only (round 0): test accuracy {rows[0]['test_acc']:.4f}   "
-            f"last round: {rows[-1]['test_acc']:.4f}   final model: {dst} (round {row['round']}, test accuracy "
-            f"{row['test_acc']:.4f})")
+    key = "test_acc" if rows[0].get("test_acc") is not None else "val_acc"
+    on = "test" if key == "test_acc" else "validation"
+    if rows and rows[0].get(key) is not None and row.get(key) is not None:
+        gain = 100 * (row[key] - rows[0][key])
+        log(f"supervised only (round 0): {on} accuracy {rows[0][key]:.4f}   final model: {dst} (round "
+            f"{row['round']}, {on} accuracy {row[key]:.4f}): {gain:+.1f} points from self-training")
+        if gain <= 0 and len(rows) > 1:
+            log("note: self-training did not beat the supervised-only round 0 here. What helps most often: longer "
+                "noised students (--student-epochs, e.g. 2-3x the teacher's steps), a larger student "
+                "(--student-models cnn-m), a better teacher (--teacher-pretrained or --teacher RUN from `fewlabels "
+                "transfer`), and a final --finetune-epochs 10 on the labelled images")
+    elif rows and row.get(key) is None:
+        log(f"final model: {dst} (round {row['round']}); no validation or test images to score it on")
     if chosen != len(rows) - 1:
         last, best = rows[-1], rows[chosen]
         log(f"note: the last round ({last['round']}, validation accuracy {last['val_acc']:.4f}) ended clearly below "

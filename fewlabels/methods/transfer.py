@@ -39,6 +39,7 @@ from .common import (
     prepare_data,
     run_folder,
     save_config,
+    source_split,
     train_config,
 )
 
@@ -225,7 +226,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
             pass  # a plain weights file: the dataset's statistics, unless --mean/--std say otherwise
     run_dir = run_folder(cfg.out, "transfer")
     save_config(run_dir, cfg, "transfer")
-    ds, split = prepare_data(cfg, run_dir, log)
+    ds, split = prepare_data(cfg, run_dir, log, source=source_split(cfg.pretrained), source_name=cfg.pretrained)
     if inherited is not None:
         if len(inherited[0]) == ds.train.image_shape[0]:
             ds.mean, ds.std = inherited
