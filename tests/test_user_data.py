@@ -215,3 +215,19 @@ def test_pseudo_label_balance_to_the_labelled_prior():
     assert torch.bincount(torch.cat([probs[uniform].argmax(1)]), minlength=2).tolist() == [50, 50]
     prior = select(probs, threshold=0.5, prior=torch.tensor([3.0, 1.0]))  # labelled images 3:1
     assert torch.bincount(probs[prior].argmax(1), minlength=2).tolist() == [75, 25]
+
+
+def test_evaluate_decodes_at_the_runs_own_size_and_train_names_what_it_scored(photos, tmp_path, capsys):
+    data = tmp_path / "big"
+    for c in CLASSES:  # 32x32 files; the run is trained at --image-size 16
+        (data / c).mkdir(parents=True)
+        for p in sorted((photos["data"] / "train" / c).iterdir()):
+            Image.open(p).resize((32, 32)).save(data / c / p.name)
+    run_dir = tmp_path / "r"
+    code, stdout, err = run(["train", "--data", data, "--image-size", "16", "--model", "cnn-tiny", "--epochs", "1",
+                             "--out", run_dir, *QUICK], capsys)
+    assert code == 0, err
+    assert "test accuracy" in stdout and "validation accuracy" in stdout
+    code, stdout, err = run(["evaluate", run_dir, "--data", data], capsys)
+    assert code == 0, err
+    assert "macro" in stdout.lower()

@@ -69,7 +69,9 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     if report is not None:
         out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], report=report)
     write_json(run_dir / "results.json", out)
-    log(f"done: {run_dir}  " + (f"test accuracy {out['test_accuracy']:.4f}" if "test_accuracy" in out else ""))
+    scored = ", ".join(f"{name} accuracy {out[f'{key}_acc']:.4f}" for key, name in (("test", "test"),
+                       ("val", "validation")) if out.get(f"{key}_acc") is not None)
+    log(f"done: {run_dir}  " + (scored or "no validation or test images to score the model on"))
     return out
 
 
@@ -101,8 +103,12 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
     device = pick_device(cfg.device)
     model, meta = load_model(cfg.model_path, device)
+    size = cfg.image_size
+    h, w = meta.get("image_size", (None, None))
+    if size is None and h is not None and h == w:  # decode at the size the model was trained on, not full size
+        size = int(h)
     ds = load_dataset(cfg.data, root=cfg.data_root, cache_dir=cfg.cache_dir, bad_images=cfg.bad_images,
-                      image_size=cfg.image_size)
+                      image_size=size)
     check_classes(meta, ds.train.classes, f"the model at {cfg.model_path}", ds.train)
     if cfg.on == "test":
         if ds.test is None:
