@@ -425,3 +425,10 @@ def _names(names: list[str], limit: int = 8) -> str:
 
 def asdict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def scored(metrics: dict[str, Any]) -> str:
+    """'test accuracy 0.9, validation accuracy 0.8' for the splits a run's final metrics have."""
+    parts = [f"{name} accuracy {metrics[f'{key}_acc']:.4f}" for key, name in (("test", "test"), ("val", "validation"))
+             if metrics.get(f"{key}_acc") is not None]
+    return ", ".join(parts) or "no validation or test images to score the model on"

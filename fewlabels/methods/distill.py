@@ -42,6 +42,7 @@ from .common import (
     prepare_data,
     run_folder,
     save_config,
+    scored,
     train_config,
 )
 
@@ -147,6 +148,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         out["compression"] = compression_report({"teacher": (teacher, tmeta), "student": (res.model, meta)},
                                                 ds.test, device)
     write_json(run_dir / "results.json", out)
+    log(f"done: {run_dir}  student {scored(out)}")
     return out
 
 

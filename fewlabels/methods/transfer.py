@@ -39,6 +39,7 @@ from .common import (
     prepare_data,
     run_folder,
     save_config,
+    scored,
     source_split,
     train_config,
 )
@@ -250,6 +251,8 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         results[mode] = r
     out = {"run_dir": str(run_dir), "labels": len(split.labelled), **results}
     write_json(run_dir / "results.json", out)
+    for mode, r in results.items():
+        log(f"done: {run_dir}  {mode} {scored(r)}")
     if cfg.mode == "compare":
         lines = ["| method | val acc | test acc | minutes |", "|---|---|---|---|"]
         for k, r in results.items():
