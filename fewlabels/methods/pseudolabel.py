@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import command_config, opt
 from ..data.imageset import ImageSet
-from ..engine.checkpoint import find_checkpoint, load_model
+from ..engine.checkpoint import load_model
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
@@ -32,6 +32,7 @@ from .common import (
     prepare_data,
     run_folder,
     save_config,
+    source_split,
 )
 
 
@@ -246,16 +247,6 @@ class PseudoLabelCommand(RunConfig, PseudoLabelOptions, PoolConfig, DataConfig):
     device: str = opt("auto", "auto, cpu, cuda, ...")
 
 
-def _teacher_split(teacher: str) -> Path | None:
-    """The split.json of the run the teacher comes from: beside the checkpoint folder or a few folders up
-    (RUN/checkpoints/best, RUN/roundN/checkpoints/best of selftrain)."""
-    folder = find_checkpoint(teacher)
-    for d in [Path(teacher).absolute(), folder, *list(folder.parents)[:3]]:
-        if (d / "split.json").is_file():
-            return d / "split.json"
-    return None
-
-
 def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Label the unlabelled pool of a split (by default the teacher's own) with a trained teacher; writes
     RUN/pseudo_labels.{safetensors,csv} and returns {"run_dir", ...} with per-class precision and coverage where the
@@ -269,7 +260,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     teacher, meta = load_model(cfg.teacher, device)
     budget = {"labels", "labels_per_class", "split"} & getattr(cfg, "_explicit", frozenset(
         k for k in ("labels", "labels_per_class", "split") if getattr(cfg, k) is not None))
-    teacher_split = _teacher_split(cfg.teacher)
+    teacher_split = source_split(cfg.teacher)
     if not budget and teacher_split is not None:  # the teacher's own unlabelled pool
         cfg.split = str(teacher_split)
     elif "split" not in budget and teacher_split is not None:
