@@ -12,30 +12,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .commands import COMMANDS
 from .errors import FewLabelsError
 
 __version__ = "0.1.0"
 
 _API = {
-    "train": "fewlabels.methods.supervised",
-    "evaluate": "fewlabels.methods.supervised",
-    "predict": "fewlabels.methods.supervised",
-    "pseudolabel": "fewlabels.methods.pseudolabel",
-    "selftrain": "fewlabels.methods.selftrain",
-    "distill": "fewlabels.methods.distill",
-    "transfer": "fewlabels.methods.transfer",
-    "suggest": "fewlabels.methods.suggest",
-    "augment_preview": "fewlabels.methods.preview",
-    "probe_equivariance": "fewlabels.methods.probes",
-    "probe_fc_vs_cnn": "fewlabels.methods.probes",
-    # each command's options as a dataclass: fewlabels.train(fewlabels.TrainCommand(...), epochs=5)
-    "TrainCommand": "fewlabels.methods.supervised",
-    "EvaluateCommand": "fewlabels.methods.supervised",
-    "PseudoLabelCommand": "fewlabels.methods.pseudolabel",
-    "SelfTrainCommand": "fewlabels.methods.selftrain",
-    "DistillCommand": "fewlabels.methods.distill",
-    "TransferCommand": "fewlabels.methods.transfer",
-    "SuggestCommand": "fewlabels.methods.suggest",
+    # each command as a function, and its options as a config class: fewlabels.train(fewlabels.TrainCommand(...))
+    **{name: c.module for c in COMMANDS for name in (c.function, c.config)},
     "recipe": "fewlabels.config",
     "recipes": "fewlabels.config",
     "load_dataset": "fewlabels.data",

@@ -1,7 +1,8 @@
 """The `fewlabels` command: subcommands map to plain functions of the Python API.
 
-Options come from typed dataclasses (their help text is the `--help`), merged as defaults ← `--recipe NAME` ←
-`--config FILE.yaml` ← flags. Errors a user can cause print one line, `fewlabels: error: ...`, and exit with status 2.
+The commands are the rows of `fewlabels.commands.COMMANDS`; each one's flags are the options its config holds
+(fewlabels.config), merged as defaults ← `--recipe NAME` ← `--config FILE.yaml` ← flags. Errors a user can cause
+print one line, `fewlabels: error: ...`, and exit with status 2.
 """
 
 from __future__ import annotations
@@ -11,70 +12,13 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 
 from . import config as C
+from .commands import COMMANDS, Command
 from .errors import FewLabelsError
 
 
-@dataclass
-class Command:
-    name: str
-    cls: type
-    fn: Callable
-    help: str
-    positionals: tuple[tuple[str, str, str], ...] = ()  # (field, nargs, help)
-    show: Callable | None = None
-
-
-def _commands() -> list[Command]:
-    from .methods import supervised as S
-
-    cmds = [
-        Command("train", S.TrainCommand, S.train, "train a classifier on the labelled images"),
-        Command("evaluate", S.EvaluateCommand, S.evaluate, "accuracy, per-class accuracy and confusion matrix",
-                (("model_path", "?", "run folder or checkpoint"),), _show_eval),
-        Command("predict", S.PredictCommand, S.predict, "top-k classes of image files (CSV or JSON)",
-                (("model_path", "?", "run folder or checkpoint"), ("inputs", "*", "image files or folders"))),
-    ]
-    from .methods.registry import extra_commands
-    return cmds + extra_commands(Command)
-
-
-def _show_eval(report: dict) -> None:
-    print(f"accuracy {report['accuracy']:.4f} on {report['n']} {report['on']} images")
-    per_class = report.get("per_class")
-    num = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731  NaN (no images) or JSON's null
-    if per_class:  # precision/recall/F1 tell a rare class's misses apart from the large classes' (recall = accuracy)
-        cw = max(16, *(len(c) for c in per_class))
-        print(f"  {'class':>{cw}s}  precision  recall      f1  support")
-        for c, m in per_class.items():
-            print(f"  {c:>{cw}s}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}")
-        print(f"macro-F1 {num(report.get('macro_f1'))} (classes weigh the same)")
-        print(f"balanced accuracy {num(report.get('balanced_accuracy'))} (mean recall over the classes)")
-    else:  # a report written before per-class precision/recall
-        for c, a in report["per_class_accuracy"].items():
-            print(f"  {c:>16s}  {a:.4f}")
-    cm, classes = report.get("confusion_matrix"), report.get("classes", [])
-    if not cm:
-        return
-    if len(classes) > 20:
-        print(f"confusion matrix ({len(classes)} classes): in the JSON report (--out report.json)")
-        return
-    w = max(4, *(len(str(v)) for row in cm for v in row)) + 1
-    # columns are named by class when every name fits the column, else by number (the rows say which is which)
-    numbered = any(len(c) > w - 1 for c in classes)
-    heads = [str(i) if numbered else c for i, c in enumerate(classes)]
-    rows = [f"{c} ({i})" if numbered else c for i, c in enumerate(classes)]
-    rw = max(16, *(len(r) for r in rows))
-    print("confusion matrix (rows: true class, columns: predicted" + (" class number)" if numbered else ")"))
-    print(" " * (rw + 2) + "".join(f"{n:>{w}s}" for n in heads))
-    for r, row in zip(rows, cm):
-        print(f"  {r:>{rw}s}" + "".join(f"{v:>{w}d}" for v in row))
-
-
-def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:
+def build_parser(cmds: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fewlabels", description="Train accurate image classifiers when labels are "
                                 "scarce.")
     from . import __version__
@@ -89,7 +33,9 @@ def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:
                 gp = sub.add_parser(group, help=f"{group} commands")
                 groups[group] = gp.add_subparsers(dest=f"{group}_command", required=True, metavar="COMMAND")
             target = groups[group]
-        sp = target.add_parser(name, help=c.help, description=(c.cls.__doc__ or c.help).strip())
+        cls = c.cls
+        # no abbreviated flags: --epoch must not quietly mean --epochs
+        sp = target.add_parser(name, help=c.help, description=(cls.__doc__ or c.help).strip(), allow_abbrev=False)
         sp.add_argument("--config", help="YAML file of options (flags override it)")
         if C.recipes(c.name):
             sp.add_argument("--recipe", choices=C.recipes(c.name),
@@ -97,15 +43,17 @@ def build_parser(cmds: list[Command]) -> argparse.ArgumentParser:
                                  "override it)")
         for name, nargs, help_ in c.positionals:
             sp.add_argument(f"_pos_{name}", nargs=nargs, help=help_, default=None, metavar=name.upper())
-        C.add_arguments(sp, c.cls)
+        C.add_arguments(sp, cls)
         sp.set_defaults(_cmd=c)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    cmds = _commands()
-    args = build_parser(cmds).parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
     cmd: Command = args._cmd
+    if extra:
+        print(f"fewlabels: error: {_unknown(cmd, extra)}", file=sys.stderr)
+        return 2
     for name, _, _ in cmd.positionals:
         v = getattr(args, f"_pos_{name}")
         if v not in (None, []) and getattr(args, name, None) is None:
@@ -114,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = C.from_args(cmd.cls, args, cmd.name)
         result = cmd.fn(cfg)
         if cmd.show is not None:
-            cmd.show(result)
+            cmd.load(cmd.show)(result)
     except FewLabelsError as e:
         print(f"fewlabels: error: {e}", file=sys.stderr)
         return 2
@@ -126,6 +74,26 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
         return 141
     return 0
+
+
+def _unknown(cmd: Command, extra: list[str]) -> str:
+    """One line for the first argument a command does not take."""
+    flag = next((a for a in extra if a.startswith("--")), extra[0])
+    name = flag.removeprefix("--").split("=", 1)[0].replace("-", "_")
+    cls = cmd.cls
+    if name in cls.renamed or (name in cls._owner and name not in cls.options):
+        try:
+            cls.option(name)
+        except FewLabelsError as e:
+            if name in cls.renamed:
+                return str(e)
+        return f"{cmd.name} does not use {flag} (its options: fewlabels {cmd.name} --help)"
+    if not flag.startswith("--"):
+        return f"{cmd.name} takes no argument {flag!r} here (see fewlabels {cmd.name} --help)"
+    import difflib
+    close = difflib.get_close_matches(name, list(cls.options), n=2)
+    hint = f"; did you mean {', '.join('--' + c.replace('_', '-') for c in close)}?" if close else ""
+    return f"{cmd.name} has no option {flag}{hint} (see fewlabels {cmd.name} --help)"
 
 
 def print_json(obj) -> None:

@@ -1,22 +1,28 @@
-"""Typed configuration: defaults, then a YAML file, then command-line flags.
+"""Options, each declared once, and the configs that hold them.
 
-Each command's options are a dataclass; the field's `help` metadata becomes `--help`. A YAML file holds the same
-keys (flat, with `-` or `_`), and an unknown key or a value of the wrong type is an error that names it. A built-in
-recipe (`--recipe NAME`, files under fewlabels/recipes/<command>/) is such a file that ships with the package and
-comes first: defaults ← recipe ← `--config` file ← flags. The resolved config is saved as `config.yaml` in the run
-folder.
+An option is a field of a small *group* (a frozen dataclass made with `@group`): its flag, type, default, allowed
+values, bounds, resume rule and help are that one declaration (`opt(...)`). A command's config is an `Options`
+subclass that *holds* the groups it uses (composition): its CLI flags, YAML keys, Python keywords, `--help`, range
+checks and saved `config.yaml` are all derived from those declarations; `hide` leaves out the options of a held group
+that the command does not use, `defaults` gives a command its own default where it needs one.
+
+Values come from defaults ← a built-in recipe (`--recipe NAME`, fewlabels/recipes/<command>/NAME.yaml) ← a `--config`
+YAML file ← flags or keywords; every value is checked as it is read. A config never changes after it is made
+(`cfg.replace(...)` makes a new one), and which options the user set is part of it: `cfg.given`.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import MISSING, fields
+from collections.abc import Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
@@ -30,9 +36,13 @@ _BOUNDS = {"ge": ("≥", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, **kw: Any) -> Any:
-    """A config field with its help text, allowed values (choices) and numeric bounds (ge/gt/le/lt, as pydantic's)."""
-    md: dict[str, Any] = {"help": help}
+        le: float | None = None, lt: float | None = None, resume: str = "same", **kw: Any) -> Any:
+    """An option: its default, help text, allowed values (choices), numeric bounds (ge/gt/le/lt, as pydantic's) and
+    what a resumed run may do with it: "same" (must equal the run's own value), "change" (may differ: where the run
+    lives, what it prints, where it runs) or "extend" (may differ, and keeps the run's value unless given again: how
+    far a run goes)."""
+    assert resume in ("same", "change", "extend"), resume
+    md: dict[str, Any] = {"help": help, "resume": resume}
     if choices is not None:
         md["choices"] = choices
     bounds = {k: b for k, b in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if b is not None}
@@ -115,8 +125,187 @@ def _type_name(tp: Any) -> str:
     return f"{name} (or none)" if optional else name
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+GROUPS: list[type] = []  # every option group, in the order they were declared
+
+
+def group(cls: type[T]) -> type[T]:
+    """Declare an option group: a frozen dataclass whose fields are options made with `opt()`."""
+    out = dataclass(frozen=True)(cls)
+    GROUPS.append(out)
+    return out
+
+
+@dataclass(frozen=True)
+class Declared:
+    """One option as a command offers it."""
+
+    name: str
+    group: type
+    type: Any
+    default: Any
+    help: str
+    choices: tuple | None
+    bounds: dict[str, float] | None
+    resume: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def check(self, value: Any) -> Any:
+        return _coerce(self.name, value, self.type, self.choices, self.bounds)
+
+
+def declarations(g: type) -> list[Declared]:
+    hints = typing.get_type_hints(g)
+    out = []
+    for f in fields(g):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        out.append(Declared(f.name, g, hints[f.name], default, f.metadata.get("help", ""), f.metadata.get("choices"),
+                            f.metadata.get("bounds"), f.metadata.get("resume", "same")))
+    return out
+
+
+class Options:
+    """A config made of option groups. Subclasses set `groups` (and `hide`, `defaults`, `renamed`); an instance is
+    built from keyword arguments (checked as flags are), reads its options by name (`cfg.lr`), hands out a group
+    (`cfg.group(Optim)`), and is never changed: `replace` and `update` return a new config."""
+
+    groups: ClassVar[tuple[type, ...]] = ()
+    hide: ClassVar[tuple[str, ...]] = ()  # options of the held groups that this config does not offer
+    defaults: ClassVar[dict[str, Any]] = {}  # this config's own defaults
+    renamed: ClassVar[dict[str, str]] = {}  # old option name → new one, for a message
+    options: ClassVar[dict[str, Declared]] = {}
+    _owner: ClassVar[dict[str, type]] = {}
+    __slots__ = ("_parts", "given", "recipe")
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        opts: dict[str, Declared] = {}
+        owner: dict[str, type] = {}
+        for g in cls.groups:
+            for d in declarations(g):
+                if d.name in owner:
+                    raise TypeError(f"{cls.__name__}: option '{d.name}' is declared by both "
+                                    f"{owner[d.name].__name__} and {g.__name__}")
+                owner[d.name] = g
+                if d.name not in cls.hide:
+                    opts[d.name] = dataclasses.replace(d, default=cls.defaults[d.name]) if d.name in cls.defaults else d
+        stray = (set(cls.hide) | set(cls.defaults)) - set(owner)
+        if stray:
+            raise TypeError(f"{cls.__name__}: hide/defaults name options it does not hold: {sorted(stray)}")
+        for d in opts.values():
+            _check_bounds(d.name, d.default, d.bounds)
+        cls.options, cls._owner = opts, owner
+
+    def __init__(self, *, given: Iterable[str] | None = None, recipe: str | None = None, **values: Any) -> None:
+        cls = type(self)
+        checked = {k: cls.option(k).check(v) for k, v in values.items()}
+        parts = {}
+        for g in cls.groups:
+            kw = {}
+            for f in fields(g):
+                if f.name in checked:
+                    kw[f.name] = checked[f.name]
+                elif f.name in cls.defaults:
+                    kw[f.name] = copy.copy(cls.defaults[f.name])
+            parts[g] = g(**kw)
+        self._set(parts, frozenset(values) if given is None else frozenset(given), recipe)
+
+    def _set(self, parts: dict[type, Any], given: frozenset, recipe: str | None) -> None:
+        object.__setattr__(self, "_parts", parts)
+        object.__setattr__(self, "given", given)
+        object.__setattr__(self, "recipe", recipe)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"a {type(self).__name__} does not change: use .replace({name}=...)")
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in type(self).options:
+            return getattr(self._parts[type(self)._owner[name]], name)
+        raise AttributeError(f"{type(self).__name__} has no option '{name}'")
+
+    def __contains__(self, name: str) -> bool:
+        return name in type(self).options
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.asdict() == self.asdict()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.asdict().items())})"
+
+    @classmethod
+    def option(cls, name: str) -> Declared:
+        """The declaration of one of this config's options; an unknown, renamed or unused name is a clear error."""
+        if name in cls.options:
+            return cls.options[name]
+        flag = "--" + name.replace("_", "-")
+        if name in cls.renamed:
+            new = cls.renamed[name]
+            raise FewLabelsError(f"option '{name}' ({flag}) is now '{new}' (--{new.replace('_', '-')})")
+        if name in cls._owner:
+            raise FewLabelsError(f"option '{name}' ({flag}) is not used by {cls.__name__}; its options: "
+                                 f"{', '.join(cls.options)}")
+        close = difflib.get_close_matches(name, list(cls.options), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise FewLabelsError(f"unknown option '{name}'{hint}; valid: {', '.join(cls.options)}")
+
+    def group(self, g: type[T]) -> T:
+        """The instance of a group this config holds (its hidden options at their group defaults)."""
+        return self._parts[g]
+
+    def asdict(self) -> dict[str, Any]:
+        return {k: getattr(self._parts[type(self)._owner[k]], k) for k in type(self).options}
+
+    def replace(self, **changes: Any) -> Any:
+        """A copy with some options changed by the program (`given` stays what the user set)."""
+        return self._with(changes, self.given)
+
+    def update(self, values: dict[str, Any]) -> Any:
+        """A copy with options the user set (keywords on top of a config object)."""
+        return self._with(values, self.given | frozenset(values))
+
+    def _with(self, changes: dict[str, Any], given: frozenset) -> Any:
+        cls = type(self)
+        parts = dict(self._parts)
+        for k, v in changes.items():
+            g = cls._owner[cls.option(k).name]
+            parts[g] = dataclasses.replace(parts[g], **{k: cls.options[k].check(v)})
+        out = cls.__new__(cls)
+        out._set(parts, given, self.recipe)
+        return out
+
+    @classmethod
+    def of(cls, other: Options, **changes: Any) -> Any:
+        """This config made of the groups of another that holds them (a command's TrainConfig), with `changes`."""
+        out = cls.__new__(cls)
+        out._set({g: other._parts.get(g) or g() for g in cls.groups}, other.given, other.recipe)
+        return out.replace(**changes) if changes else out
+
+    @classmethod
+    def build(cls, cfg: Any = None, values: dict[str, Any] | None = None) -> Any:
+        """The config of a call from Python: keyword arguments, a config object of this class, or both (the keywords
+        override the object's options)."""
+        if cfg is None:
+            return cls(**(values or {}))
+        if not isinstance(cfg, cls):
+            raise FewLabelsError(f"expected keyword arguments or a {cls.__module__}.{cls.__name__}, got "
+                                 f"{type(cfg).__name__} {cfg!r:.60}")
+        return cfg.update(values) if values else cfg
+
+    def set_by_user(self, names: Iterable[str]) -> list[str]:
+        """Which of `names` the user set to something other than the default (a default written out, as in a saved
+        config.yaml passed back with --config, changes nothing and is not counted)."""
+        return [n for n in names if n in self.given and getattr(self, n) != type(self).options[n].default]
+
+
+def checked(cfg: T) -> T:
+    """A config given to a library function: an Options object (checked when it was made)."""
+    if not isinstance(cfg, Options):
+        raise FewLabelsError(f"expected a config object, got {type(cfg).__name__} {cfg!r:.60}")
+    return cfg
 
 
 RECIPES = Path(__file__).resolve().parent / "recipes"
@@ -143,7 +332,6 @@ def recipe(command: str, name: str, **overrides: Any) -> dict[str, Any]:
     data = _read_yaml(_recipe_dir(command) / f"{name}.yaml")
     return {**{k.replace("-", "_"): v for k, v in data.items()}, **overrides}
 
-
 def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise FewLabelsError(f"config file {p} does not exist")
@@ -158,9 +346,9 @@ def _read_yaml(p: Path) -> dict[str, Any]:
 
 def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None,
             recipe_options: dict[str, Any] | None = None, recipe_name: str | None = None) -> T:
-    """Build a config: dataclass defaults ← a recipe ← YAML file ← overrides (flags that were set)."""
-    hints = _hints(cls)
-    known = {f.name: f for f in fields(cls)}
+    """Parse a config: defaults ← a recipe ← a YAML file ← overrides (the flags that were given). The options set
+    by any of those are the config's `given`. A YAML key the command holds but does not use is ignored when it has
+    its default (a saved config.yaml of an older version lists every option), else refused."""
     values: dict[str, Any] = {}
     sources = []
     if recipe_options:
@@ -170,91 +358,58 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
     for where, data in sources:
         for k, v in data.items():
             key = str(k).replace("-", "_")
-            if key not in known:
-                close = [n for n in known if n.startswith(key[:3])]
+            if key not in cls.options and key in cls._owner and key not in cls.renamed:
+                d = next(d for d in declarations(cls._owner[key]) if d.name == key)
+                if d.check(v) == d.default:
+                    continue
+            if key not in cls.options:
+                if key in cls.renamed or key in cls._owner:
+                    try:
+                        cls.option(key)
+                    except FewLabelsError as e:
+                        raise FewLabelsError(f"config key '{k}' in {where}: {e}") from None
+                close = difflib.get_close_matches(key, list(cls.options), n=3)
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
-                raise FewLabelsError(f"unknown config key '{k}' in {where}{hint}; valid keys: {', '.join(known)}")
+                raise FewLabelsError(f"unknown config key '{k}' in {where}{hint}; valid keys: {', '.join(cls.options)}")
             values[key] = v
     for k, v in (overrides or {}).items():
-        if k not in known:
-            close = difflib.get_close_matches(k, list(known), n=3)
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise FewLabelsError(f"unknown option '{k}'{hint}; valid: {', '.join(known)}")
+        cls.option(k)
         values[k] = v
-    out = {}
-    for k, v in values.items():
-        out[k] = _coerce(k, v, hints[k], known[k].metadata.get("choices"), known[k].metadata.get("bounds"))
-    cfg = cls(**out)
-    object.__setattr__(cfg, "_explicit", frozenset(values))  # what the user set (YAML or flags), for resuming
-    if recipe_options:
-        object.__setattr__(cfg, "_recipe", recipe_name)  # written into the run folder's config.yaml
-    return cfg
+    return cls(recipe=recipe_name if recipe_options else None, **values)
 
 
-def checked(cfg: T) -> T:
-    """`cfg` with every field checked and converted as a flag's value would be (a config built in Python, e.g.
-    ``TrainConfig(epochs="5")`` or ``TrainConfig(lr=-1)``, gets the same clear error as the command line)."""
-    if not dataclasses.is_dataclass(cfg) or isinstance(cfg, type):
-        raise FewLabelsError(f"expected a config object, got {type(cfg).__name__} {cfg!r:.60}")
-    hints = _hints(type(cfg))
-    changes = {}
-    for f in fields(cfg):
-        v = getattr(cfg, f.name)
-        new = _coerce(f.name, v, hints[f.name], f.metadata.get("choices"), f.metadata.get("bounds"))
-        if type(new) is not type(v) or new != v:
-            changes[f.name] = new
-    return dataclasses.replace(cfg, **changes) if changes else cfg
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One `--flag` per field; flags default to None so that only the ones given override YAML."""
-    hints = _hints(cls)
-    for f in fields(cls):
-        base, _ = _base_type(hints[f.name])
-        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING
-                                                              else None)
-        help_ = f"{f.metadata.get('help', '')} (default: {default})"
-        flag = "--" + f.name.replace("_", "-")
+def add_arguments(parser: argparse.ArgumentParser, cls: type[Options]) -> None:
+    """One `--flag` per option; flags default to None so that only the ones given override the YAML file. An option
+    that was renamed keeps its old flag, which says the new name."""
+    for d in cls.options.values():
+        base, _ = _base_type(d.type)
+        shown = "" if "default" in d.help or d.default is None else f" (default: {_show(d.default)})"
+        help_ = f"{d.help}{shown}"
         if base is bool:
             # --flag, --flag true/false, or --no-flag
-            parser.add_argument(flag, dest=f.name, nargs="?", const=True, default=None, metavar="BOOL", help=help_)
-            parser.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_const", const=False,
+            parser.add_argument(d.flag, dest=d.name, nargs="?", const=True, default=None, metavar="BOOL", help=help_)
+            parser.add_argument("--no-" + d.flag[2:], dest=d.name, action="store_const", const=False,
                                 help=argparse.SUPPRESS)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, choices=f.metadata.get("choices"), help=help_,
-                                metavar=f.name.upper() if "choices" not in f.metadata else None)
+            parser.add_argument(d.flag, dest=d.name, default=None, choices=d.choices, help=help_,
+                                metavar=d.name.upper() if d.choices is None else None)
+    for old in cls.renamed:
+        parser.add_argument("--" + old.replace("_", "-"), dest=f"_renamed_{old}", default=None, help=argparse.SUPPRESS)
+
+
+def _show(v: Any) -> str:
+    return ",".join(map(str, v)) if isinstance(v, list) else str(v)
 
 
 def from_args(cls: type[T], ns: argparse.Namespace, command: str | None = None) -> T:
-    overrides = {f.name: getattr(ns, f.name) for f in fields(cls) if getattr(ns, f.name, None) is not None}
+    for old in cls.renamed:
+        if getattr(ns, f"_renamed_{old}", None) is not None:
+            cls.option(old)  # the message naming the new option
+    overrides = {k: getattr(ns, k) for k in cls.options if getattr(ns, k, None) is not None}
     name = getattr(ns, "recipe", None)
     rec = recipe(command, name) if name and command else None
     return resolve(cls, getattr(ns, "config", None), overrides, rec, name)
 
 
-def to_yaml(cfg: Any) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False)
-
-
-def pick(cfg: Any, cls: type[T], **extra: Any) -> T:
-    """The part of a command's config that a library function takes (e.g. its TrainConfig)."""
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in dataclasses.asdict(cfg).items() if k in names}, **extra)
-
-
-def command_config(cls: type[T], cfg: Any = None, overrides: dict[str, Any] | None = None) -> T:
-    """The config of a command called from Python: keyword arguments, a config object of the command's class, or
-    both (the keywords override the object's fields); every value checked as a flag's would be."""
-    if cfg is None:
-        return resolve(cls, overrides=overrides)
-    if not isinstance(cfg, cls):
-        raise FewLabelsError(f"expected keyword arguments or a {cls.__module__}.{cls.__name__}, got "
-                             f"{type(cfg).__name__} {cfg!r:.60}")
-    if not overrides and hasattr(cfg, "_explicit"):
-        return cfg  # resolved already (the command line)
-    out = resolve(cls, overrides={**dataclasses.asdict(cfg), **(overrides or {})})
-    if hasattr(cfg, "_explicit"):
-        object.__setattr__(out, "_explicit", cfg._explicit | frozenset(overrides or {}))
-    if hasattr(cfg, "_recipe"):
-        object.__setattr__(out, "_recipe", cfg._recipe)
-    return out
+def to_yaml(cfg: Options) -> str:
+    return yaml.safe_dump(cfg.asdict(), sort_keys=False)

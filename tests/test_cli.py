@@ -242,7 +242,7 @@ def test_bad_numbers_device_and_reused_out(tmp_path, capsys, trained):
     _bad(["evaluate", trained, "--data", "digits", "--mean", "0.5"], capsys, "evaluate does not use --mean")
     # the same --out with other options, or for another command: refused, config.yaml untouched
     before = (trained / "config.yaml").read_text()
-    _bad(["train", "--data", "digits", "--out", trained, *FAST[:-1], "20"], capsys, "labels_per_class: 10 → 20")
+    _bad(["train", "--data", "digits", "--out", trained, *FAST[:-1], "20"], capsys, "--labels-per-class 10 → 20")
     _bad(["pseudolabel", "--teacher", trained, "--out", trained], capsys, "holds a `fewlabels train` run")
     assert (trained / "config.yaml").read_text() == before
 
@@ -281,7 +281,7 @@ def test_out_folder_with_user_files_and_a_changed_default(tmp_path, capsys, trai
 
 
 def test_confusion_matrix_shows_whole_class_names(capsys):
-    from fewlabels.cli import _show_eval
+    from fewlabels.methods.supervised import show_evaluation as _show_eval
     classes = ["airplane", "a_very_long_class_name_indeed", "cat"]
     cm = [[5, 1, 0], [0, 7, 2], [1, 0, 9]]
     rep = {"accuracy": 0.84, "n": 25, "on": "test", "classes": classes, "confusion_matrix": cm,

@@ -154,7 +154,7 @@ def test_norm_bias_learning_rate_multiplier():
     for n, p in m.named_parameters():
         assert rate[id(p)] == pytest.approx(0.05 * (64 if n in names else 1)), n
     assert "head.bias" not in names  # a linear layer's bias is not a norm bias
-    with pytest.raises(FewLabelsError, match="norm_bias_lr must be > 0"):
+    with pytest.raises(FewLabelsError, match="norm_bias_lr.*must be > 0"):
         build_optimizer(m, TrainConfig(norm_bias_lr=0.0))
 
 

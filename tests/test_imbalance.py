@@ -252,9 +252,9 @@ def test_evaluate_prints_per_class_precision_recall_and_macro_f1(trained, tmp_pa
 
 
 def test_imbalance_options_reach_every_training_command():
-    from fewlabels.cli import _commands, build_parser
+    from fewlabels.cli import build_parser
 
-    parser = build_parser(_commands())
+    parser = build_parser()
     for cmd in (["train"], ["transfer"], ["selftrain"], ["distill"], ["probe", "fc-vs-cnn"]):
         args = parser.parse_args([*cmd, "--class-weights", "balanced", "--sampler", "uniform"])
         assert (args.class_weights, args.sampler) == ("balanced", "uniform"), cmd

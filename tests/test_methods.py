@@ -275,7 +275,7 @@ def test_selftrain_run_extends_but_is_not_overwritten(selftrain_run):
     out, _ = selftrain_run
     kw = dict(out=str(out), labels_per_class=5, rounds=1, teacher_model="cnn-tiny", student_models=["cnn-tiny"],
               teacher_epochs=30, student_epochs=15, min_steps_per_epoch=4, **COMMON)
-    with pytest.raises(FewLabelsError, match="other options.*student_epochs: 15 → 16"):
+    with pytest.raises(FewLabelsError, match="other options.*--student-epochs 15 → 16"):
         selftrain(**{**kw, "student_epochs": 16})
     res = selftrain(**kw, finetune_epochs=1)
     assert [r["round"] for r in res["rounds"]] == [0, 1, "finetune"]
@@ -493,7 +493,7 @@ def test_pretrained_run_for_other_classes_gets_a_new_head(teacher_run, tmp_path,
 
     from fewlabels.data import load_dataset
     from fewlabels.engine.checkpoint import load_model
-    from fewlabels.methods.common import ModelConfig, build_model
+    from fewlabels.methods.common import Model, build_model
 
     root = tmp_path / "letters"
     for c in "abcdefghij":
@@ -503,13 +503,13 @@ def test_pretrained_run_for_other_classes_gets_a_new_head(teacher_run, tmp_path,
     src, _ = load_model(teacher_run)
     ds = load_dataset(str(root), progress=False)
     lines = []
-    model, _ = build_model(ModelConfig("cnn-tiny", 0.0, 0.0, str(teacher_run)), ds, lines.append)
+    model, _ = build_model(Model("cnn-tiny", 0.0, 0.0, str(teacher_run)), ds, lines.append)
     assert any("new classifier" in ln for ln in lines)
     assert not torch.equal(model.head.weight, src.head.weight)
     a, b = model.state_dict(), src.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in b if not k.startswith("head.") and "num_batches" not in k)
     digits = load_dataset("digits")
-    same, _ = build_model(ModelConfig("cnn-tiny", 0.0, 0.0, str(teacher_run)), digits, lines.append)
+    same, _ = build_model(Model("cnn-tiny", 0.0, 0.0, str(teacher_run)), digits, lines.append)
     assert torch.equal(same.head.weight, src.head.weight)  # the same classes: the head is kept
 
 

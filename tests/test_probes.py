@@ -180,7 +180,7 @@ def test_probe_commands_write_tables_and_plots(tmp_path):
 
     # the probe finds the data in the run folder above the checkpoint
     out = tmp_path / "eq"
-    rc = main(["probe", "equivariance", "--model", str(run / "standard-cnn"), "--shifts", "2,4", "--num-images", "64",
+    rc = main(["probe", "equivariance", str(run / "standard-cnn"), "--shifts", "2,4", "--num-images", "64",
                "--out", str(out), "--quiet"])
     assert rc == 0
     for name in ("equivariance.json", "equivariance.md", "equivariance.png"):
@@ -192,7 +192,7 @@ def test_probe_commands_write_tables_and_plots(tmp_path):
 
 def test_probe_equivariance_needs_a_model(capsys):
     assert main(["probe", "equivariance"]) == 2
-    assert "needs --model" in capsys.readouterr().err
+    assert "needs a model" in capsys.readouterr().err
 
 
 def test_python_api_is_exported():

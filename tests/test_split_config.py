@@ -112,15 +112,12 @@ def test_config_bounds(cmd, key, value, msg):
 
 def test_every_default_is_within_its_bounds():
     """The bounds hold for every command's defaults (and a subclass that overrides a default keeps its bound)."""
-    import dataclasses
-
-    from fewlabels.cli import _commands
+    from fewlabels.commands import COMMANDS
     from fewlabels.config import _check_bounds
 
-    for cmd in _commands():
-        for f in dataclasses.fields(cmd.cls):
-            if f.default is not dataclasses.MISSING:
-                _check_bounds(f.name, f.default, f.metadata.get("bounds"))
+    for cmd in COMMANDS:
+        for d in cmd.cls.options.values():
+            _check_bounds(d.name, d.default, d.bounds)
     from fewlabels.methods.pseudolabel import PseudoLabelCommand
     from fewlabels.methods.selftrain import SelfTrainCommand
 
@@ -156,9 +153,9 @@ USER_OPTIONS = {"data", "data_root", "cache_dir", "bad_images", "labels", "label
 
 
 def _command_classes():
-    from fewlabels.cli import Command, _commands
+    from fewlabels.commands import COMMANDS
 
-    return {c.name: c.cls for c in _commands() if isinstance(c, Command)}
+    return {c.name: c.cls for c in COMMANDS}
 
 
 def test_every_recipe_is_the_option_set_of_a_measured_run():
@@ -179,7 +176,7 @@ def test_every_recipe_is_the_option_set_of_a_measured_run():
         from_recipe = resolve(cls, recipe_options=recipe(command, name), recipe_name=name)
         # every other option is written out, so that a default changed later does not change the recipe
         unused = {"epochs", "augment"} if command == "selftrain" else set()  # selftrain sets these per round
-        missing = {f for f in vars(measured) if not f.startswith("_")} - USER_OPTIONS - unused - set(
+        missing = set(measured.options) - USER_OPTIONS - unused - set(
             recipe(command, name))
         assert not missing, f"recipe {command}/{name} leaves {sorted(missing)} to the defaults"
         ignore = set(USER_OPTIONS)
@@ -188,8 +185,8 @@ def test_every_recipe_is_the_option_set_of_a_measured_run():
             # labelled images fill fewer than 10 batches: not so for the measured run's 4,000 labels
             assert opts["labels_per_class"] * 10 / opts["batch_size"] >= from_recipe.min_steps_per_epoch
             ignore.add("min_steps_per_epoch")
-        diff = {f: (getattr(measured, f), getattr(from_recipe, f)) for f in vars(measured)
-                if not f.startswith("_") and f not in ignore and getattr(measured, f) != getattr(from_recipe, f)}
+        diff = {f: (getattr(measured, f), getattr(from_recipe, f)) for f in measured.options
+                if f not in ignore and getattr(measured, f) != getattr(from_recipe, f)}
         assert not diff, f"recipe {command}/{name} differs from the run {run}: {diff}"
 
 
@@ -197,10 +194,10 @@ def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
     import argparse
 
     import fewlabels
-    from fewlabels.cli import _commands, build_parser
+    from fewlabels.cli import build_parser
     from fewlabels.config import from_args
 
-    parser = build_parser(_commands())
+    parser = build_parser()
     cls = _command_classes()["selftrain"]
 
     def cfg(*argv):
@@ -209,7 +206,7 @@ def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
 
     c = cfg("--recipe", "cifar-cpu", "--student-epochs", "5")
     assert (c.student_models, c.threshold, c.unlabelled_ratio, c.student_epochs) == (["cnn-m-p2"], 0.5, 3.0, 5)
-    assert {"student_models", "student_epochs", "threshold"} <= c._explicit  # a resumed run keeps them
+    assert {"student_models", "student_epochs", "threshold"} <= c.given  # a resumed run keeps them
     y = tmp_path / "mine.yaml"
     y.write_text("threshold: 0.9\n")
     assert cfg("--recipe", "cifar-gpu", "--config", str(y)).threshold == 0.9  # the user's file overrides the recipe

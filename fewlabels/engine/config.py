@@ -1,19 +1,32 @@
-"""The options of the one training loop."""
+"""The options of the one training loop, in groups; `TrainConfig` holds them all (`fit()` takes it)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from ..config import opt
+from ..config import Options, group, opt
 
 
-@dataclass
-class TrainConfig:
+@group
+class Steps:
+    """How long a run is and what a step sees."""
+
     epochs: int = opt(30, "passes over the training images", ge=1)
     batch_size: int = opt(256, "images per step", ge=1)
     min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
                                    "(reshuffled) per epoch, so that tiny labelled sets still get enough steps (200 "
                                    "labels at batch size 256 are one step otherwise); 0 = one pass", ge=0)
+    sampler: str = opt("uniform", "imbalanced classes: balanced draws each epoch's batches with replacement so that "
+                       "every class is equally likely (same steps per epoch; with --unlabelled-ratio only the "
+                       "labelled part); uniform = shuffled passes. Use this or --class-weights, not both",
+                       choices=("uniform", "balanced"))
+    unlabelled_ratio: float = opt(0.0, "with pseudo-labelled images: pseudo-labelled images per labelled image in "
+                                  "each batch (0 = one shuffled pool)", ge=0)
+    eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)", ge=1)
+
+
+@group
+class Optim:
+    """The optimiser, its schedule and weight averaging."""
+
     optimizer: str = opt("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
     lr: float = opt(0.1, "peak learning rate (for the head when per-layer rates are used)", gt=0)
     momentum: float = opt(0.9, "SGD momentum / AdamW beta1", ge=0, lt=1)
@@ -24,13 +37,31 @@ class TrainConfig:
     schedule: str = opt("cosine", "cosine: warm-up then cosine to 0; onecycle: warm-up then linear to 0; constant",
                         choices=("cosine", "onecycle", "constant"))
     warmup_epochs: float = opt(1.0, "linear learning-rate warm-up, in epochs (at most half the run)", ge=0)
-    label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets", ge=0, lt=1)
     ema: float = opt(0.0, "weight EMA decay per step (e.g. 0.999), reached after a warm-up; 0 = off. Evaluation "
                      "and checkpoints use the EMA", ge=0, lt=1)
     lookahead: float = opt(0.0, "airbench's lookahead: every `lookahead_every` steps the weights are pulled to a slow "
                            "copy (EMA with this per-step decay, ramped up as progress³) and the run ends on the slow "
                            "copy; airbench uses 0.95. 0 = off", ge=0, lt=1)
     lookahead_every: int = opt(5, "steps between lookahead updates", ge=1)
+    whiten_stem: bool = opt(False, "start the first conv from the data: patch-whitening filters computed on up to "
+                            "5,000 training images (airbench; compact CNNs only; the -p2 models then freeze them)")
+
+
+@group
+class Loss:
+    """What the loss counts."""
+
+    label_smoothing: float = opt(0.0, "label smoothing ε folded into the targets", ge=0, lt=1)
+    class_weights: str = opt("none", "imbalanced classes: balanced weights each image's loss by n / (classes · "
+                             "images of its class), counted over the labelled and pseudo-labelled images (sklearn's "
+                             "compute_class_weight; the mean weight stays 1); none = every image counts the same",
+                             choices=("none", "balanced"))
+
+
+@group
+class Augment:
+    """Augmentation of the training images."""
+
     augment: str = opt("weak", "augmentation preset: none, weak (crop+flip), strong (weak+RandAugment+Cutout)",
                        choices=("none", "weak", "strong"))
     hflip: bool | None = opt(None, "random horizontal flips; default: on, except for digit sets (digits, mnist, svhn) "
@@ -47,26 +78,46 @@ class TrainConfig:
     cutmix: float = opt(0.0, "CutMix Beta(α, α); 0 = off", ge=0)
     mix_prob: float = opt(1.0, "probability of mixing a batch when MixUp/CutMix are on", ge=0, le=1)
     mix_per_image: bool = opt(False, "draw the MixUp/CutMix λ per image instead of per batch")
-    unlabelled_ratio: float = opt(0.0, "with pseudo-labelled images: pseudo-labelled images per labelled image in "
-                                  "each batch (0 = one shuffled pool)", ge=0)
-    class_weights: str = opt("none", "imbalanced classes: balanced weights each image's loss by n / (classes · "
-                             "images of its class), counted over the labelled and pseudo-labelled images (sklearn's "
-                             "compute_class_weight; the mean weight stays 1); none = every image counts the same",
-                             choices=("none", "balanced"))
-    sampler: str = opt("uniform", "imbalanced classes: balanced draws each epoch's batches with replacement so that "
-                       "every class is equally likely (same steps per epoch; with --unlabelled-ratio only the "
-                       "labelled part); uniform = shuffled passes. Use this or --class-weights, not both",
-                       choices=("uniform", "balanced"))
-    precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16, fp16, fp32",
-                         choices=("auto", "bf16", "fp16", "fp32"))
-    channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
+
+
+@group
+class TTA:
+    """Test-time augmentation at evaluation."""
+
     tta_flip: bool = opt(False, "average predictions over the image and its mirror at evaluation")
     tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (airbench's multi-crop "
                              "test-time augmentation: weight 1/2 unshifted, 1/4 each shift); 0 = off", ge=0)
-    whiten_stem: bool = opt(False, "start the first conv from the data: patch-whitening filters computed on up to "
-                            "5,000 training images (airbench; compact CNNs only; the -p2 models then freeze them). "
-                            "Helps with all 50,000 CIFAR-10 labels, cost ~2 points with 4,000")
-    device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...")
+
+
+@group
+class Device:
+    """Where it runs."""
+
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1, ...", resume="change")
+
+
+@group
+class Compute:
+    """How the arithmetic is done."""
+
+    precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16, fp16, fp32",
+                         choices=("auto", "bf16", "fp16", "fp32"))
+    channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
+    eval_batch_size: int = opt(1024, "images per step at evaluation", ge=1, resume="change")
+
+
+@group
+class Seed:
+    """Randomness."""
+
     seed: int = opt(0, "random seed (model init, batches, augmentation)")
-    eval_batch_size: int = opt(1024, "images per step at evaluation", ge=1)
-    eval_every: int = opt(1, "evaluate every N epochs (the last epoch always)", ge=1)
+
+
+TRAINING = (Steps, Optim, Loss, Augment, TTA, Device, Compute, Seed)
+
+
+class TrainConfig(Options):
+    """Everything `fit()` needs, e.g. `TrainConfig(epochs=5, lr=0.05)`; a command hands over its own groups with
+    `TrainConfig.of(cfg)`."""
+
+    groups = TRAINING

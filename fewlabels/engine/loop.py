@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -313,7 +313,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         log(f"resuming from {last_dir} after epoch {start_epoch}/{cfg.epochs}")
     meta = dict(meta or {})
     meta.setdefault("environment", environment_info())
-    meta["train_config"] = asdict(cfg)
+    meta["train_config"] = cfg.asdict()
 
     for epoch in range(start_epoch, cfg.epochs):
         if on_epoch_start is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -11,35 +10,47 @@ from typing import Any
 import torch
 import yaml
 
-from ..config import opt, pick, to_yaml
+from ..config import Options, group, opt, to_yaml
 from ..data import Dataset, ImageSet, Split, load_dataset, make_split
-from ..engine.config import TrainConfig
+from ..engine.config import Augment, TrainConfig
 from ..engine.loop import TrainSet
 from ..errors import FewLabelsError
 from ..losses import smooth_one_hot
 from ..utils import atomic_write_text, environment_info, seed_everything, write_json
 
 
-@dataclass
-class DataConfig:
-    data: str = opt("digits", "dataset: digits, cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, or an image "
-                    "folder (DIR/train/<class>/..., optional DIR/test, DIR/val; or DIR/<class>/...)")
-    data_root: str | None = opt(None, "where torchvision datasets live (default ~/.cache/fewlabels/datasets)")
-    cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)")
+@group
+class Source:
+    """Where the images come from and how they are decoded."""
+
+    data: str | None = opt("digits", "dataset: digits, cifar10, cifar100, mnist, fashion-mnist, svhn, stl10, an image "
+                           "folder (DIR/train/<class>/..., optional DIR/test, DIR/val, DIR/unlabelled; or "
+                           "DIR/<class>/...) or a CSV/TSV manifest (path,label[,split])")
+    data_root: str | None = opt(None, "where torchvision datasets live (default ~/.cache/fewlabels/datasets)",
+                                resume="change")
+    cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)", resume="change")
     bad_images: str = opt("stop", "on an unreadable image: stop, or skip it (with a count)", choices=("stop", "skip"))
     image_size: int | None = opt(None, "resize images of an image folder to this size", ge=1)
+    mean: list[float] | None = opt(None, "per-channel normalisation mean on [0, 1] (default: the dataset's; use the "
+                                   "pretrained model's for transfer, e.g. 0.485,0.456,0.406)")
+    std: list[float] | None = opt(None, "per-channel normalisation std on [0, 1] (default: the dataset's)", gt=0)
+
+
+@group
+class Budget:
+    """Which images are labelled, validation or unlabelled (the split)."""
+
     labels: int | None = opt(None, "label budget: labelled images in all (stratified); default all", ge=1)
     labels_per_class: int | None = opt(None, "label budget per class", ge=1)
     val: float = opt(0.1, "validation images held out of the training pool: a fraction (<1) or a count", ge=0)
     split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
-    mean: list[float] | None = opt(None, "per-channel normalisation mean on [0, 1] (default: the dataset's; use the "
-                                   "pretrained model's for transfer, e.g. 0.485,0.456,0.406)")
-    std: list[float] | None = opt(None, "per-channel normalisation std on [0, 1] (default: the dataset's)", gt=0)
     split_seed: int = opt(0, "seed of the label-budget split")
 
 
-@dataclass
-class PoolConfig:
+@group
+class Pool:
+    """The user's own unlabelled images."""
+
     unlabelled: list[str] | None = opt(None, "your unlabelled images: folders (searched recursively) and/or CSV/TSV "
                                        "lists of paths, comma-separated; added to the pool of a folder's own "
                                        "unlabelled/ and a manifest's rows without a label. With real unlabelled "
@@ -47,8 +58,10 @@ class PoolConfig:
                                        "otherwise")
 
 
-@dataclass
-class ModelConfig:
+@group
+class Model:
+    """The network."""
+
     model: str = opt("cnn-s", "model name: cnn-tiny/s/m/l/xl (each also as -p2: airbench's 2x2 stem, faster), "
                               "mlp, resnet20/32/44/56, timm:<name>")
     drop_rate: float = opt(0.0, "dropout before the classifier", ge=0, lt=1)
@@ -57,11 +70,38 @@ class ModelConfig:
                                  "model's own pretrained weights")
 
 
-@dataclass
-class RunConfig:
-    out: str | None = opt(None, "run folder (default runs/<command>-<time>); an existing one is resumed, given "
-                              "the same options")
-    quiet: bool = opt(False, "print less")
+@group
+class Teacher:
+    """A trained model that teaches."""
+
+    teacher: str | None = opt(None, "the teacher: a fewlabels run folder or checkpoint (train, transfer or distill) "
+                              "trained on the same classes; its split is reused when it was made for this data. "
+                              "selftrain takes it as round 0 instead of training a teacher")
+
+
+@group
+class Temperature:
+    """Softening of a teacher's outputs."""
+
+    temperature: float = opt(1.0, "softmax temperature T of the teacher's outputs: of soft pseudo-labels (with "
+                             "--soft) or of distillation targets", gt=0)
+
+
+@group
+class Run:
+    """What a command writes and prints."""
+
+    out: str | None = opt(None, "where to write: the run folder of a training command (default "
+                                "runs/<command>-<time>; an existing one is resumed, given the same options), else the "
+                                "output file", resume="change")
+    quiet: bool = opt(False, "print less", resume="change")
+    overwrite: bool = opt(False, "replace --out when it exists", resume="change")
+
+
+class DataConfig(Options):
+    """The data options a library call takes (`prepare_data`)."""
+
+    groups = (Source, Budget, Pool)
 
 
 EMPTY_POOL = ("the unlabelled pool is empty: give your unlabelled images (--unlabelled FOLDER_OR_CSV, a folder's "
@@ -70,12 +110,12 @@ EMPTY_POOL = ("the unlabelled pool is empty: give your unlabelled images (--unla
 NO_FLIP_SOURCES = ("digits", "mnist", "svhn")  # a mirrored digit is not the same digit
 
 
-def train_config(cfg: Any, ds: Dataset, **changes: Any) -> TrainConfig:
+def train_config(cfg: Options, ds: Dataset, **changes: Any) -> TrainConfig:
     """The TrainConfig part of a command's options, with hflip resolved for the dataset."""
-    tc = pick(cfg, TrainConfig)
-    if tc.hflip is None:  # by the source name the user gave: an image folder named "mnist" is still a folder
-        tc = dataclasses.replace(tc, hflip=getattr(cfg, "data", ds.name) not in NO_FLIP_SOURCES)
-    return dataclasses.replace(tc, **changes) if changes else tc
+    if cfg.group(Augment).hflip is None and "hflip" not in changes:
+        # by the source name the user gave: an image folder named "mnist" is still a folder
+        changes["hflip"] = getattr(cfg, "data", ds.name) not in NO_FLIP_SOURCES
+    return TrainConfig.of(cfg, **changes)
 
 
 def run_folder(out: str | None, command: str) -> Path:
@@ -86,75 +126,69 @@ def run_folder(out: str | None, command: str) -> Path:
     return p
 
 
-# Options that may change when a run is resumed: where it lives, what it prints, where it runs, and (selftrain) how
-# far it goes. Any other difference would mix two runs in one folder.
-RESUME_MAY_CHANGE = {"out", "quiet", "device", "eval_batch_size", "data_root", "cache_dir", "rounds",
-                     "finetune_epochs"}
-# Of those, how far a run goes: a resume that does not give them again keeps the run's own values (a run started
-# with --rounds 1, or a recipe's, is not extended by the default of 2 because the resuming command left it out).
-RESUME_KEEPS_UNLESS_GIVEN = {"rounds", "finetune_epochs"}
-
-
 # What a run writes at the top of its folder: a folder without config.yaml that holds one of these is not handed to
 # a new run (it would be written over).
 RUN_FILES = ("results.json", "metrics.jsonl", "metrics.json", "learning_curve.png", "checkpoints", "rounds.json",
              "pseudo_labels.safetensors", "pseudo_labels.csv")
 
 
-def save_config(run_dir: Path, cfg: Any, command: str) -> None:
-    """Save the resolved config; refuse to resume a run folder made by another command or with other options.
+def resume(saved: dict[str, Any] | None, saved_command: str, cfg: Options, command: str, where: str = "the run folder"
+           ) -> Options:
+    """The config a started run resumes with, from its saved config.yaml (`saved`, None when unreadable) and the new
+    options: an option declared `resume="same"` must keep its value when the user gives it; one the user did not
+    give takes the run's own value (a default that changed since the run started), as does a `resume="extend"` one
+    (how far a run goes: a run started with --rounds 1 is not extended by the default). Options declared
+    `resume="change"` (where the run lives, what it prints, where it runs) follow the new command."""
+    if saved_command != command:
+        raise FewLabelsError(f"{where} holds a `fewlabels {saved_command}` run; `fewlabels {command}` will not write "
+                             f"into it: give it a new --out")
+    if saved is None:
+        raise FewLabelsError(f"{where} holds a run whose config.yaml cannot be read: give a new --out for a new run")
+    new = cfg.asdict()
+    differ = [k for k, d in cfg.options.items() if d.resume == "same" and k in saved and saved[k] != new[k]]
+    conflicts = [k for k in differ if k in cfg.given]
+    if conflicts:
+        diff = ", ".join(f"{cfg.options[k].flag} {saved[k]!r} → {new[k]!r}" for k in conflicts)
+        raise FewLabelsError(f"{where} holds a run with other options ({diff}); to resume it rerun with its own "
+                             f"options (they are in its config.yaml), or give a new --out for a new run")
+    keep = {k: saved[k] for k in differ}
+    keep |= {k: saved[k] for k, d in cfg.options.items()
+             if d.resume == "extend" and k not in cfg.given and k in saved and saved[k] != new[k]}
+    return cfg.replace(**keep) if keep else cfg
 
-    Options the user did not set (left at their defaults) take the values the run started with, so that a run
-    made before a default changed still resumes with the same command. A folder in which a run stopped before
-    doing any work (it holds only config.yaml, environment.json and split.json, e.g. after a typo in --data) is
-    reused: its split is derived from the options and made again.
-    """
+
+def save_config(run_dir: Path, cfg: Options, command: str) -> Options:
+    """Save the resolved config in the run folder, resuming the run there (see `resume`); returns the config the run
+    goes on with. A folder in which a run stopped before doing any work (it holds only config.yaml, environment.json
+    and split.json, e.g. after a typo in --data) is reused: its split is derived from the options and made again."""
     path = run_dir / "config.yaml"
-    recipe = getattr(cfg, "_recipe", None)
-    header = f"# fewlabels {command}\n" + (f"# from the built-in recipe {recipe}, then --config and flags\n"
-                                           if recipe else "")
+    header = f"# fewlabels {command}\n" + (f"# from the built-in recipe {cfg.recipe}, then --config and flags\n"
+                                           if cfg.recipe else "")
     if not path.is_file():
         theirs = [n for n in RUN_FILES if (run_dir / n).exists()]
         if theirs:
             raise FewLabelsError(f"{run_dir} is not a fewlabels run folder (no config.yaml) but holds "
                                  f"{', '.join(theirs)}, which a run would write over: give a new --out")
     else:
-        started = sorted(e.name for e in run_dir.iterdir()
-                         if e.name not in ("config.yaml", "environment.json", "split.json"))
+        started = any(e.name not in ("config.yaml", "environment.json", "split.json") for e in run_dir.iterdir())
         text = path.read_text()
         first, *rest = text.split("\n", 2)
-        if not recipe and rest and rest[0].startswith("# from the built-in recipe "):  # resumed without --recipe
+        if not cfg.recipe and rest and rest[0].startswith("# from the built-in recipe "):  # resumed without --recipe
             header += rest[0] + "\n"
         old_command = first.removeprefix("# fewlabels ").strip() if first.startswith("# fewlabels ") else "?"
         try:
             old = yaml.safe_load(text) or {}
         except yaml.YAMLError:
             old = None
-        new = dataclasses.asdict(cfg)
-        changed = ([k for k in new if k not in RESUME_MAY_CHANGE and k in old and old[k] != new[k]]
-                   if isinstance(old, dict) else ["config.yaml (unreadable)"])
-        if started and old_command != command:
-            raise FewLabelsError(f"{run_dir} holds a `fewlabels {old_command}` run; `fewlabels {command}` will not "
-                                 f"write into it: give it a new --out")
-        explicit = getattr(cfg, "_explicit", None)  # None: a config built in code, every option counts
-        if started and changed:
-            given = [k for k in changed if explicit is None or k in explicit or not isinstance(old, dict)]
-            if given:
-                diff = ", ".join(f"{k}: {old[k]!r} → {new[k]!r}" if isinstance(old, dict) else k for k in given[:6])
-                raise FewLabelsError(f"{run_dir} holds a run with other options ({diff}"
-                                     f"{', …' if len(given) > 6 else ''}); to resume it rerun with its own options "
-                                     f"(they are in {path}), or give a new --out for a new run")
-            for k in changed:  # defaults that changed since the run started: resume with the run's own values
-                setattr(cfg, k, old[k])
-            changed = []
-        if started and isinstance(old, dict) and explicit is not None:
-            for k in RESUME_KEEPS_UNLESS_GIVEN - set(explicit):
-                if k in old and k in new and old[k] != new[k]:
-                    setattr(cfg, k, old[k])
-        if changed or old_command != command:  # nothing was done there: start afresh, with a split of these options
-            (run_dir / "split.json").unlink(missing_ok=True)
+        old = old if isinstance(old, dict) else None
+        if started:
+            cfg = resume(old, old_command, cfg, command, str(run_dir))
+        elif old is None or old_command != command or any(
+                old.get(k, v) != v for k, v in cfg.asdict().items() if cfg.options[k].resume == "same"):
+            (run_dir / "split.json").unlink(missing_ok=True)  # nothing was done there: a split of these options
     atomic_write_text(path, header + to_yaml(cfg))
     write_json(run_dir / "environment.json", environment_info())
+    return cfg
 
 
 def source_split(source: str | None) -> Path | None:
@@ -173,7 +207,7 @@ def source_split(source: str | None) -> Path | None:
     return None
 
 
-def prepare_data(dc: DataConfig, run_dir: Path | None, log=print, source: Path | None = None,
+def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | None = None,
                  source_name: str = "") -> tuple[Dataset, Split]:
     """Load the dataset and make (or reuse) the label-budget split; save it in the run folder.
 
@@ -278,7 +312,7 @@ def _load_split(path: str, n: int, n_own: int) -> Split:
     return Split.load(path, pool_size=n)  # the error that names both sizes
 
 
-def _with_pool(ds: Dataset, unlabelled: list[str] | None, dc: DataConfig, log) -> Dataset:
+def _with_pool(ds: Dataset, unlabelled: list[str] | None, dc: Options, log) -> Dataset:
     """The dataset with its unlabelled pool (DIR/unlabelled/, a manifest's rows without a label, --unlabelled)
     appended to the training images with label -1, so that a split's indices cover both; files that are already
     labelled training, validation or test images are left out of the pool (once is enough, and a test image must not
@@ -335,7 +369,7 @@ def labelled_trainset(ds: Dataset, split: Split, smoothing: float) -> TrainSet:
                     torch.ones(len(lab), dtype=torch.bool))
 
 
-def build_model(mc: ModelConfig, ds: Dataset, log=print, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
+def build_model(mc: Model, ds: Dataset, log=print, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model (initialised from `seed`) and the metadata a checkpoint needs to rebuild it."""
     from ..models import create_model, load_pretrained
     from ..models.registry import TIMM_PREFIX, default_weights_file
@@ -379,13 +413,9 @@ def _new_head_unless_same_classes(model: torch.nn.Module, report: Any, source: s
         log(f"new classifier: {source} was trained for other classes ({_names(trained_for)})")
 
 
-def options_given(cfg: Any, names: list[str]) -> list[str]:
-    """Which of `names` the user set (flags, YAML or keywords; any, for a config object built in code) to something
-    other than the default. A default written out, as in a saved config.yaml passed back with --config, is not
-    counted: it changes nothing."""
-    explicit = getattr(cfg, "_explicit", None)
-    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    return [n for n in names if (explicit is None or n in explicit) and getattr(cfg, n) != defaults.get(n)]
+def options_given(cfg: Options, names: list[str]) -> list[str]:
+    """Which of `names` the user set to something other than the default."""
+    return cfg.set_by_user(names)
 
 
 def flags(names: list[str]) -> str:
@@ -421,10 +451,6 @@ def check_classes(meta: dict, classes: list[str], what: str, images: ImageSet | 
 def _names(names: list[str], limit: int = 8) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def asdict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 def scored(metrics: dict[str, Any]) -> str:

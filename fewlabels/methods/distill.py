@@ -16,26 +16,28 @@ is faster, but under augmentation those targets are stale (they describe an imag
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import command_config, opt
+from ..config import Options, group, opt
 from ..engine.checkpoint import load_model
-from ..engine.config import TrainConfig
+from ..engine.config import TRAINING
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
 from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
 from ..utils import autocast, pick_device, pick_dtype, synchronize, to_device, write_json
 from .common import (
-    DataConfig,
-    ModelConfig,
-    PoolConfig,
-    RunConfig,
+    Budget,
+    Model,
+    Pool,
+    Run,
+    Source,
+    Teacher,
+    Temperature,
     build_model,
     check_classes,
     eval_sets,
@@ -87,33 +89,36 @@ class DistillLoss:
         return distill_loss(model(x), t_logits, y, has_label, alpha=self.alpha, temperature=self.t)
 
 
-@dataclass
-class DistillOptions:
-    teacher: str = opt("", "the teacher: a fewlabels run folder or checkpoint trained on the same classes")
+@group
+class Distill:
+    """How the student learns from the teacher."""
+
     alpha: float = opt(0.9, "weight α of the distillation term: L = α·T²·KL + (1−α)·CE", ge=0, le=1)
-    temperature: float = opt(4.0, "softmax temperature T", gt=0)
     use_unlabelled: bool = opt(False, "add the split's unlabelled images (distillation term only); on by itself "
                                "with --unlabelled")
     cache_teacher: bool = opt(False, "compute teacher logits once on clean images (faster; stale under augmentation)")
 
 
-@dataclass
-class DistillCommand(RunConfig, DistillOptions, TrainConfig, ModelConfig, PoolConfig, DataConfig):
+class DistillCommand(Options):
     """Train a student on a frozen teacher's temperature-softened outputs plus the true labels."""
+
+    groups = (Run, Teacher, Distill, Temperature, Source, Budget, Pool, Model, *TRAINING)
+    hide = ("overwrite",)
+    defaults = {"temperature": 4.0}
 
 
 def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Train a student on a frozen teacher's softened outputs plus the true labels; returns {"run_dir",
     "train_minutes", the final metrics, "compression" (teacher vs student size, speed, accuracy)}. E.g.
     `distill(teacher="runs/big", model="cnn-tiny", data="digits", labels_per_class=20, alpha=0.9, temperature=4)`."""
-    cfg = command_config(DistillCommand, cfg, kwargs)
+    cfg = DistillCommand.build(cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("distill needs --teacher RUN_FOLDER (a trained fewlabels model)")
     log = (lambda *_: None) if cfg.quiet else print
     device = pick_device(cfg.device)
     teacher, tmeta = load_model(cfg.teacher, device)
     run_dir = run_folder(cfg.out, "distill")
-    save_config(run_dir, cfg, "distill")
+    cfg = save_config(run_dir, cfg, "distill")
     ds, split = prepare_data(cfg, run_dir, log)
     check_classes(tmeta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     k = ds.train.num_classes
@@ -136,7 +141,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         ms, ss, mt, st = (torch.tensor(v, dtype=torch.float32)
                           for v in (ds.mean, ds.std, tmeta["mean"], tmeta["std"]))
         renorm = (ss / st, (ms - mt) / st)
-    student, meta = build_model(cfg, ds, log, cfg.seed)
+    student, meta = build_model(cfg.group(Model), ds, log, cfg.seed)
     loss = DistillLoss(teacher_for_loss, k, cfg.alpha, cfg.temperature, renorm)
     t0 = time.perf_counter()
     res = fit(student, TrainSet(sub.images, targets, has_label), train_config(cfg, ds), norm=(ds.mean, ds.std),
@@ -198,7 +203,5 @@ def compression_report(models: dict[str, tuple[nn.Module, dict]], test, device: 
                      "test_accuracy": accuracy(logits, test.labels)}
     return out
 
-
-COMMANDS = [("distill", DistillCommand, distill, "knowledge distillation: a frozen teacher teaches a student")]
 
 __all__ = ["DistillCommand", "DistillLoss", "compression_report", "distill", "distill_loss", "Path"]

@@ -4,20 +4,18 @@ the tables (JSON + Markdown) and plots into the run folder."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ..config import command_config, opt, pick
+from ..config import Options, group, opt
 from ..data import load_dataset
 from ..engine.checkpoint import find_checkpoint, load_model
-from ..engine.config import TrainConfig
+from ..engine.config import TRAINING, Device, Seed, TrainConfig
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, predict_logits
@@ -25,13 +23,16 @@ from ..losses import smooth_one_hot
 from ..probes.equivariance import equivariance_markdown, equivariance_probe, plot_equivariance
 from ..probes.fc_vs_cnn import CONDITIONS, conditions, fc_vs_cnn_markdown, matched_pair, plot_fc_vs_cnn
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import DataConfig, RunConfig, check_classes, prepare_data, run_folder, save_config, val_set
+from .common import Budget, Run, Source, check_classes, prepare_data, run_folder, save_config, val_set
+from .supervised import Trained
 
 # ---------------------------------------------------------------------------------------------------- equivariance
 
 
-@dataclass
-class EquivarianceOptions:
+@group
+class Equivariance:
+    """Which shifts, on how many images."""
+
     # opt() turns a list default into a default_factory (no shared mutable default), which RUF009 cannot see
     shifts: list[int] = opt([1, 2, 4, 8],  # noqa: RUF009
                             "shifts in pixels (comma-separated), each applied horizontally and vertically", ge=1)
@@ -40,20 +41,17 @@ class EquivarianceOptions:
     margin: int = opt(4, "without --circular: input pixels left out on every side of the compared region "
                       "(ceil(margin / stride) pixels of each map)", ge=0)
     num_images: int = opt(512, "images to probe (a seeded random sample)", ge=1)
-    seed: int = opt(0, "seed of the image sample")
 
 
-@dataclass
-class ProbeEquivarianceCommand(RunConfig, EquivarianceOptions):
+class ProbeEquivarianceCommand(Options):
     """Measure how each stage of a trained model responds to shifted inputs: the equivariance error per stage, the
-    change of the pooled features and the share of predictions that change."""
+    change of the pooled features and the share of predictions that change. --data defaults to the data of the
+    model's run folder."""
 
-    model: str = opt("", "the trained model: a run folder or checkpoint")
-    data: str | None = opt(None, "dataset or image folder (default: the data of the model's run folder)")
-    data_root: str | None = opt(None, "where torchvision datasets live (default ~/.cache/fewlabels/datasets)")
-    cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)")
-    on: str = opt("test", "which images: test or train", choices=("test", "train"))
-    device: str = opt("auto", "auto, cpu, cuda, ...")
+    groups = (Trained, Equivariance, Source, Device, Seed, Run)
+    hide = ("bad_images", "image_size", "mean", "std", "overwrite")
+    defaults = {"data": None}
+    renamed = {"model": "model_path"}
 
 
 def _run_config(model_path: str) -> dict[str, Any]:
@@ -88,38 +86,40 @@ def _nan_to_none(obj: Any) -> Any:
 def probe_equivariance(cfg: ProbeEquivarianceCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run the translation probe on a trained model; returns the table as a dict (also written to
     RUN/equivariance.{json,md,png}). Keyword arguments are the command-line options, e.g.
-    `probe_equivariance(model="runs/train-1", shifts=[2, 4])`."""
-    cfg = command_config(ProbeEquivarianceCommand, cfg, kwargs)
+    `probe_equivariance(model_path="runs/train-1", shifts=[2, 4])`."""
+    cfg = ProbeEquivarianceCommand.build(cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
-    if not cfg.model:
-        raise FewLabelsError("probe equivariance needs --model: a run folder or checkpoint of a trained model")
+    if not cfg.model_path:
+        raise FewLabelsError("probe equivariance needs a model: pass a run folder or checkpoint (model_path)")
+    if cfg.on == "val":
+        raise FewLabelsError("probe equivariance takes --on test or --on train")
     if not cfg.shifts or any(k <= 0 for k in cfg.shifts):
         raise FewLabelsError(f"--shifts must be positive pixel counts, e.g. 1,2,4,8 (got {cfg.shifts})")
     if cfg.num_images < 1:
         raise FewLabelsError("--num-images must be at least 1")
     device = pick_device(cfg.device)
-    model, meta = load_model(cfg.model, device)
-    run_cfg = _run_config(cfg.model)
+    model, meta = load_model(cfg.model_path, device)
+    run_cfg = _run_config(cfg.model_path)
     data = cfg.data or run_cfg.get("data") or meta.get("dataset")
     if not data:
-        raise FewLabelsError(f"cannot tell which data {cfg.model} was trained on: pass --data")
+        raise FewLabelsError(f"cannot tell which data {cfg.model_path} was trained on: pass --data")
     ds = load_dataset(data, root=cfg.data_root or run_cfg.get("data_root"),
                       cache_dir=cfg.cache_dir or run_cfg.get("cache_dir"), image_size=run_cfg.get("image_size"))
     images = ds.test if cfg.on == "test" else ds.train
     if images is None:
         raise FewLabelsError(f"{data} has no test split: use --on train")
-    check_classes(meta, ds.train.classes, f"the model at {cfg.model}", images)
+    check_classes(meta, ds.train.classes, f"the model at {cfg.model_path}", images)
     run_dir = run_folder(cfg.out, "probe-equivariance")
-    save_config(run_dir, cfg, "probe equivariance")
+    cfg = save_config(run_dir, cfg, "probe equivariance")
     g = torch.Generator().manual_seed(cfg.seed)
     idx = torch.randperm(len(images), generator=g)[:cfg.num_images].sort().values
     mean, std = torch.tensor(meta["mean"]), torch.tensor(meta["std"])
     x = normalize(images.images[idx], mean, std, channels_last=False)  # (N, C, H, W) float32
-    log(f"probing {meta['model']} from {cfg.model} on {len(idx)} {cfg.on} images of {data}, shifts {cfg.shifts} "
+    log(f"probing {meta['model']} from {cfg.model_path} on {len(idx)} {cfg.on} images of {data}, shifts {cfg.shifts} "
         f"({'circular' if cfg.circular else 'background fill, border left out'})")
     result = equivariance_probe(model, x, cfg.shifts, labels=images.labels[idx], circular=cfg.circular,
                                 margin=cfg.margin, fill=-mean / std)  # fill: black (pixel 0) in normalised units
-    out = {"run_dir": str(run_dir), "model": cfg.model, "model_name": meta["model"], "data": data, "on": cfg.on,
+    out = {"run_dir": str(run_dir), "model": cfg.model_path, "model_name": meta["model"], "data": data, "on": cfg.on,
            **result}
     write_json(run_dir / "equivariance.json", _nan_to_none(out))
     table = equivariance_markdown(result)
@@ -133,8 +133,10 @@ def probe_equivariance(cfg: ProbeEquivarianceCommand | None = None, **kwargs: An
 # ---------------------------------------------------------------------------------------------------- FC vs CNN
 
 
-@dataclass
-class FcVsCnnOptions:
+@group
+class FcVsCnn:
+    """The two networks and the conditions they are compared under."""
+
     cnn: str = opt("cnn-tiny", "the CNN (any model name); the MLP's hidden width is chosen to match its parameters")
     mlp_layers: int = opt(2, "hidden layers of the MLP (all of one width)", ge=1)
     conditions: list[str] = opt(list(CONDITIONS),  # noqa: RUF009
@@ -143,24 +145,21 @@ class FcVsCnnOptions:
     permutation_seed: int = opt(0, "seed of the pixel permutation")
 
 
-@dataclass
-class ProbeFcVsCnnCommand(RunConfig, FcVsCnnOptions, TrainConfig, DataConfig):
+class ProbeFcVsCnnCommand(Options):
     """Train an FC network and a CNN of matched size three ways: as is; objects on the left for training and on
     the right for testing; one fixed random pixel permutation for both. Writes a table and a bar chart."""
 
+    groups = (Run, FcVsCnn, Source, Budget, *TRAINING)
+    hide = ("overwrite",)
     # Translation augmentation (random crops) would teach the FC net the shifts the probe is about, and flips change
     # digits: both off unless asked for. No validation split: nothing is selected, the last epoch is tested.
-    epochs: int = opt(10, "passes over the training images (per model and condition)", ge=1)
-    augment: str = opt("none", "augmentation preset: none, weak (crop+flip), strong", choices=("none", "weak",
-                                                                                                  "strong"))
-    hflip: bool = opt(False, "random horizontal flips (with --augment weak/strong)")
-    val: float = opt(0.0, "validation images held out of the training pool: a fraction (<1) or a count", ge=0)
+    defaults = {"epochs": 10, "augment": "none", "hflip": False, "val": 0.0}
 
 
 def _train_and_test(model: torch.nn.Module, meta: dict[str, Any], train_set: TrainSet, tests: dict[str, Any],
                     cfg: ProbeFcVsCnnCommand, norm: tuple, run_dir: Path, log: Any) -> dict[str, float]:
     """Fit one model and return its test accuracy under each of `tests` ({name: (images, labels)})."""
-    tc = pick(cfg, TrainConfig)
+    tc = TrainConfig.of(cfg)
     result = fit(model, train_set, tc, norm=norm, run_dir=run_dir, meta=meta, log=log)
     device = pick_device(tc.device)
     accs = {}
@@ -176,14 +175,14 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
     returns {"fc": {condition: test accuracy}, "cnn": {...}, "params": ..., ...} (also written to
     RUN/fc_vs_cnn.{json,md,png}). Keyword arguments are the command-line options, e.g.
     `probe_fc_vs_cnn(data="digits", epochs=5)`."""
-    cfg = command_config(ProbeFcVsCnnCommand, cfg, kwargs)
+    cfg = ProbeFcVsCnnCommand.build(cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     unknown = [c for c in cfg.conditions if c not in CONDITIONS]
     if unknown or not cfg.conditions:
         raise FewLabelsError(f"unknown condition {', '.join(unknown) or '(none given)'}: choose from "
                              f"{', '.join(CONDITIONS)}")
     run_dir = run_folder(cfg.out, "probe-fc-vs-cnn")
-    save_config(run_dir, cfg, "probe fc-vs-cnn")
+    cfg = save_config(run_dir, cfg, "probe fc-vs-cnn")
     ds, split = prepare_data(cfg, run_dir, log)
     test = ds.test if ds.test is not None else val_set(ds, split)
     if test is None:
@@ -221,7 +220,7 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
     out.update({"run_dir": str(run_dir), "data": cfg.data, "dataset": ds.name, "train_images": len(train),
                 "test_images": len(test), "image_size": [h, w], "epochs": cfg.epochs,
                 "conditions": [name for name in CONDITIONS if name in cfg.conditions],
-                "train_config": dataclasses.asdict(pick(cfg, TrainConfig))})
+                "train_config": TrainConfig.of(cfg).asdict()})
     write_json(run_dir / "fc_vs_cnn.json", out)
     table = fc_vs_cnn_markdown(out)
     atomic_write_text(run_dir / "fc_vs_cnn.md", f"# FC vs CNN on {ds.name}\n\n" + table + _fc_vs_cnn_note(out))
@@ -238,11 +237,3 @@ def _fc_vs_cnn_note(out: dict[str, Any]) -> str:
             "half for training and its right half for testing; permuted: one fixed random permutation of the pixel "
             "positions for training and test. The MLP's width is re-chosen per condition to match the CNN's "
             "parameter count (its first layer grows with the canvas).\n")
-
-
-COMMANDS = [
-    ("probe equivariance", ProbeEquivarianceCommand, probe_equivariance,
-     "translation equivariance per stage, pooled-feature and prediction changes under shifts of a trained model"),
-    ("probe fc-vs-cnn", ProbeFcVsCnnCommand, probe_fc_vs_cnn,
-     "FC net vs CNN of matched size: standard, train-left/test-right, and pixel-permuted images"),
-]

@@ -17,17 +17,21 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..config import command_config, opt
+from ..config import Options, group, opt
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import load_model
+from ..engine.config import Device
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     EMPTY_POOL,
-    DataConfig,
-    PoolConfig,
-    RunConfig,
+    Budget,
+    Pool,
+    Run,
+    Source,
+    Teacher,
+    Temperature,
     check_classes,
     prepare_data,
     run_folder,
@@ -214,11 +218,12 @@ def labelled_prior(train: ImageSet, split: Any) -> torch.Tensor:
     return torch.bincount(train.labels[split.labelled], minlength=train.num_classes).double()
 
 
-@dataclass
-class PseudoLabelOptions:
+@group
+class PseudoLabel:
+    """Which pseudo-labels the teacher gives and which are kept."""
+
     threshold: float = opt(0.0, "keep pseudo-labels whose top probability is at least this", ge=0, le=1)
     soft: bool = opt(False, "soft labels softmax(logits/T) instead of the teacher's hard argmax")
-    temperature: float = opt(1.0, "temperature T of soft labels", gt=0)
     balance: bool = opt(True, "balance classes: at most --per-class images each, sparse classes duplicated")
     per_class: int | None = opt(None, "per-class cap when balancing (default: the mean kept count per class)", ge=1)
     balance_to: str = opt("uniform", "class shares when balancing: uniform, or labelled (the labelled images' own "
@@ -239,35 +244,33 @@ def check_label_options(cfg: Any) -> None:
             raise FewLabelsError(f"{flags([name])} only applies with {flags([needs])}: add it, or drop {flags([name])}")
 
 
-@dataclass
-class PseudoLabelCommand(RunConfig, PseudoLabelOptions, PoolConfig, DataConfig):
+class PseudoLabelCommand(Options):
     """Label the unlabelled images of a split with a trained teacher."""
 
-    teacher: str = opt("", "the teacher: a run folder or checkpoint")
-    device: str = opt("auto", "auto, cpu, cuda, ...")
+    groups = (Run, Teacher, PseudoLabel, Temperature, Source, Budget, Pool, Device)
+    hide = ("overwrite",)
 
 
 def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Label the unlabelled pool of a split (by default the teacher's own) with a trained teacher; writes
     RUN/pseudo_labels.{safetensors,csv} and returns {"run_dir", ...} with per-class precision and coverage where the
     true labels are known. E.g. `pseudolabel(teacher="runs/digits", data="digits", threshold=0.9)`."""
-    cfg = command_config(PseudoLabelCommand, cfg, kwargs)
+    cfg = PseudoLabelCommand.build(cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("pseudolabel needs --teacher RUN_FOLDER")
     check_label_options(cfg)
     log = (lambda *_: None) if cfg.quiet else print
     device = pick_device(cfg.device)
     teacher, meta = load_model(cfg.teacher, device)
-    budget = {"labels", "labels_per_class", "split"} & getattr(cfg, "_explicit", frozenset(
-        k for k in ("labels", "labels_per_class", "split") if getattr(cfg, k) is not None))
+    budget = {"labels", "labels_per_class", "split"} & cfg.given
     teacher_split = source_split(cfg.teacher)
     if not budget and teacher_split is not None:  # the teacher's own unlabelled pool
-        cfg.split = str(teacher_split)
+        cfg = cfg.replace(split=str(teacher_split))
     elif "split" not in budget and teacher_split is not None:
         log(f"a new split from {', '.join(sorted(budget))} instead of the teacher's ({teacher_split}): images the "
             f"teacher was trained on may be in the unlabelled pool")
     run_dir = run_folder(cfg.out, "pseudolabel")
-    save_config(run_dir, cfg, "pseudolabel")
+    cfg = save_config(run_dir, cfg, "pseudolabel")
     ds, split = prepare_data(cfg, run_dir, log)
     check_classes(meta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     if len(split.unlabelled) == 0:

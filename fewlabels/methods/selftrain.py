@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import command_config, opt
+from ..config import Options, group, opt
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
-from ..engine.config import TrainConfig
+from ..engine.config import TRAINING, TrainConfig
 from ..engine.loop import TrainSet, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
@@ -28,10 +27,13 @@ from ..losses import smooth_one_hot
 from ..utils import pick_device, pick_dtype, write_json
 from .common import (
     EMPTY_POOL,
-    DataConfig,
-    ModelConfig,
-    PoolConfig,
-    RunConfig,
+    Budget,
+    Model,
+    Pool,
+    Run,
+    Source,
+    Teacher,
+    Temperature,
     build_model,
     check_classes,
     eval_sets,
@@ -44,13 +46,15 @@ from .common import (
     source_split,
     train_config,
 )
-from .pseudolabel import PseudoLabelOptions, check_label_options, label_pool, labelled_prior, quality
-from .transfer import lr_scales
+from .pseudolabel import PseudoLabel, check_label_options, label_pool, labelled_prior, quality
+from .transfer import LayerRates, lr_scales
 
 
-@dataclass
-class SelfTrainOptions:
-    rounds: int = opt(2, "student rounds after the teacher (round 0)", ge=0)
+@group
+class Rounds:
+    """The teacher, the students and how each round trains."""
+
+    rounds: int = opt(2, "student rounds after the teacher (round 0)", ge=0, resume="extend")
     teacher_model: str = opt("cnn-s", "round-0 teacher model")
     student_models: list[str] = opt(["cnn-s", "cnn-m"], "student model per round, comma-separated; the last one "
                                     "repeats. Use equal or larger models")
@@ -60,30 +64,22 @@ class SelfTrainOptions:
     student_augment: str = opt("strong", "input noise of the students", choices=("none", "weak", "strong"))
     student_drop_rate: float = opt(0.3, "model noise: dropout before the students' classifier", ge=0, lt=1)
     student_drop_path_rate: float = opt(0.1, "model noise: stochastic depth of the students", ge=0, lt=1)
-    finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)", ge=0)
-    teacher: str | None = opt(None, "round 0 from an existing fewlabels run (a train, transfer or distill run folder, "
-                              "or a checkpoint) instead of training a teacher; its split is reused when it was "
-                              "made for this data")
+    finetune_epochs: int = opt(0, "a final fine-tune of the last student on the labelled images (0 = none)", ge=0,
+                               resume="extend")
     teacher_pretrained: str | None = opt(None, "start the round-0 teacher from these weights: a weights file, a "
                                          "fewlabels run folder (its model, unless --teacher-model is given) or "
                                          "'true' for the model's own (timm:<name>); new head for your classes")
     student_pretrained: str | None = opt(None, "start each student from these weights (as --teacher-pretrained) "
                                          "instead of from scratch")
-    backbone_lr: float | None = opt(None, "rounds that start from pretrained weights: learning rate of every layer "
-                                    "but the head (default lr/10, as transfer)", ge=0)
-    layer_decay: float | None = opt(None, "rounds that start from pretrained weights: layer-wise decay, lr · "
-                                    "decay^depth from the head (overrides --backbone-lr)", gt=0, le=1)
     confidence_power: float = opt(0.0, "weight each pseudo-label's loss by the teacher's confidence to this power, "
-                                  "so doubtful labels count less (0 = all count fully; on CIFAR-10 with 4,000 "
-                                  "labels, 3 left the final accuracy unchanged: see the README)", ge=0)
+                                  "so doubtful labels count less (0 = all count fully)", ge=0)
 
 
-@dataclass
-class SelfTrainCommand(RunConfig, SelfTrainOptions, PseudoLabelOptions, TrainConfig, PoolConfig, DataConfig):
+class SelfTrainCommand(Options):
     """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
 
-    min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
-                                   "per epoch (the round-0 teacher sees only the labelled images)", ge=0)
+    groups = (Run, Teacher, Rounds, LayerRates, PseudoLabel, Temperature, Source, Budget, Pool, *TRAINING)
+    hide = ("overwrite", "epochs", "augment")  # set per round: --teacher-epochs/--student-epochs and their augments
 
 
 def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,
@@ -107,7 +103,7 @@ def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets:
 def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png) and
     which round was handed over as RUN/checkpoints/best (`final_round`, also RUN/final.json)."""
-    cfg = command_config(SelfTrainCommand, cfg, kwargs)
+    cfg = SelfTrainCommand.build(cfg, kwargs)
     check_label_options(cfg)
     if cfg.teacher and options_given(cfg, ["teacher_pretrained", "teacher_epochs", "teacher_model"]):
         raise FewLabelsError(f"--teacher {cfg.teacher} is round 0 as it is, so "
@@ -119,7 +115,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     teacher_model = _model_of(cfg.teacher_pretrained, cfg.teacher_model, "teacher_model" in options_given(
         cfg, ["teacher_model"]))
     run_dir = run_folder(cfg.out, "selftrain")
-    save_config(run_dir, cfg, "selftrain")
+    cfg = save_config(run_dir, cfg, "selftrain")
     start = cfg.teacher or cfg.teacher_pretrained
     ds, split = prepare_data(cfg, run_dir, log, source=source_split(start), source_name=start or "")
     if cfg.rounds > 0 and len(split.unlabelled) == 0:
@@ -140,7 +136,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             log(f"round {r}: already done ({model_name}), skipping")
             return row
         t0 = time.perf_counter()
-        model, meta = build_model(ModelConfig(model_name, drop, dpr, pretrained), ds, log, cfg.seed + r)
+        model, meta = build_model(Model(model_name, drop, dpr, pretrained), ds, log, cfg.seed + r)
         log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)"
             + (f", from {pretrained}" if pretrained else ""))
         scales = lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained else None
@@ -154,7 +150,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         return row
 
     # round 0: the teacher on the labelled images alone = the supervised-only baseline
-    tcfg = replace(base, epochs=cfg.teacher_epochs, augment=cfg.teacher_augment)
+    tcfg = base.replace(epochs=cfg.teacher_epochs, augment=cfg.teacher_augment)
     if cfg.teacher:
         rows.append(_adopt_teacher(cfg.teacher, ds, evals, run_dir / "round0", device, log))
     else:
@@ -186,7 +182,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         del teacher
         train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing, pl.confidence,
                                   cfg.confidence_power)
-        scfg = replace(base, epochs=cfg.student_epochs, augment=cfg.student_augment)
+        scfg = base.replace(epochs=cfg.student_epochs, augment=cfg.student_augment)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
                                "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)},
@@ -256,10 +252,10 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
     rdir.mkdir(parents=True, exist_ok=True)
     write_json(rdir / "source.json", want)
     _, meta = load_model(src)
-    model, meta = build_model(ModelConfig(meta["model"], 0.0, 0.0, None), ds, log, cfg.seed)
+    model, meta = build_model(Model(meta["model"], 0.0, 0.0, None), ds, log, cfg.seed)
     load_pretrained(model, str(src), strict=True)
     t0 = time.perf_counter()
-    fcfg = replace(base, epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0)
+    fcfg = base.replace(epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0)
     res = fit(model, labelled, fcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log)
     last = res.final
     return {"round": "finetune", "model": meta["model"], "val_acc": last.get("val_acc"),

@@ -28,7 +28,6 @@ import csv
 import io
 import math
 import os
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +35,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ..config import command_config, opt
+from ..config import Options, group, opt
 from ..data.pool import list_pool, load_pool
 from ..engine.checkpoint import load_model
+from ..engine.config import Compute, Device, Seed
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype
-from .common import DataConfig, check_classes, options_given, prepare_data
+from .common import DataConfig, Pool, Run, Source, check_classes, options_given, prepare_data
+from .supervised import Trained
 
 STRATEGIES = ("margin", "entropy", "random", "kcenter")
 COLUMNS = ("rank", "path", "predicted", "confidence", "margin", "entropy", "label")
@@ -50,37 +51,35 @@ ROWS_RETURNED = 10  # rows in the returned dict; the CSV has them all
 KCENTER_CHUNK = 4096  # rows × columns of one block of the labelled-to-pool distances (64 MB in float32)
 
 
-@dataclass
-class SuggestCommand:
-    """Rank unlabelled images by how much labelling them should help a trained model, and write the top --budget of
-    them to a CSV (rank,path,predicted,confidence,margin,entropy,label) with the label column empty. Fill in the
-    labels, add the rows to your manifest and train again."""
+@group
+class Suggest:
+    """How many images to suggest, and how they are chosen."""
 
-    model_path: str = opt("", "run folder or checkpoint of the trained model")
-    unlabelled: list[str] | None = opt(None, "the unlabelled images: folders (searched recursively), CSV/TSV lists of "
-                                       "image paths, or both, comma-separated")
     budget: int | None = opt(None, "how many images to suggest: the number you will label next", ge=1)
     strategy: str = opt("margin", "margin (closest call between the top two classes), entropy (most uncertain over "
                         "all classes), random (seeded baseline) or kcenter (diverse: farthest from the labelled "
                         "images in feature space)", choices=STRATEGIES)
     exclude: list[str] | None = opt(None, "images you have labelled already (a manifest/CSV list or a folder): left "
                                     "out of the suggestions")
-    out: str | None = opt(None, "CSV file to write: RUN/suggestions.csv when not given "
-                                "(./suggestions.csv for a checkpoint)")
-    overwrite: bool = opt(False, "replace --out when it exists")
-    seed: int = opt(0, "seed of --strategy random")
-    device: str = opt("auto", "auto, cpu, cuda, ...")
-    batch_size: int = opt(512, "images per forward pass", ge=1)
-    cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)")
-    bad_images: str = opt("stop", "on an unreadable image: stop, or skip it (with a count)", choices=("stop", "skip"))
-    quiet: bool = opt(False, "print nothing (the CSV is still written)")
+
+
+class SuggestCommand(Options):
+    """Rank unlabelled images by how much labelling them should help a trained model, and write the top --budget of
+    them to a CSV (rank,path,predicted,confidence,margin,entropy,label) with the label column empty. Fill in the
+    labels, add the rows to your manifest and train again. --out defaults to RUN/suggestions.csv (./suggestions.csv
+    for a checkpoint)."""
+
+    groups = (Trained, Pool, Suggest, Run, Source, Seed, Device, Compute)
+    hide = ("on", "data", "data_root", "image_size", "mean", "std", "precision", "channels_last")
+    defaults = {"eval_batch_size": 512}
+    renamed = {"batch_size": "eval_batch_size"}
 
 
 def suggest(cfg: SuggestCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """Write the --budget most useful unlabelled images to label next to a CSV; returns {"out", "strategy",
     "budget", "suggested", "pool", "excluded", "rows" (the first few, as dicts), "info"}. E.g.
     `suggest(model_path="runs/pets", unlabelled="photos/", budget=100, strategy="kcenter")`."""
-    cfg = command_config(SuggestCommand, cfg, kwargs)
+    cfg = SuggestCommand.build(cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     if not cfg.model_path:
         raise FewLabelsError("suggest needs a model: pass a run folder or checkpoint (model_path)")
@@ -115,8 +114,8 @@ def suggest(cfg: SuggestCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     budget = min(cfg.budget, n)
     if cfg.budget > n:
         notes.append(f"--budget {cfg.budget} is more than the {n} unlabelled images: all {n} are listed")
-    logits = predict_logits(model, pool.images, meta["mean"], meta["std"], batch_size=cfg.batch_size, device=device,
-                            dtype=pick_dtype("auto", device))[keep]
+    logits = predict_logits(model, pool.images, meta["mean"], meta["std"], batch_size=cfg.eval_batch_size,
+                            device=device, dtype=pick_dtype("auto", device))[keep]
     pred, confidence, margin, entropy = uncertainty(logits)
     info: dict[str, Any] = {"model": str(run), "image_shape": list(shape)}
     if cfg.strategy == "margin":
@@ -127,7 +126,7 @@ def suggest(cfg: SuggestCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed))[:budget]
         info["seed"] = cfg.seed
     else:
-        feats = F.normalize(_features(model, pool.images, meta, device, cfg.batch_size)[keep], dim=1)
+        feats = F.normalize(_features(model, pool.images, meta, device, cfg.eval_batch_size)[keep], dim=1)
         centers, why = labelled_features(run, meta, model, device, cfg)
         first = int(torch.argmin(margin))
         if centers is None:
@@ -219,14 +218,12 @@ def labelled_features(run: Path, meta: dict, model: torch.nn.Module, device: tor
         return None, f"{run} is not a run folder with config.yaml and split.json"
     try:
         conf = yaml.safe_load((folder / "config.yaml").read_text()) or {}
-        known = {f.name for f in fields(DataConfig)}
+        known = set(DataConfig.options)
         values = {k: v for k, v in conf.items() if k in known}
         values["split"] = str(folder / "split.json")
         if cfg.cache_dir:
             values["cache_dir"] = cfg.cache_dir
-        dc = command_config(DataConfig, None, values)
-        if conf.get("unlabelled"):  # the run's own pool is part of the index space of its split
-            dc.unlabelled = conf["unlabelled"]  # type: ignore[attr-defined]
+        dc = DataConfig(**values)  # with the run's own pool, part of the index space of its split
         ds, split = prepare_data(dc, None, lambda *_: None)
         labelled = ds.train.subset(split.labelled)
         check_classes(meta, labelled.classes, f"the model at {run}", labelled)
@@ -234,7 +231,7 @@ def labelled_features(run: Path, meta: dict, model: torch.nn.Module, device: tor
         return None, f"the labelled images of {folder} could not be loaded ({err})"
     if not len(labelled):
         return None, f"the run {folder} has no labelled images"
-    feats = _features(model, labelled.images, meta, device, cfg.batch_size)
+    feats = _features(model, labelled.images, meta, device, cfg.eval_batch_size)
     return F.normalize(feats, dim=1), f"the {len(labelled)} labelled training images of {folder}"
 
 
@@ -289,8 +286,5 @@ def _csv(rows: list[dict[str, Any]]) -> str:
                     f"{r['entropy']:.4f}", ""])
     return buf.getvalue()
 
-
-COMMANDS = [("suggest", SuggestCommand, suggest, "which unlabelled images to label next (margin, entropy, random, "
-             "kcenter): a CSV to fill in", (("model_path", "?", "run folder or checkpoint"),))]
 
 __all__ = ["SuggestCommand", "kcenter_greedy", "suggest", "uncertainty"]

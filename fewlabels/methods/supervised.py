@@ -6,41 +6,51 @@ import csv
 import io
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..config import command_config, opt
+from ..config import Options, group, opt
 from ..data import Split, load_dataset
 from ..data.folder import decode_files
 from ..engine.checkpoint import load_model
-from ..engine.config import TrainConfig
+from ..engine.config import TRAINING, TTA, Device
 from ..engine.loop import fit
 from ..errors import FewLabelsError
 from ..eval import classification_report, final_report, predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
+    Budget,
+    Model,
+    Run,
+    Source,
     build_model,
     check_classes,
     eval_sets,
-    flags,
     labelled_trainset,
-    options_given,
     prepare_data,
     run_folder,
     save_config,
+    scored,
     train_config,
 )
 
 
-@dataclass
-class TrainCommand(RunConfig, TrainConfig, ModelConfig, DataConfig):
+class TrainCommand(Options):
     """Train a classifier on the labelled images of a dataset."""
+
+    groups = (Run, Source, Budget, Model, *TRAINING)
+    hide = ("overwrite",)
+
+
+@group
+class Trained:
+    """A trained model and the images it is applied to."""
+
+    model_path: str = opt("", "run folder or checkpoint of the trained model")
+    on: str = opt("test", "which images: test, val (the run's validation split) or train",
+                  choices=("test", "val", "train"))
 
 
 def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -48,12 +58,12 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     checkpoints/best, and that model's per-class report on the test images (else the validation images) as `report`
     ({"on", **classification_report}) with its `macro_f1` and `balanced_accuracy` also at the top. Keyword arguments
     are the same options as the command line (e.g. `train(data="digits", model="cnn-s", epochs=10)`)."""
-    cfg = command_config(TrainCommand, cfg, kwargs)
+    cfg = TrainCommand.build(cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print
     run_dir = run_folder(cfg.out, "train")
-    save_config(run_dir, cfg, "train")
+    cfg = save_config(run_dir, cfg, "train")
     ds, split = prepare_data(cfg, run_dir, log)
-    model, meta = build_model(cfg, ds, log, cfg.seed)
+    model, meta = build_model(cfg.group(Model), ds, log, cfg.seed)
     tc = train_config(cfg, ds)
     evals = eval_sets(ds, split)
     result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tc, norm=(ds.mean, ds.std), evals=evals,
@@ -69,24 +79,16 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     if report is not None:
         out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], report=report)
     write_json(run_dir / "results.json", out)
-    scored = ", ".join(f"{name} accuracy {out[f'{key}_acc']:.4f}" for key, name in (("test", "test"),
-                       ("val", "validation")) if out.get(f"{key}_acc") is not None)
-    log(f"done: {run_dir}  " + (scored or "no validation or test images to score the model on"))
+    log(f"done: {run_dir}  {scored(out)}")
     return out
 
 
-@dataclass
-class EvaluateCommand(DataConfig):
+class EvaluateCommand(Options):
     """Evaluate a trained model: accuracy, per-class precision, recall and F1, macro-F1, balanced accuracy, confusion
     matrix."""
 
-    model_path: str = opt("", "run folder or checkpoint to evaluate")
-    on: str = opt("test", "which images: test, val (the run's validation split) or train", choices=("test", "val",
-                                                                                                      "train"))
-    tta_flip: bool = opt(False, "average over the image and its mirror")
-    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)", ge=0)
-    device: str = opt("auto", "auto, cpu, cuda, ...")
-    out: str | None = opt(None, "write the report as JSON here")
+    groups = (Trained, Source, Budget, TTA, Device, Run)
+    hide = ("mean", "std", "labels", "labels_per_class", "val", "split_seed", "quiet", "overwrite")
 
 
 def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -94,11 +96,7 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     "per_class_accuracy", "confusion_matrix" (rows: true class), "classes", "per_class" ({class: {"precision",
     "recall", "f1", "support"}}), "macro_f1", "balanced_accuracy", "model", "data", "on"} (also written to --out as
     JSON; see eval.classification_report). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
-    cfg = command_config(EvaluateCommand, cfg, kwargs)
-    unused = options_given(cfg, ["labels", "labels_per_class", "val", "mean", "std", "split_seed"])
-    if unused:
-        raise FewLabelsError(f"evaluate does not use {flags(unused)}: it "
-                             f"normalises as the model was trained, and --on val takes the run's split (or --split)")
+    cfg = EvaluateCommand.build(cfg, kwargs)
     if not cfg.model_path:
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
     device = pick_device(cfg.device)
@@ -132,19 +130,20 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     return report
 
 
-@dataclass
-class PredictCommand:
-    """Predict the classes of image files."""
+@group
+class Predict:
+    """Which images predict reads and how it writes the classes."""
 
-    model_path: str = opt("", "run folder or checkpoint")
     inputs: list[str] = opt([], "image files or folders")
     top_k: int = opt(3, "classes per image", ge=1)
     format: str = opt("csv", "output format", choices=("csv", "json"))
-    out: str | None = opt(None, "write here instead of standard output")
-    tta_flip: bool = opt(False, "average over the image and its mirror")
-    tta_translate: int = opt(0, "also average over the image shifted by ± this many pixels (multi-crop TTA)", ge=0)
-    device: str = opt("auto", "auto, cpu, cuda, ...")
-    quiet: bool = opt(False, "print nothing (the rows are still returned, and written with --out)")
+
+
+class PredictCommand(Options):
+    """Predict the classes of image files."""
+
+    groups = (Trained, Predict, TTA, Device, Run)
+    hide = ("on", "overwrite")
 
 
 def _collect(inputs: list[str]) -> list[str]:
@@ -171,7 +170,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     """Top-k classes of image files or folders; returns one {"file", "top": [{"class", "prob"}, ...]} per image and
     prints them as CSV or JSON (unless quiet, or written to --out). E.g.
     `predict(model_path="runs/digits", inputs=["a.png", "folder/"], top_k=3, quiet=True)`."""
-    cfg = command_config(PredictCommand, cfg, kwargs)
+    cfg = PredictCommand.build(cfg, kwargs)
     if not cfg.model_path:
         raise FewLabelsError("predict needs a model: pass a run folder or checkpoint (model_path)")
     if not cfg.inputs:
@@ -208,3 +207,36 @@ def _csv(rows: list[dict], k: int) -> str:
     for r in rows:
         w.writerow([r["file"]] + [v for t in r["top"] for v in (t["class"], t["prob"])])
     return buf.getvalue()
+
+
+def show_evaluation(report: dict) -> None:
+    """Print `evaluate`'s report: accuracy, the per-class table and the confusion matrix."""
+    print(f"accuracy {report['accuracy']:.4f} on {report['n']} {report['on']} images")
+    per_class = report.get("per_class")
+    num = lambda v: "n/a" if v is None or v != v else f"{v:.4f}"  # noqa: E731  NaN (no images) or JSON's null
+    if per_class:  # precision/recall/F1 tell a rare class's misses apart from the large classes' (recall = accuracy)
+        cw = max(16, *(len(c) for c in per_class))
+        print(f"  {'class':>{cw}s}  precision  recall      f1  support")
+        for c, m in per_class.items():
+            print(f"  {c:>{cw}s}  {m['precision']:9.4f}  {m['recall']:6.4f}  {m['f1']:6.4f}  {m['support']:7d}")
+        print(f"macro-F1 {num(report.get('macro_f1'))} (classes weigh the same)")
+        print(f"balanced accuracy {num(report.get('balanced_accuracy'))} (mean recall over the classes)")
+    else:  # a report written before per-class precision/recall
+        for c, a in report["per_class_accuracy"].items():
+            print(f"  {c:>16s}  {a:.4f}")
+    cm, classes = report.get("confusion_matrix"), report.get("classes", [])
+    if not cm:
+        return
+    if len(classes) > 20:
+        print(f"confusion matrix ({len(classes)} classes): in the JSON report (--out report.json)")
+        return
+    w = max(4, *(len(str(v)) for row in cm for v in row)) + 1
+    # columns are named by class when every name fits the column, else by number (the rows say which is which)
+    numbered = any(len(c) > w - 1 for c in classes)
+    heads = [str(i) if numbered else c for i, c in enumerate(classes)]
+    rows = [f"{c} ({i})" if numbered else c for i, c in enumerate(classes)]
+    rw = max(16, *(len(r) for r in rows))
+    print("confusion matrix (rows: true class, columns: predicted" + (" class number)" if numbered else ")"))
+    print(" " * (rw + 2) + "".join(f"{n:>{w}s}" for n in heads))
+    for r, row in zip(rows, cm):
+        print(f"  {r:>{rw}s}" + "".join(f"{v:>{w}d}" for v in row))

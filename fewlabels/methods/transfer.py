@@ -12,25 +12,26 @@ compare   scratch vs probe vs finetune on the same split, one table.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..config import command_config, opt, pick
+from ..config import Options, group, opt
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import read_meta, save_checkpoint
-from ..engine.config import TrainConfig
+from ..engine.config import TRAINING
 from ..engine.loop import fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, stats_tensors
 from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
 from .common import (
-    DataConfig,
-    ModelConfig,
-    RunConfig,
+    Budget,
+    Model,
+    Run,
+    Source,
     build_model,
     eval_sets,
     flags,
@@ -45,13 +46,22 @@ from .common import (
 )
 
 
-@dataclass
-class TransferOptions:
+@group
+class LayerRates:
+    """Per-layer learning rates of a model that starts from pretrained weights."""
+
+    backbone_lr: float | None = opt(None, "learning rate of every layer but the head, for a model that starts from "
+                                    "pretrained weights (default lr/10)", ge=0)
+    layer_decay: float | None = opt(None, "layer-wise decay for a model that starts from pretrained weights: lr · "
+                                    "decay^depth counted from the head (overrides --backbone-lr)", gt=0, le=1)
+
+
+@group
+class Transfer:
+    """How the pretrained model is used."""
+
     mode: str = opt("finetune", "probe, finetune, or compare (scratch vs probe vs finetune)",
                     choices=("probe", "finetune", "compare"))
-    backbone_lr: float | None = opt(None, "fine-tune: learning rate of every layer but the head (default lr/10)", ge=0)
-    layer_decay: float | None = opt(None, "fine-tune: layer-wise decay; lr · decay^depth from the head (overrides "
-                                    "--backbone-lr)", gt=0, le=1)
     freeze_epochs: int = opt(0, "fine-tune: first epochs with the backbone's weights frozen (head only; its "
                              "BatchNorm statistics still adapt to the data, as in fastai)", ge=0)
     probe_epochs: int = opt(100, "probe: epochs over the cached features", ge=1)
@@ -60,9 +70,11 @@ class TransferOptions:
     probe_views: int = opt(1, "probe: cached views per image (1 = the clean image; more adds augmented views)", ge=1)
 
 
-@dataclass
-class TransferCommand(RunConfig, TransferOptions, TrainConfig, ModelConfig, DataConfig):
+class TransferCommand(Options):
     """Transfer learning from a pretrained model: linear probe on cached features, or fine-tuning."""
+
+    groups = (Run, Transfer, LayerRates, Source, Budget, Model, *TRAINING)
+    hide = ("overwrite",)
 
 
 def head_names(model: nn.Module) -> set[str]:
@@ -204,7 +216,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
     """Transfer from pretrained weights: a linear probe on cached features, full fine-tuning with per-layer learning
     rates, or both against training from scratch (mode="compare"); returns {"run_dir", "labels", <mode>: metrics}.
     E.g. `transfer(mode="finetune", model="resnet56", pretrained="resnet56.th", data=..., layer_decay=0.7)`."""
-    cfg = command_config(TransferCommand, cfg, kwargs)
+    cfg = TransferCommand.build(cfg, kwargs)
     if not cfg.pretrained:
         raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
                              "folder, or 'true' for a model's own pretrained weights (e.g. --model timm:resnet18)")
@@ -226,7 +238,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         except (FewLabelsError, KeyError):
             pass  # a plain weights file: the dataset's statistics, unless --mean/--std say otherwise
     run_dir = run_folder(cfg.out, "transfer")
-    save_config(run_dir, cfg, "transfer")
+    cfg = save_config(run_dir, cfg, "transfer")
     ds, split = prepare_data(cfg, run_dir, log, source=source_split(cfg.pretrained), source_name=cfg.pretrained)
     if inherited is not None:
         if len(inherited[0]) == ds.train.image_shape[0]:
@@ -241,7 +253,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         sub = run_dir / mode if cfg.mode == "compare" else run_dir
         t0 = time.perf_counter()
         seed_everything(cfg.seed)
-        mc = replace(pick(cfg, ModelConfig), pretrained=None if mode == "scratch" else cfg.pretrained)
+        mc = replace(cfg.group(Model), pretrained=None if mode == "scratch" else cfg.pretrained)
         model, meta = build_model(mc, ds, log, cfg.seed)
         if mode == "probe":
             r = probe(model, meta, ds, split, cfg, sub, log)
@@ -262,7 +274,5 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         log("\n".join(lines))
     return out
 
-
-COMMANDS = [("transfer", TransferCommand, transfer, "transfer learning: linear probe on cached features, fine-tune")]
 
 __all__ = ["ImageSet", "TransferCommand", "extract_features", "lr_scales", "transfer"]
