@@ -196,6 +196,6 @@ def test_probe_equivariance_needs_a_model(capsys):
 
 
 def test_python_api_is_exported():
-    from fewlabels import probes
+    import fewlabels
 
-    assert callable(probes.probe_equivariance) and callable(probes.probe_fc_vs_cnn)
+    assert callable(fewlabels.probe_equivariance) and callable(fewlabels.probe_fc_vs_cnn)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import functools
+import logging
 import os
 import socket
 import threading
@@ -178,7 +179,6 @@ def create_timm_model(name: str, num_classes: int, in_chans: int = 3, *, drop_ra
     model = adapt_timm_model(model)
     if pretrained and pretrained is not True:
         from .loading import load_pretrained
-        from .registry import log
 
-        log.info("%s", load_pretrained(model, os.fspath(pretrained)))
+        logging.getLogger(__name__).info("%s", load_pretrained(model, os.fspath(pretrained)))
     return model

@@ -1,9 +1,7 @@
 """Probes of what convolution assumes about images: translation equivariance per stage, and FC vs CNN under shifted
-and pixel-permuted data. Pure computations live here; `probe_equivariance` and `probe_fc_vs_cnn` (the commands'
-Python API, defined in fewlabels.methods.probes) are re-exported lazily, because the methods layer imports this one.
+and pixel-permuted data. Pure computations live here; the commands `probe_equivariance` and `probe_fc_vs_cnn` are in
+fewlabels.methods.probes (and `fewlabels.probe_equivariance`, `fewlabels.probe_fc_vs_cnn`).
 """
-
-from typing import Any
 
 from .equivariance import (
     cumulative_stride,
@@ -28,17 +26,6 @@ from .fc_vs_cnn import (
     plot_fc_vs_cnn,
 )
 
-_COMMANDS = ("probe_equivariance", "probe_fc_vs_cnn")
-
-
-def __getattr__(name: str) -> Any:
-    if name in _COMMANDS:
-        from ..methods import probes
-
-        return getattr(probes, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
     "CONDITIONS",
     "conditions",
@@ -55,8 +42,6 @@ __all__ = [
     "place_right",
     "plot_equivariance",
     "plot_fc_vs_cnn",
-    "probe_equivariance",
-    "probe_fc_vs_cnn",
     "relative_error",
     "shift",
     "valid_region",
