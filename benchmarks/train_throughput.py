@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results  # noqa: E402
 
 from fewlabels.engine.config import TrainConfig  # noqa: E402
-from fewlabels.engine.loop import TrainSet, fit  # noqa: E402
+from fewlabels.engine.loop import TrainSet, Watch, fit  # noqa: E402
 from fewlabels.eval import normalize, stats_tensors  # noqa: E402
-from fewlabels.losses import smooth_one_hot, soft_cross_entropy  # noqa: E402
+from fewlabels.losses import soft_cross_entropy  # noqa: E402
 from fewlabels.models import create_model  # noqa: E402
+from fewlabels.targets import one_hot as smooth_one_hot  # noqa: E402
 from fewlabels.utils import pick_device, synchronize  # noqa: E402
 
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -66,10 +67,10 @@ def bare_loop(model, images, labels, batch, steps, dtype, channels_last) -> floa
 
 def ours(model, images, labels, batch, steps, precision, augment: str = "none") -> float:
     n = batch * steps
-    ts = TrainSet(images[:n], smooth_one_hot(labels[:n], 10), torch.ones(n, dtype=torch.bool))
+    ts = TrainSet(images[:n], smooth_one_hot(labels[:n], 10), torch.ones(n, dtype=torch.bool), norm=(MEAN, STD))
     cfg = TrainConfig(epochs=2, batch_size=batch, augment=augment, precision=precision, warmup_epochs=0, lr=0.01,
                       device=str(images.device))
-    res = fit(model, ts, cfg, norm=(MEAN, STD), log=lambda *_: None)
+    res = fit(model, ts, cfg, watch=Watch(log=lambda *_: None))
     return res.history[-1]["images_per_s"]  # epoch 2: epoch 1 includes warm-up
 
 

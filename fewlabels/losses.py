@@ -1,24 +1,17 @@
 """Loss functions: pure, fp32, with the formula in the docstring.
 
-Every method in fewlabels trains on soft targets (a probability vector per image), so one loss serves
-supervised training with label smoothing, CutMix/MixUp, pseudo-labels and distillation.
+Every method in fewlabels trains on soft targets (a probability vector per image, built by fewlabels.targets), so
+one loss serves supervised training with label smoothing, CutMix/MixUp and pseudo-labels; distillation adds kd_loss.
+A loss object (CrossEntropy here, methods.distill.DistillLoss) is what fit() calls: loss(model, x, batch).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-
-def smooth_one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:
-    """One-hot targets with label smoothing (Szegedy et al. 2016).
-
-    target = (1 - ε) · onehot(y) + ε / K.  labels: int64 (N,) → float32 (N, K).
-    """
-    off = smoothing / num_classes
-    t = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
-    t.scatter_(1, labels.long().unsqueeze(1), 1.0 - smoothing + off)
-    return t
+from .targets import Batch
 
 
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -41,3 +34,11 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     log_p_s = F.log_softmax(student_logits.float() / t, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (t * t)
+
+
+class CrossEntropy:
+    """fit()'s default loss: soft cross-entropy of the model's outputs against the batch's target rows (per-class
+    weights, label smoothing, mixing and confidence weights are all in the rows)."""
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        return soft_cross_entropy(model(x), batch.targets)

@@ -9,11 +9,17 @@ import torch
 from torch import nn
 
 from fewlabels.engine.config import TrainConfig
-from fewlabels.engine.loop import TrainSet, fit
+from fewlabels.engine.loop import TrainSet, Watch, fit
 from fewlabels.engine.optim import Lookahead, build_optimizer, norm_bias_names, set_lr
 from fewlabels.errors import FewLabelsError
 from fewlabels.models import create_model
 
+
+def _silent(*_):
+    pass
+
+
+QUIET = Watch(log=_silent)
 
 def test_lookahead_pulls_to_the_slow_copy_every_k_steps():
     """Every k steps: slow ← slow + (1 − d)(fast − slow) with d = decay^k · progress³, then fast ← slow; other steps
@@ -50,7 +56,8 @@ def _data(n=96, k=4):
     y = torch.arange(n) % k
     images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
     images[:, y % 3] = 0  # a learnable signal: one colour channel off per class group
-    return TrainSet(images, nn.functional.one_hot(y, k).float(), torch.ones(n, dtype=torch.bool))
+    return TrainSet(images, nn.functional.one_hot(y, k).float(), torch.ones(n, dtype=torch.bool),
+                    norm=((0.5,) * 3, (0.25,) * 3))
 
 
 def _model():
@@ -72,18 +79,16 @@ def test_lookahead_run_resumes_exactly(tmp_path):
     # on the CPU: exact resumes need deterministic arithmetic, and cuDNN picks non-deterministic kernels
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, lookahead=0.9, lookahead_every=2, precision="fp32",
                       augment="none", channels_last=False, device="cpu")
-    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-    whole = fit(_model(), _data(), cfg, norm=norm, log=lambda *_: None).model
+    whole = fit(_model(), _data(), cfg, watch=QUIET).model
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None, on_epoch_start=_interrupt_at(2))
-    resumed = fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None).model
+        fit(_model(), _data(), cfg, watch=Watch(run_dir=run, log=_silent), on_epoch_start=_interrupt_at(2))
+    resumed = fit(_model(), _data(), cfg, watch=Watch(run_dir=run, log=_silent)).model
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     # and the lookahead changed the run: without it the weights differ
-    plain = fit(_model(), _data(), TrainConfig(**{**cfg.__dict__, "lookahead": 0.0}), norm=norm,
-                log=lambda *_: None).model
+    plain = fit(_model(), _data(), TrainConfig(**{**cfg.__dict__, "lookahead": 0.0}), watch=QUIET).model
     assert any(not torch.allclose(a, b) for a, b in zip(plain.parameters(), whole.parameters()))
 
 
@@ -92,13 +97,12 @@ def test_a_diverged_run_warns_and_still_resumes(tmp_path):
     resumed (the NaN loss is kept out of the saved history, the learning curve still draws)."""
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e12, warmup_epochs=0, precision="fp32", augment="none",
                       channels_last=False)
-    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     logs = []
 
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append, on_epoch_start=_interrupt_at(1))
+        fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path, log=logs.append), on_epoch_start=_interrupt_at(1))
     assert any("diverged" in m and "--lr" in m for m in logs)
-    res = fit(_model(), _data(), cfg, norm=norm, run_dir=tmp_path, log=logs.append)
+    res = fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path, log=logs.append))
     assert len(res.history) == 2 and (tmp_path / "learning_curve.png").is_file()
     import json
     for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # strict JSON: NaN is written as null
@@ -110,7 +114,7 @@ def test_a_warmup_longer_than_half_the_run_is_capped(tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.1, warmup_epochs=5, precision="fp32", augment="none",
                       channels_last=False)
     logs: list[str] = []
-    res = fit(_model(), _data(), cfg, norm=((0.5,) * 3, (0.25,) * 3), log=logs.append)
+    res = fit(_model(), _data(), cfg, watch=Watch(log=logs.append))
     assert any("warming up over the first half" in m for m in logs)
     assert res.history[0]["lr"] == pytest.approx(0.1)  # the peak, reached at the end of the first half
     assert res.history[-1]["lr"] < 0.01  # and the cosine decay after it
@@ -120,25 +124,23 @@ def test_tta_translate_too_large_is_refused_before_training(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=16, tta_translate=20, precision="fp32", augment="none")
     started = []
     with pytest.raises(FewLabelsError, match="--tta-translate must be between 0 and 15"):
-        fit(_model(), _data(), cfg, norm=((0.5,) * 3, (0.25,) * 3), log=lambda *_: None,
-            on_epoch_start=lambda *_: started.append(1))
+        fit(_model(), _data(), cfg, watch=QUIET, on_epoch_start=lambda *_: started.append(1))
     assert not started
 
 
 def test_fit_checks_a_config_built_in_python_as_the_command_line_does():
     """A TrainConfig built in code is checked like flags: out-of-range values and unknown choices are refused before
     training with the option's name, and numbers given as strings are converted."""
-    norm = ((0.5,) * 3, (0.25,) * 3)
     started = []
     for bad, match in ((dict(lr=-1.0), "'lr' .* must be > 0"),
                        (dict(epochs="two"), "'epochs': 'two' is not a valid int"),
                        (dict(augment="heavy"), "'augment': 'heavy' is not one of none, weak, strong")):
         with pytest.raises(FewLabelsError, match=match):
-            fit(_model(), _data(), TrainConfig(precision="fp32", **bad), norm=norm, log=lambda *_: None,
+            fit(_model(), _data(), TrainConfig(precision="fp32", **bad), watch=QUIET,
                 on_epoch_start=lambda *_: started.append(1))
     assert not started
     res = fit(_model(), _data(), TrainConfig(epochs="1", batch_size="16", lr="0.05", precision="fp32", augment="none"),
-              norm=norm, log=lambda *_: None)
+              watch=QUIET)
     assert len(res.history) == 1
 
 
@@ -179,10 +181,9 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_starting_weights(tmp_path
     the trained weights. The EMA is also part of the saved state: a resumed run ends on the same EMA weights."""
     cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, ema=0.999, precision="fp32", augment="none",
                       channels_last=False, device="cpu")  # CPU: exact resume (see the lookahead test)
-    norm = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     live = _model()
     init = {k: v.clone() for k, v in live.state_dict().items()}
-    res = fit(live, _data(), cfg, norm=norm, log=lambda *_: None)
+    res = fit(live, _data(), cfg, watch=QUIET)
     ema_sd, live_sd = res.model.state_dict(), live.state_dict()
     assert res.model is not live
     moved = _sd_distance(live_sd, init)
@@ -191,8 +192,8 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_starting_weights(tmp_path
 
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None, on_epoch_start=_interrupt_at(2))
-    resumed = fit(_model(), _data(), cfg, norm=norm, run_dir=run, log=lambda *_: None).model
+        fit(_model(), _data(), cfg, watch=Watch(run_dir=run, log=_silent), on_epoch_start=_interrupt_at(2))
+    resumed = fit(_model(), _data(), cfg, watch=Watch(run_dir=run, log=_silent)).model
     for (k, a), b in zip(ema_sd.items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
 
@@ -200,12 +201,13 @@ def test_ema_warms_up_so_a_short_run_does_not_keep_its_starting_weights(tmp_path
 def test_fp16_runs_with_loss_scaling_and_resumes_exactly(tmp_path):
     """fp16 autocast (CUDA GPUs without bf16) trains through a GradScaler, whose state is saved for resuming."""
     from fewlabels.data import load_dataset
-    from fewlabels.losses import smooth_one_hot
     from fewlabels.models import create_model
+    from fewlabels.targets import one_hot
 
     ds = load_dataset("digits")
     n = 192
-    data = TrainSet(ds.train.images[:n], smooth_one_hot(ds.train.labels[:n], 10), torch.ones(n, dtype=torch.bool))
+    data = TrainSet(ds.train.images[:n], one_hot(ds.train.labels[:n], 10), torch.ones(n, dtype=torch.bool),
+                    norm=(ds.mean, ds.std))
     cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, precision="fp16", augment="none", channels_last=False,
                       min_steps_per_epoch=0)
 
@@ -222,14 +224,13 @@ def test_fp16_runs_with_loss_scaling_and_resumes_exactly(tmp_path):
 
     torch.amp.GradScaler.step = counting
     try:
-        res = fit(model(), data, cfg, norm=(ds.mean, ds.std), log=lambda *_: None)
+        res = fit(model(), data, cfg, watch=QUIET)
         run = tmp_path / "run"
         with pytest.raises(KeyboardInterrupt):
-            fit(model(), data, cfg, norm=(ds.mean, ds.std), run_dir=run, log=lambda *_: None,
-                on_epoch_start=_interrupt_at(2))
+            fit(model(), data, cfg, watch=Watch(run_dir=run, log=_silent), on_epoch_start=_interrupt_at(2))
         state = torch.load(run / "checkpoints" / "last" / "train_state.pt", weights_only=True)
         assert "scale" in state["scaler"]
-        resumed = fit(model(), data, cfg, norm=(ds.mean, ds.std), run_dir=run, log=lambda *_: None).model
+        resumed = fit(model(), data, cfg, watch=Watch(run_dir=run, log=_silent)).model
     finally:
         torch.amp.GradScaler.step = real
     assert len(calls) == 3 * 6 + 2 * 6 + 6  # every step of the three runs went through the scaler
@@ -253,7 +254,7 @@ def test_best_is_saved_before_last_and_checkpoint_copies_are_atomic(tmp_path, mo
     monkeypatch.setattr(loop, "save_checkpoint", lambda folder, *a, **k: (order.append(folder.name),
                                                                           real(folder, *a, **k)))
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05, precision="fp32", augment="none", channels_last=False)
-    fit(_model(), _data(), cfg, norm=((0.5,) * 3, (0.25,) * 3), run_dir=tmp_path / "run", log=lambda *_: None)
+    fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path / "run", log=_silent))
     assert order == ["best", "last", "best", "last"]
 
     dst = tmp_path / "dst"
@@ -272,3 +273,26 @@ def test_best_is_saved_before_last_and_checkpoint_copies_are_atomic(tmp_path, mo
     # files written atomically get the usual permissions, not mkstemp's 0600
     atomic_write_text(tmp_path / "f.txt", "x")
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o666 & ~os.umask(os.umask(0o022))
+
+
+def test_cached_teacher_logits_are_a_field_of_their_own_and_mix_with_the_targets():
+    """Distillation from cached outputs: the teacher's logits travel as TrainSet.teacher_logits (not packed into the
+    targets) and MixUp/CutMix mix them with the same λ as the target rows."""
+    from fewlabels.targets import Batch
+
+    data = _data()
+    data.teacher_logits = data.targets * 10.0  # a teacher that agrees with the labels
+    seen = []
+
+    class Recording:
+        def __call__(self, model, x, batch: Batch):
+            seen.append(batch)
+            return model(x).float().pow(2).mean()
+
+    cfg = TrainConfig(epochs=1, batch_size=16, precision="fp32", augment="none", mixup=1.0, cutmix=1.0)
+    fit(_model(), data, cfg, Recording(), QUIET)
+    assert seen and all(b.teacher_logits is not None for b in seen)
+    mixed = [b for b in seen if not torch.equal(b.targets, b.targets.round())]
+    assert mixed, "MixUp/CutMix mixed no batch"
+    for b in seen:
+        torch.testing.assert_close(b.teacher_logits, b.targets * 10.0)

@@ -7,10 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from fewlabels import losses
 from fewlabels.engine import loop
 from fewlabels.engine.config import TrainConfig
 from fewlabels.engine.loop import (
     TrainSet,
+    Watch,
     _batches,
     balanced_class_weights,
     balanced_sampling_probs,
@@ -22,7 +24,11 @@ from fewlabels.eval import classification_report
 from fewlabels.models import create_model
 
 NORM = ((0.5,) * 3, (0.25,) * 3)
-QUIET = dict(log=lambda *_: None)
+def _silent(*_):
+    pass
+
+
+QUIET = Watch(log=_silent)
 
 
 def test_classification_report_matches_sklearn():
@@ -62,7 +68,8 @@ def _imbalanced(n_major=90, n_minor=10, pseudo=None):
     y = torch.cat([torch.zeros(n_major, dtype=torch.long), torch.ones(n_minor, dtype=torch.long)])
     images = torch.randint(0, 256, (len(y), 3, 16, 16), generator=g, dtype=torch.uint8)
     images[y == 1, 0] = 0
-    return TrainSet(images, nn.functional.one_hot(y, 2).float(), torch.ones(len(y), dtype=torch.bool), pseudo)
+    return TrainSet(images, nn.functional.one_hot(y, 2).float(), torch.ones(len(y), dtype=torch.bool), pseudo,
+                    norm=NORM)
 
 
 def test_balanced_sampler_equalises_classes_deterministically():
@@ -122,16 +129,13 @@ def test_balanced_class_weights_are_sklearns():
     assert w[0].item() == pytest.approx(ref[0]) and w[60].item() == pytest.approx(ref[1])
     assert w[90].item() == pytest.approx(ref[2]) and w[-5:].tolist() == [1.0] * 5
     assert w[:95].mean().item() == pytest.approx(1.0)  # the loss keeps its scale
-    # distillation's targets carry cached logits after the K probabilities: only those K columns decide the class
-    cached = torch.cat([targets, torch.full((100, 5), 50.0)], 1)
-    assert torch.equal(row_classes(cached, has_label, 5), cls)
 
 
 def _record_targets(monkeypatch):
     """Every target batch the supervised loss sees."""
     seen = []
-    real = loop.soft_cross_entropy
-    monkeypatch.setattr(loop, "soft_cross_entropy", lambda z, t, *a, **k: (seen.append(t.detach().cpu()),
+    real = losses.soft_cross_entropy
+    monkeypatch.setattr(losses, "soft_cross_entropy", lambda z, t, *a, **k: (seen.append(t.detach().cpu()),
                                                                             real(z, t, *a, **k))[1])
     return seen
 
@@ -151,19 +155,19 @@ def test_class_weights_scale_each_images_loss_and_leave_the_callers_targets(monk
     ts = _imbalanced()
     before = ts.targets.clone()
     seen = _record_targets(monkeypatch)
-    res = fit(_model(), ts, TrainConfig(class_weights="balanced", **CFG), norm=NORM, **QUIET)
+    res = fit(_model(), ts, TrainConfig(class_weights="balanced", **CFG), watch=QUIET)
     assert torch.equal(ts.targets, before) and len(res.history) == 2
     rows = torch.cat(seen)
     w0, w1 = 100 / (2 * 90), 100 / (2 * 10)
     assert torch.allclose(rows.sum(1)[rows[:, 0] > 0], torch.tensor(w0))
     assert torch.allclose(rows.sum(1)[rows[:, 1] > 0], torch.tensor(w1))
     seen.clear()
-    fit(_model(), ts, TrainConfig(class_weights="balanced", mixup=1.0, **CFG), norm=NORM, **QUIET)
+    fit(_model(), ts, TrainConfig(class_weights="balanced", mixup=1.0, **CFG), watch=QUIET)
     mass = torch.cat(seen).sum(1)
     assert bool((mass >= w0 - 1e-5).all() and (mass <= w1 + 1e-5).all())
     assert bool(((mass > w0 + 1e-3) & (mass < w1 - 1e-3)).any())  # mixed pairs of the two classes
     seen.clear()
-    fit(_model(), ts, TrainConfig(sampler="balanced", **CFG), norm=NORM, **QUIET)
+    fit(_model(), ts, TrainConfig(sampler="balanced", **CFG), watch=QUIET)
     rows = torch.cat(seen)
     assert torch.allclose(rows.sum(1), torch.tensor(1.0))  # the sampler does not weight
     assert 0.35 < rows[:, 1].mean().item() < 0.65  # but draws the minority class about half the time (uniform: 0.1)
@@ -173,21 +177,20 @@ def test_combinations_that_cannot_work_are_refused_before_training():
     started = []
     hook = lambda *_: started.append(1)  # noqa: E731
     with pytest.raises(FewLabelsError, match="--class-weights balanced and --sampler balanced .* keep one"):
-        fit(_model(), _imbalanced(), TrainConfig(class_weights="balanced", sampler="balanced", **CFG), norm=NORM,
-            on_epoch_start=hook, **QUIET)
+        fit(_model(), _imbalanced(), TrainConfig(class_weights="balanced", sampler="balanced", **CFG), watch=QUIET,
+            on_epoch_start=hook)
 
-    def own_loss(model, x, target, has_label):
+    def own_loss(model, x, batch):
         return model(x).pow(2).mean()
 
     with pytest.raises(FewLabelsError, match=r"this method's loss \(own_loss\).*--sampler balanced"):
-        fit(_model(), _imbalanced(), TrainConfig(class_weights="balanced", **CFG), norm=NORM, loss_fn=own_loss,
-            on_epoch_start=hook, **QUIET)
+        fit(_model(), _imbalanced(), TrainConfig(class_weights="balanced", **CFG), loss_fn=own_loss, watch=QUIET,
+            on_epoch_start=hook)
     with pytest.raises(FewLabelsError, match="'sampler': 'classwise' is not one of uniform, balanced"):
-        fit(_model(), _imbalanced(), TrainConfig(sampler="classwise", **CFG), norm=NORM, on_epoch_start=hook, **QUIET)
+        fit(_model(), _imbalanced(), TrainConfig(sampler="classwise", **CFG), watch=QUIET, on_epoch_start=hook)
     assert not started
     # the sampler works with any loss
-    fit(_model(), _imbalanced(), TrainConfig(sampler="balanced", **{**CFG, "epochs": 1}), norm=NORM,
-        loss_fn=own_loss, **QUIET)
+    fit(_model(), _imbalanced(), TrainConfig(sampler="balanced", **{**CFG, "epochs": 1}), watch=QUIET, loss_fn=own_loss)
 
 
 def test_best_model_is_the_checkpoint_saved_as_best(tmp_path, monkeypatch):
@@ -202,15 +205,15 @@ def test_best_model_is_the_checkpoint_saved_as_best(tmp_path, monkeypatch):
             after_epoch_1.update({k: v.clone() for k, v in model.state_dict().items()})
 
     ts = _imbalanced()
-    res = fit(_model(), ts, TrainConfig(**CFG), norm=NORM, evals={"val": None}, run_dir=tmp_path,
-              on_epoch_start=keep, **QUIET)
+    res = fit(_model(), ts, TrainConfig(**CFG), watch=Watch(evals={"val": None}, run_dir=tmp_path, log=_silent),
+              on_epoch_start=keep)
     assert res.final["epoch"] == 1
     best = res.best_model()
     assert best is not res.model
     for k, v in best.state_dict().items():
         assert torch.equal(v, after_epoch_1[k]), k
     assert any(not torch.equal(a, b) for a, b in zip(best.parameters(), res.model.parameters()))
-    plain = fit(_model(), ts, TrainConfig(**{**CFG, "epochs": 1}), norm=NORM, **QUIET)  # no run folder
+    plain = fit(_model(), ts, TrainConfig(**{**CFG, "epochs": 1}), watch=QUIET)  # no run folder
     assert plain.best_model() is plain.model
 
 

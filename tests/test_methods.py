@@ -10,7 +10,7 @@ from fewlabels.engine.optim import build_optimizer
 from fewlabels.errors import FewLabelsError
 from fewlabels.losses import kd_loss
 from fewlabels.methods.distill import DistillLoss, distill, distill_loss
-from fewlabels.methods.pseudolabel import PseudoLabels, make_pseudo_labels, quality, select
+from fewlabels.methods.pseudolabel import PseudoLabels, quality, select
 from fewlabels.methods.selftrain import selftrain
 from fewlabels.methods.supervised import train
 from fewlabels.methods.transfer import lr_scales, transfer
@@ -39,9 +39,16 @@ def test_balance_caps_most_confident_and_fills_by_duplication():
     assert select(_probs(), balance=True).tolist() == [0, 1, 3, 4, 5, 5]
 
 
+def _pseudo(probs, targets, **select_kw):
+    """Pseudo-labels selected from probabilities (N, K) with the given target rows."""
+    idx = select(probs, **select_kw)
+    conf, pred = probs.max(1)
+    return PseudoLabels(idx, pred[idx], targets[idx], conf[idx], probs[idx])
+
+
 def test_pseudo_label_quality_and_roundtrip(tmp_path):
     probs = _probs()
-    pl = make_pseudo_labels(probs, probs, threshold=0.5, balance=False)
+    pl = _pseudo(probs, probs, threshold=0.5, balance=False)
     true = torch.tensor([0, 1, 0, 1, 2, 2])
     q = quality(pl, true, ["a", "b", "c"])
     # kept 0,1,3,4,5 with labels 0,0,1,1,2: correct 0,3,5 → 3/5
@@ -150,10 +157,10 @@ def test_distill_keeps_teacher_frozen_and_uses_unlabelled(teacher_run, tmp_path)
     seen_modes = []
 
     class Spy(DistillLoss):
-        def __call__(self, model, x, target, has_label):
+        def __call__(self, model, x, batch):
             seen_modes.append(self.teacher.training)
             assert not any(p.requires_grad for p in self.teacher.parameters())
-            return super().__call__(model, x, target, has_label)
+            return super().__call__(model, x, batch)
 
     import fewlabels.methods.distill as D
     orig = D.DistillLoss
@@ -290,11 +297,11 @@ def test_selftrain_run_extends_but_is_not_overwritten(selftrain_run):
 
 def test_student_trainset_smooths_pseudo_labels_like_labels():
     from fewlabels.engine.loop import TrainSet
-    from fewlabels.losses import smooth_one_hot
     from fewlabels.methods.selftrain import _student_trainset
+    from fewlabels.targets import one_hot as smooth_one_hot
 
     lab = TrainSet(torch.zeros(2, 1, 4, 4, dtype=torch.uint8), smooth_one_hot(torch.tensor([0, 1]), 4, 0.2),
-                   torch.ones(2, dtype=torch.bool))
+                   torch.ones(2, dtype=torch.bool), norm=((0.5,), (0.25,)))
     pl = torch.nn.functional.one_hot(torch.tensor([3, 2]), 4).float()
     ts = _student_trainset(lab, torch.ones(5, 1, 4, 4, dtype=torch.uint8), pl, torch.tensor([4, 1]), 0.2)
     assert torch.allclose(ts.targets[2:], smooth_one_hot(torch.tensor([3, 2]), 4, 0.2))
@@ -307,7 +314,7 @@ def test_student_trainset_weights_pseudo_labels_by_confidence():
     from fewlabels.methods.selftrain import _student_trainset
 
     lab = TrainSet(torch.zeros(1, 1, 4, 4, dtype=torch.uint8), torch.tensor([[1.0, 0, 0]]),
-                   torch.ones(1, dtype=torch.bool))
+                   torch.ones(1, dtype=torch.bool), norm=((0.5,), (0.25,)))
     pl = torch.nn.functional.one_hot(torch.tensor([2, 1]), 3).float()
     conf = torch.tensor([0.9, 0.5])
     ts = _student_trainset(lab, torch.ones(3, 1, 4, 4, dtype=torch.uint8), pl, torch.tensor([0, 2]), 0.0, conf, 2.0)
@@ -327,7 +334,7 @@ def test_labels_from_logits_averages_the_teachers_softmaxes():
     b = torch.tensor([[0.0, 4.0, 0.0], [0.0, 3.0, 0.0]])  # image 0: class 1 at 0.96
     pa, pb = a.softmax(1), b.softmax(1)
     one = labels_from_logits(a, threshold=0.0, balance=False)  # one teacher: its own argmax and softmax
-    ref = make_pseudo_labels(pa, torch.nn.functional.one_hot(a.argmax(1), 3).float(), threshold=0.0, balance=False)
+    ref = _pseudo(pa, torch.nn.functional.one_hot(a.argmax(1), 3).float(), threshold=0.0, balance=False)
     for x, y in zip((one.indices, one.labels, one.probs, one.confidence), (ref.indices, ref.labels, ref.probs,
                                                                             ref.confidence)):
         assert torch.equal(x, y)
@@ -467,7 +474,7 @@ def test_pseudolabel_finds_the_split_from_a_checkpoint_folder_and_saves_train_in
 
 def test_per_class_precision_counts_each_image_once():
     probs = _probs()
-    pl = make_pseudo_labels(probs, probs, threshold=0.0, balance=True, per_class=3)  # class 2 repeated 3×
+    pl = _pseudo(probs, probs, threshold=0.0, balance=True, per_class=3)  # class 2 repeated 3×
     q = quality(pl, torch.tensor([0, 1, 0, 1, 2, 0]), ["a", "b", "c"])
     assert q["per_class"]["c"]["selected"] == 3 and q["per_class"]["c"]["unique"] == 1
     assert q["per_class"]["c"]["precision"] == 0.0  # the one image, wrong, whatever its repeats
@@ -530,6 +537,7 @@ def test_transfer_from_a_run_with_other_channels_uses_the_datas_statistics(tmp_p
 def test_distill_teacher_sees_its_own_normalisation(teacher_run):
     """The online teacher gets the student's batch re-normalised to the statistics it was trained with."""
     from fewlabels.engine.checkpoint import load_model
+    from fewlabels.targets import Batch
 
     teacher, meta = load_model(teacher_run)
     x_raw = torch.rand(4, 1, 8, 8)
@@ -538,21 +546,23 @@ def test_distill_teacher_sees_its_own_normalisation(teacher_run):
     seen = []
     teacher.register_forward_hook(lambda m, inp, out: seen.append(inp[0]))
     renorm = (ss.flatten() / st.flatten(), (ms.flatten() - mt.flatten()) / st.flatten())
-    loss = DistillLoss(teacher, 10, 1.0, 4.0, renorm)
+    loss = DistillLoss(teacher, 1.0, 4.0, renorm)
     student = create_model("cnn-tiny", 10, in_chans=1)
     y = torch.nn.functional.one_hot(torch.arange(4), 10).float()
-    loss(student, (x_raw - ms) / ss, y, torch.ones(4, dtype=torch.bool))
+    loss(student, (x_raw - ms) / ss, Batch(y, torch.ones(4, dtype=torch.bool)))
     torch.testing.assert_close(seen[0], (x_raw - mt) / st, atol=1e-5, rtol=1e-5)
 
 
 def test_distill_mixing_with_unlabelled_images_keeps_only_whole_labels():
     """CutMix/MixUp pair labelled with unlabelled images: a label cut to a fraction must not enter the CE."""
+    from fewlabels.targets import Batch
+
     student = create_model("cnn-tiny", 3, in_chans=1)
     teacher = create_model("cnn-tiny", 3, in_chans=1)
     x = torch.randn(4, 1, 8, 8)
     y = torch.tensor([[1.0, 0, 0], [0, 0.4, 0], [0, 0, 1.0], [0, 0, 0]])  # row 1: labelled, mixed with unlabelled
     has = torch.tensor([True, True, True, False])
-    got = DistillLoss(teacher, 3, 0.5, 2.0)(student, x, y, has)
+    got = DistillLoss(teacher, 0.5, 2.0)(student, x, Batch(y, has))
     with torch.no_grad():
         t = teacher.eval()(x).float()
     want = distill_loss(student(x), t, y, torch.tensor([True, False, True, False]), alpha=0.5, temperature=2.0)

@@ -4,8 +4,9 @@ import torch
 from fewlabels.config import resolve
 from fewlabels.data.split import Split, make_split
 from fewlabels.errors import FewLabelsError
-from fewlabels.losses import kd_loss, smooth_one_hot, soft_cross_entropy
+from fewlabels.losses import kd_loss, soft_cross_entropy
 from fewlabels.methods.supervised import TrainCommand
+from fewlabels.targets import one_hot as smooth_one_hot
 
 
 def _labels(n_per=30, k=5):

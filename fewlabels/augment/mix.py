@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from fewlabels import targets as T
 from fewlabels.errors import FewLabelsError
-from fewlabels.losses import smooth_one_hot
 from fewlabels.utils import to_device
 
 
@@ -43,25 +43,18 @@ def sample_beta(alpha: float, n: int, generator: torch.Generator | None = None) 
 
 
 def smooth_targets(target: torch.Tensor, num_classes: int | None = None, smoothing: float = 0.0) -> torch.Tensor:
-    """Soft (N, K) float32 targets with label smoothing (Szegedy et al. 2016) folded in.
-
-    target: int64 labels (N,) (needs num_classes) → ``smooth_one_hot``; or soft targets (N, K), which become
-    (1 − ε)·t + ε/K (the same result for one-hot rows).
-    """
+    """Soft (N, K) float32 targets with label smoothing folded in: int64 labels (N,) (need num_classes) through
+    ``targets.one_hot``, soft rows (N, K) through ``targets.smooth``."""
     if target.ndim == 1 and not target.is_floating_point():
         if num_classes is None:
             raise FewLabelsError("integer labels need num_classes to build soft targets")
-        return smooth_one_hot(target, num_classes, smoothing)
+        return T.one_hot(target, num_classes, smoothing)
     if target.ndim != 2:
         raise FewLabelsError(f"targets must be int labels (N,) or soft targets (N, K); got shape {tuple(target.shape)}")
-    t = target.float()
-    return t * (1.0 - smoothing) + smoothing / t.shape[1] if smoothing else t
+    return T.smooth(target, smoothing)
 
 
-def mixup_target(target: torch.Tensor, lam: torch.Tensor | float) -> torch.Tensor:
-    """λ·t + (1 − λ)·t.flip(0) for soft targets (N, K); lam: a number or (N,) per image (timm's mixup_target)."""
-    lam_t = to_device(torch.as_tensor(lam, dtype=torch.float32), target.device).reshape(-1, 1)
-    return target * lam_t + target.flip(0) * (1.0 - lam_t)
+mixup_target = T.mix  # the augment API's name for it
 
 
 def rand_bbox(
@@ -203,23 +196,31 @@ class Mixer:
     def __call__(
         self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        x, t, _ = self.mix(x, target, generator)
+        return x, t
+
+    def mix(
+        self, x: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """As calling the Mixer, and also the realised λ (N,) that mixed the targets (None: nothing mixed), for other
+        per-image rows that must mix alike (a teacher's cached logits)."""
         if x.ndim != 4:
             raise FewLabelsError(f"Mixer expects images (N, C, H, W), got shape {tuple(x.shape)}")
         t = smooth_targets(to_device(target, x.device), self.num_classes, self.label_smoothing)
         if not self.active:
-            return x, t
+            return x, t, None
         n, _, h, w = x.shape
         s = self.sample(n, h, w, generator)
         cut = s["use_cutmix"].expand(n)
         lam = s["lam"]
         if not bool(cut.any()):
             if bool((lam == 1).all()):
-                return x, t
-            return _blend(x, lam.float().view(-1, 1, 1, 1)), mixup_target(t, lam)
+                return x, t, None
+            return _blend(x, lam.float().view(-1, 1, 1, 1)), mixup_target(t, lam), lam
         keep = (~box_mask(s["boxes"], h, w, x.device)).float()  # (N, 1, H, W): 0 in the box, empty for MixUp
         if bool(cut.all()):
-            return _blend(x, keep), mixup_target(t, lam)
+            return _blend(x, keep), mixup_target(t, lam), lam
         # some images CutMix, some MixUp: the per-pixel weight is keep for CutMix images and λ for MixUp ones
         is_cut = to_device(cut, x.device, torch.float32).view(-1, 1, 1, 1)
         weight = keep * is_cut + to_device(lam, x.device, torch.float32).view(-1, 1, 1, 1) * (1.0 - is_cut)
-        return _blend(x, weight), mixup_target(t, lam)
+        return _blend(x, weight), mixup_target(t, lam), lam

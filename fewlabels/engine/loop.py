@@ -2,8 +2,9 @@
 
 Images live on the device as one uint8 tensor; each step takes a batch of indices, augments the whole batch there
 (per-image random parameters, no per-image Python), normalises, optionally mixes (CutMix/MixUp on soft targets), and
-takes an optimizer step under autocast. Targets are always soft (N, K), so supervised training, pseudo-labels and
-distillation differ only in the targets and the loss function passed in.
+takes an optimizer step under autocast. Targets are always soft (N, K) rows built by fewlabels.targets, so supervised
+training, pseudo-labels and distillation differ only in the TrainSet (the rows, and a teacher's cached logits as
+their own field) and the loss object passed in (losses.CrossEntropy, methods.distill.DistillLoss).
 
 Imbalanced classes (`class_weights`, `sampler`): the class of an image is the argmax of its target row, over the
 images that have a label (pseudo-labelled ones included, as their pseudo-label's class); images without a label
@@ -30,7 +31,9 @@ from ..config import checked
 from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
 from ..eval import accuracy, check_tta_translate, normalize, predict_logits, stats_tensors
-from ..losses import soft_cross_entropy
+from ..losses import CrossEntropy
+from ..targets import Batch
+from ..targets import mix as mix_rows
 from ..utils import (
     autocast,
     environment_info,
@@ -45,24 +48,23 @@ from .checkpoint import load_train_state, save_checkpoint
 from .config import TrainConfig
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 
-# (model, images (B, C, H, W) float, soft targets (B, K), has_label (B,)) -> scalar loss
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def supervised_loss(model: nn.Module, x: torch.Tensor, target: torch.Tensor, has_label: torch.Tensor) -> torch.Tensor:
-    return soft_cross_entropy(model(x), target)
+# (model, images (B, C, H, W) float, the batch's targets) -> scalar loss
+LossFn = Callable[[nn.Module, torch.Tensor, Batch], torch.Tensor]
 
 
 @dataclass
 class TrainSet:
-    """What the student trains on: uint8 images (N, C, H, W), soft targets (N, K) (all-zero rows where an image has
-    no target, e.g. unlabelled images under distillation), `has_label` (N,) and `pseudo` (N,) marking pseudo-labelled
-    images for the labelled:pseudo batch ratio."""
+    """What a model trains on: uint8 images (N, C, H, W) and their normalisation `norm` (per-channel (mean, std) on
+    [0, 1]); soft target rows (N, K) (all-zero where an image has no target, e.g. unlabelled images under
+    distillation); `has_label` (N,); `pseudo` (N,) marking pseudo-labelled images for the labelled:pseudo batch
+    ratio; `teacher_logits` (N, K), a teacher's cached outputs for distillation."""
 
     images: torch.Tensor
     targets: torch.Tensor
     has_label: torch.Tensor
     pseudo: torch.Tensor | None = None
+    teacher_logits: torch.Tensor | None = None
+    norm: tuple[tuple[float, ...], tuple[float, ...]] = field(kw_only=True)
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -70,6 +72,23 @@ class TrainSet:
             raise FewLabelsError("there are no training images: check the label budget and the data folder")
         if self.targets.shape[0] != n or self.has_label.shape != (n,):
             raise ValueError("images, targets and has_label must have the same length")
+        if self.teacher_logits is not None and self.teacher_logits.shape != self.targets.shape:
+            raise ValueError("teacher_logits must have the targets' shape (N, K)")
+
+
+@dataclass
+class Watch:
+    """What fit() evaluates, writes and prints. evals: named image sets evaluated after each epoch; the one named
+    `select` picks checkpoints/best (without it, best = last: never select on the test set). run_dir: where
+    checkpoints, metrics.jsonl and learning_curve.png go (None: nothing written); resume: from its last checkpoint.
+    meta: what every checkpoint records (how to rebuild the model)."""
+
+    evals: dict[str, ImageSet] = field(default_factory=dict)
+    run_dir: str | Path | None = None
+    meta: dict[str, Any] | None = None
+    log: Callable[[str], None] = print
+    select: str = "val"
+    resume: bool = True
 
 
 @dataclass
@@ -104,11 +123,9 @@ class FitResult:
         return best.eval()
 
 
-def row_classes(targets: torch.Tensor, has_label: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
-    """The class of each row: argmax of its target over the first num_classes columns (distillation carries the
-    teacher's cached logits after them), -1 where the image has no label."""
-    k = num_classes or targets.shape[1]
-    cls = targets[:, :k].argmax(1)
+def row_classes(targets: torch.Tensor, has_label: torch.Tensor) -> torch.Tensor:
+    """The class of each row: argmax of its target, -1 where the image has no label."""
+    cls = targets.argmax(1)
     return torch.where(has_label.to(cls.device), cls, torch.full_like(cls, -1))
 
 
@@ -203,17 +220,12 @@ def _init_from_data(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, 
         log(f"note: {type(model).__name__} has no data-dependent initialisation; whiten_stem is ignored")
 
 
-def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tuple[float, ...], tuple[float, ...]],
-        evals: dict[str, ImageSet] | None = None, run_dir: str | Path | None = None,
-        loss_fn: LossFn = supervised_loss, meta: dict[str, Any] | None = None,
-        lr_scale: dict[str, float] | None = None, resume: bool = True, log: Callable[[str], None] = print,
-        select: str = "val",
+def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | None = None, watch: Watch | None = None,
+        *, lr_scale: dict[str, float] | None = None,
         on_epoch_start: Callable[[nn.Module, int], None] | None = None) -> FitResult:
-    """Train `model` on `train` and return it (with EMA weights when EMA is on).
+    """Train `model` on `train` with the loss object `loss_fn` (default: losses.CrossEntropy) and return it (with EMA
+    weights when EMA is on); `watch` says what is evaluated, written and printed.
 
-    norm: per-channel (mean, std) on [0, 1]. evals: named image sets evaluated after each epoch; the first one
-    named `select` picks the best checkpoint (without it, best = last: never select on the test set).
-    run_dir: where checkpoints and metrics.jsonl go (None: nothing written).
     lr_scale: learning-rate multiplier per parameter name (layer-wise rates). on_epoch_start(model, epoch): a hook,
     e.g. to unfreeze a backbone after a first phase.
 
@@ -221,18 +233,21 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
     targets stay as they are): with soft targets L = -Σ_k w·p_k·log q_k = w·CE, so the loss stays a mean over the
     batch of weighted terms, label smoothing and selftrain's confidence scaling compose by multiplication, and
     MixUp/CutMix mix the scaled rows linearly (a mixed image's weight is the mix of its two images' weights). It
-    needs a loss that is that cross-entropy (supervised_loss): another loss_fn may read the targets' mass otherwise
+    needs a loss that is that cross-entropy (CrossEntropy): another loss may read the targets' mass otherwise
     (distillation tells whole labels by rows summing to 1), and is refused. cfg.sampler = "balanced" draws the
     batches by class (see _batches) and works with any loss.
     """
     from ..augment import Mixer, build_augment
 
     cfg = checked(cfg)
+    loss_fn = loss_fn if loss_fn is not None else CrossEntropy()
+    watch = watch if watch is not None else Watch()
+    evals, run_dir, log, select, norm = watch.evals or {}, watch.run_dir, watch.log, watch.select, train.norm
     if cfg.class_weights != "none" and cfg.sampler != "uniform":
         raise FewLabelsError(f"--class-weights {cfg.class_weights} and --sampler {cfg.sampler} each even out the "
                              "classes, and together over-correct (a class with 10x fewer images would count 10x "
                              "more than the others): keep one of them")
-    if cfg.class_weights != "none" and loss_fn is not supervised_loss:
+    if cfg.class_weights != "none" and not isinstance(loss_fn, CrossEntropy):
         name = getattr(loss_fn, "__name__", type(loss_fn).__name__)
         raise FewLabelsError(f"--class-weights {cfg.class_weights} weights the cross-entropy through its targets, "
                              f"which this method's loss ({name}) does not read as weights: balance the classes with "
@@ -243,13 +258,12 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         tune_cpu_allocator()  # fewer page faults per step (benchmarks/results/cpu_allocator.md)
     if not is_main_process():  # under torchrun only rank 0 logs and writes the run folder
         log, run_dir = (lambda *_: None), None
-    evals = evals or {}
     run_dir = Path(run_dir) if run_dir is not None else None
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = train.images.to(device)  # (N, C, H, W) uint8, lives on the device for the whole run
-    classes = (row_classes(train.targets, train.has_label, getattr(model, "num_classes", None)).cpu()
+    classes = (row_classes(train.targets, train.has_label).cpu()
                if cfg.class_weights != "none" or cfg.sampler != "uniform" else None)
     targets = train.targets.to(device, torch.float32)
     if cfg.class_weights == "balanced":  # a new tensor: `.to` may have returned the caller's own
@@ -261,6 +275,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
                 f"{float(weights[lab].max()):.3g} (the smallest), over {int(lab.sum())} labelled images")
     draw_by = classes if cfg.sampler == "balanced" else None
     has_label = train.has_label.to(device)
+    teacher_logits = train.teacher_logits.to(device, torch.float32) if train.teacher_logits is not None else None
     mean, std = stats_tensors(*norm, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     _, _, h, w = images.shape
@@ -296,7 +311,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
 
     start_epoch, history, best, best_row = 0, [], None, None
     last_dir = run_dir / "checkpoints" / "last" if run_dir else None
-    state = load_train_state(last_dir) if (resume and last_dir) else None
+    state = load_train_state(last_dir) if (watch.resume and last_dir) else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
@@ -311,7 +326,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
         best = state.get("best")
         best_row = _best_row(history, select, best)
         log(f"resuming from {last_dir} after epoch {start_epoch}/{cfg.epochs}")
-    meta = dict(meta or {})
+    meta = dict(watch.meta or {})
     meta.setdefault("environment", environment_info())
     meta["train_config"] = cfg.asdict()
 
@@ -335,11 +350,12 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, *, norm: tuple[tupl
             xb = images[idx]
             x = augment.normalized(xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
                                    out=torch.empty(xb.shape, device=device, memory_format=memory_format))
-            y, hl = targets[idx], has_label[idx]
+            y, tl = targets[idx], teacher_logits[idx] if teacher_logits is not None else None
             if mixer is not None:
-                x, y = mixer(x, y, generator=g)
+                x, y, lam = mixer.mix(x, y, generator=g)
+                tl = mix_rows(tl, lam) if tl is not None and lam is not None else tl
             with autocast(device, dtype):
-                loss = loss_fn(model, x, y, hl)
+                loss = loss_fn(model, x, Batch(y, has_label[idx], tl))
             opt.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()

@@ -15,7 +15,7 @@ from ..data import Dataset, ImageSet, Split, load_dataset, make_split
 from ..engine.config import Augment, TrainConfig
 from ..engine.loop import TrainSet
 from ..errors import FewLabelsError
-from ..losses import smooth_one_hot
+from ..targets import one_hot
 from ..utils import atomic_write_text, environment_info, seed_everything, write_json
 
 
@@ -365,8 +365,8 @@ def eval_sets(ds: Dataset, split: Split) -> dict[str, ImageSet]:
 
 def labelled_trainset(ds: Dataset, split: Split, smoothing: float) -> TrainSet:
     lab = ds.train.subset(split.labelled)
-    return TrainSet(lab.images, smooth_one_hot(lab.labels, ds.train.num_classes, smoothing),
-                    torch.ones(len(lab), dtype=torch.bool))
+    return TrainSet(lab.images, one_hot(lab.labels, ds.train.num_classes, smoothing),
+                    torch.ones(len(lab), dtype=torch.bool), norm=(ds.mean, ds.std))
 
 
 def build_model(mc: Model, ds: Dataset, log=print, seed: int = 0) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -25,10 +25,11 @@ from torch import nn
 from ..config import Options, group, opt
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING
-from ..engine.loop import TrainSet, fit
+from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
-from ..losses import kd_loss, smooth_one_hot, soft_cross_entropy
+from ..losses import kd_loss, soft_cross_entropy
+from ..targets import Batch, one_hot
 from ..utils import autocast, pick_device, pick_dtype, synchronize, to_device, write_json
 from .common import (
     Budget,
@@ -61,24 +62,24 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
 
 
 class DistillLoss:
-    """The fit() loss function: runs the frozen teacher on the student's batch (or reads cached logits carried in the
-    targets' second half)."""
+    """The fit() loss object: runs the frozen teacher on the student's batch, or reads the batch's teacher_logits
+    (cached once on clean images, mixed along with the images under MixUp/CutMix) when there is no teacher."""
 
-    def __init__(self, teacher: nn.Module | None, num_classes: int, alpha: float, temperature: float,
+    def __init__(self, teacher: nn.Module | None, alpha: float, temperature: float,
                  renorm: tuple[torch.Tensor, torch.Tensor] | None = None):
         """renorm: per-channel (scale, shift) taking the student's normalised batch to the teacher's
         normalisation, when they were trained with different statistics."""
-        self.teacher, self.k, self.alpha, self.t, self.renorm = teacher, num_classes, alpha, temperature, renorm
+        self.teacher, self.alpha, self.t, self.renorm = teacher, alpha, temperature, renorm
         if teacher is not None:
             teacher.eval().requires_grad_(False)
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, target: torch.Tensor, has_label: torch.Tensor):
-        y = target[:, : self.k]
+    def __call__(self, model: nn.Module, x: torch.Tensor, batch: Batch) -> torch.Tensor:
+        y = batch.targets
         # Under MixUp/CutMix with unlabelled images, a labelled image mixed with an unlabelled one keeps only part of
         # its label mass: only whole labels enter the cross-entropy (the distillation term covers every image).
-        has_label = has_label & (y.sum(1) > 1 - 1e-3)
+        has_label = batch.has_label & (y.sum(1) > 1 - 1e-3)
         if self.teacher is None:
-            t_logits = target[:, self.k:]  # cached logits, mixed along with the images
+            t_logits = batch.teacher_logits
         else:
             xt = x
             if self.renorm is not None:
@@ -127,11 +128,11 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     has_label = torch.zeros(len(sub), dtype=torch.bool)
     has_label[: len(split.labelled)] = True
     targets = torch.zeros(len(sub), k)
-    targets[has_label] = smooth_one_hot(sub.labels[has_label], k, cfg.label_smoothing)
+    targets[has_label] = one_hot(sub.labels[has_label], k, cfg.label_smoothing)
+    cached = None
     if cfg.cache_teacher:
-        logits = predict_logits(teacher, sub.images, tmeta["mean"], tmeta["std"], device=device,
+        cached = predict_logits(teacher, sub.images, tmeta["mean"], tmeta["std"], device=device,
                                 dtype=pick_dtype(cfg.precision, device))
-        targets = torch.cat([targets, logits], 1)
         teacher_for_loss = None
     else:
         teacher_for_loss = teacher.to(memory_format=torch.channels_last) if cfg.channels_last else teacher
@@ -142,11 +143,10 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
                           for v in (ds.mean, ds.std, tmeta["mean"], tmeta["std"]))
         renorm = (ss / st, (ms - mt) / st)
     student, meta = build_model(cfg.group(Model), ds, log, cfg.seed)
-    loss = DistillLoss(teacher_for_loss, k, cfg.alpha, cfg.temperature, renorm)
+    loss = DistillLoss(teacher_for_loss, cfg.alpha, cfg.temperature, renorm)
     t0 = time.perf_counter()
-    res = fit(student, TrainSet(sub.images, targets, has_label), train_config(cfg, ds), norm=(ds.mean, ds.std),
-              evals=eval_sets(ds, split), run_dir=run_dir, loss_fn=loss, meta={**meta, "teacher": cfg.teacher},
-              log=log)
+    res = fit(student, TrainSet(sub.images, targets, has_label, teacher_logits=cached, norm=(ds.mean, ds.std)),
+              train_config(cfg, ds), loss, Watch(eval_sets(ds, split), run_dir, {**meta, "teacher": cfg.teacher}, log))
     out = {"run_dir": str(run_dir), "train_minutes": (time.perf_counter() - t0) / 60,
            **res.final}
     if ds.test is not None:

@@ -16,12 +16,12 @@ from ..config import Options, group, opt
 from ..data import load_dataset
 from ..engine.checkpoint import find_checkpoint, load_model
 from ..engine.config import TRAINING, Device, Seed, TrainConfig
-from ..engine.loop import TrainSet, fit
+from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, predict_logits
-from ..losses import smooth_one_hot
 from ..probes.equivariance import equivariance_markdown, equivariance_probe, plot_equivariance
 from ..probes.fc_vs_cnn import CONDITIONS, conditions, fc_vs_cnn_markdown, matched_pair, plot_fc_vs_cnn
+from ..targets import one_hot
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import Budget, Run, Source, check_classes, prepare_data, run_folder, save_config, val_set
 from .supervised import Trained
@@ -160,7 +160,7 @@ def _train_and_test(model: torch.nn.Module, meta: dict[str, Any], train_set: Tra
                     cfg: ProbeFcVsCnnCommand, norm: tuple, run_dir: Path, log: Any) -> dict[str, float]:
     """Fit one model and return its test accuracy under each of `tests` ({name: (images, labels)})."""
     tc = TrainConfig.of(cfg)
-    result = fit(model, train_set, tc, norm=norm, run_dir=run_dir, meta=meta, log=log)
+    result = fit(model, train_set, tc, watch=Watch(run_dir=run_dir, meta=meta, log=log))
     device = pick_device(tc.device)
     accs = {}
     for name, (images, labels) in tests.items():
@@ -190,7 +190,7 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
     train = ds.train.subset(split.labelled)
     k = ds.train.num_classes
     chans, h, w = train.image_shape
-    train_targets = smooth_one_hot(train.labels, k, cfg.label_smoothing)
+    train_targets = one_hot(train.labels, k, cfg.label_smoothing)
     norm = (ds.mean, ds.std)
     out: dict[str, Any] = {"fc": {}, "cnn": {}, "params": {"cnn_name": cfg.cnn, "fc": {}}, "mlp_hidden": {},
                            "minutes": {"fc": {}, "cnn": {}}}
@@ -205,7 +205,7 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
         out["params"]["cnn"] = info["cnn_params"]
         out["params"]["fc"][cond] = info["mlp_params"]
         out["mlp_hidden"][cond] = info["mlp_hidden"]
-        train_set = TrainSet(x_train, train_targets, torch.ones(len(train), dtype=torch.bool))
+        train_set = TrainSet(x_train, train_targets, torch.ones(len(train), dtype=torch.bool), norm=norm)
         tests = {name: (tf(test.images), test.labels) for name, tf in test_tfs.items()}
         base_meta = {"classes": ds.train.classes, "in_chans": chans, "image_size": list(x_train.shape[-2:]),
                      "mean": list(ds.mean), "std": list(ds.std), "dataset": ds.name, "probe_condition": cond}

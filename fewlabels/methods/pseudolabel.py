@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .. import targets as T
 from ..config import Options, group, opt
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import load_model
@@ -96,13 +97,6 @@ class PseudoLabels:
                                  f"`fewlabels pseudolabel` again to rewrite it") from None
 
 
-def soft_targets(logits: torch.Tensor, temperature: float = 1.0, hard: bool = True) -> torch.Tensor:
-    """(N, K) targets: one-hot of the argmax (hard) or softmax(logits / T) (soft)."""
-    if hard:
-        return torch.nn.functional.one_hot(logits.argmax(1), logits.shape[1]).float()
-    return (logits.float() / temperature).softmax(1)
-
-
 def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
            fill: bool = True, prior: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (M,) of the pseudo-labels to keep, from teacher probabilities (N, K).
@@ -141,12 +135,6 @@ def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True,
         else:
             out.append(members)
     return torch.cat(out) if out else keep[:0]
-
-
-def make_pseudo_labels(probs: torch.Tensor, targets: torch.Tensor, **select_kw: Any) -> PseudoLabels:
-    idx = select(probs, **select_kw)
-    conf, pred = probs.max(1)
-    return PseudoLabels(idx, pred[idx], targets[idx], conf[idx], probs[idx])
 
 
 def quality(pl: PseudoLabels, true_labels: torch.Tensor, classes: list[str]) -> dict[str, Any]:
@@ -189,28 +177,27 @@ def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool 
                        threshold: float = 0.0, balance: bool = True, per_class: int | None = None,
                        fill: bool = True, prior: torch.Tensor | None = None) -> PseudoLabels:
     """Pseudo-labels from one teacher's logits (N, K), or from several teachers' (a list): then their softmaxes
-    are averaged, for the confidence, the hard labels and the soft targets alike (an ensemble of teachers)."""
+    are averaged, for the confidence, the hard labels and the soft targets alike (an ensemble of teachers). The
+    targets come from targets.from_logits, the selection from `select`."""
     group = logits if isinstance(logits, (list, tuple)) else [logits]
     if not group or any(g.shape != group[0].shape for g in group):
         raise FewLabelsError(f"the teachers' predictions do not match: shapes {[tuple(g.shape) for g in group]}")
     probs = torch.stack([g.float().softmax(1) for g in group]).mean(0)
-    if hard:
-        targets = torch.nn.functional.one_hot(probs.argmax(1), probs.shape[1]).float()
-    else:
-        targets = torch.stack([soft_targets(g, temperature, hard=False) for g in group]).mean(0)
-    return make_pseudo_labels(probs, targets, threshold=threshold, balance=balance, per_class=per_class, fill=fill,
-                              prior=prior)
+    targets = T.from_logits(group, hard=hard, temperature=temperature)
+    idx = select(probs, threshold=threshold, balance=balance, per_class=per_class, fill=fill, prior=prior)
+    conf, pred = probs.max(1)
+    return PseudoLabels(idx, pred[idx], targets[idx], conf[idx], probs[idx])
 
 
-def label_pool(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, hard: bool = True, temperature: float = 1.0,
-               tta_flip: bool = False, tta_translate: int = 0, threshold: float = 0.0, balance: bool = True,
-               per_class: int | None = None, fill: bool = True, batch_size: int = 1024,
-               device: torch.device | None = None, prior: torch.Tensor | None = None) -> PseudoLabels:
-    """Teacher inference on the clean pool (no grad, big batches, bf16), then selection."""
-    logits = pool_logits(teacher, meta, pool, tta_flip=tta_flip, tta_translate=tta_translate, batch_size=batch_size,
+def teach(teacher: torch.nn.Module, meta: dict, pool: ImageSet, cfg: Any, device: torch.device,
+          prior: torch.Tensor) -> PseudoLabels:
+    """The teacher labels the clean pool with a command's PseudoLabel and Temperature options (`prior`: the labelled
+    images' class frequencies, used with --balance-to labelled)."""
+    logits = pool_logits(teacher, meta, pool, tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
                          device=device)
-    return labels_from_logits(logits, hard=hard, temperature=temperature, threshold=threshold, balance=balance,
-                              per_class=per_class, fill=fill, prior=prior)
+    return labels_from_logits(logits, hard=not cfg.soft, temperature=cfg.temperature, threshold=cfg.threshold,
+                              balance=cfg.balance, per_class=cfg.per_class,
+                              prior=prior if cfg.balance_to == "labelled" else None)
 
 
 def labelled_prior(train: ImageSet, split: Any) -> torch.Tensor:
@@ -276,10 +263,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     if len(split.unlabelled) == 0:
         raise FewLabelsError(EMPTY_POOL)
     pool = ds.train.subset(split.unlabelled)
-    pl = label_pool(teacher, meta, pool, hard=not cfg.soft, temperature=cfg.temperature,
-                    tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher, threshold=cfg.threshold,
-                    balance=cfg.balance, per_class=cfg.per_class, device=device,
-                    prior=labelled_prior(ds.train, split) if cfg.balance_to == "labelled" else None)
+    pl = teach(teacher, meta, pool, cfg, device, labelled_prior(ds.train, split))
     if len(pl) == 0:
         raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
     pl.save(run_dir, pool.paths, ds.train.classes, split.unlabelled)

@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
+from .. import targets as T
 from ..config import Options, group, opt
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
-from ..engine.loop import TrainSet, fit
+from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
-from ..losses import smooth_one_hot
 from ..utils import pick_device, pick_dtype, write_json
 from .common import (
     EMPTY_POOL,
@@ -46,7 +46,7 @@ from .common import (
     source_split,
     train_config,
 )
-from .pseudolabel import PseudoLabel, check_label_options, label_pool, labelled_prior, quality
+from .pseudolabel import PseudoLabel, check_label_options, labelled_prior, quality, teach
 from .transfer import LayerRates, lr_scales
 
 
@@ -85,19 +85,16 @@ class SelfTrainCommand(Options):
 def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets: torch.Tensor,
                       pl_indices: torch.Tensor, smoothing: float = 0.0, confidence: torch.Tensor | None = None,
                       power: float = 0.0) -> TrainSet:
-    """Labelled + pseudo-labelled images; the pseudo-labels smoothed by ε as the labelled targets already are.
-
-    power > 0: each pseudo-label's target row is scaled by confidence^power, which scales its cross-entropy term by
-    the same factor (L = -Σ_k w·p_k·log q_k = w·CE), so doubtful labels pull less (a power-law form of SoftMatch's
-    confidence weighting, Chen et al. 2023). The loss stays a mean over the batch: labelled images keep full weight."""
+    """Labelled + pseudo-labelled images; the pseudo-labels smoothed by ε as the labelled targets already are, and
+    with power > 0 weighted by the teacher's confidence^power (targets.weighted: doubtful labels pull less; the
+    loss stays a mean over the batch, labelled images keep full weight)."""
     n_lab, n_ps = labelled.images.shape[0], pl_indices.numel()
-    pl_targets = pl_targets * (1 - smoothing) + smoothing / pl_targets.shape[1]
-    if power > 0 and confidence is not None:
-        pl_targets = pl_targets * confidence.float().clamp(0, 1).pow(power).unsqueeze(1)
+    pl_targets = T.weighted(T.smooth(pl_targets, smoothing), confidence, power)
     return TrainSet(torch.cat([labelled.images, pool_images[pl_indices]]),
                     torch.cat([labelled.targets, pl_targets]),
                     torch.ones(n_lab + n_ps, dtype=torch.bool),
-                    torch.cat([torch.zeros(n_lab, dtype=torch.bool), torch.ones(n_ps, dtype=torch.bool)]))
+                    torch.cat([torch.zeros(n_lab, dtype=torch.bool), torch.ones(n_ps, dtype=torch.bool)]),
+                    norm=labelled.norm)
 
 
 def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -140,8 +137,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)"
             + (f", from {pretrained}" if pretrained else ""))
         scales = lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained else None
-        res = fit(model, train, tcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log,
-                  lr_scale=scales)
+        res = fit(model, train, tcfg, watch=Watch(evals, rdir, meta, log), lr_scale=scales)
         last = res.final  # the checkpoint the next round loads
         row = {"round": r, "model": model_name, "val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"),
                "train_images": int(train.images.shape[0]), "minutes": round((time.perf_counter() - t0) / 60, 3),
@@ -166,10 +162,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             continue
         teacher, tmeta = load_model(run_dir / f"round{r - 1}", device)
         t0 = time.perf_counter()
-        pl = label_pool(teacher, tmeta, pool, hard=not cfg.soft, temperature=cfg.temperature,
-                        tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                        threshold=cfg.threshold, balance=cfg.balance, per_class=cfg.per_class, device=device,
-                        prior=labelled_prior(ds.train, split) if cfg.balance_to == "labelled" else None)
+        pl = teach(teacher, tmeta, pool, cfg, device, labelled_prior(ds.train, split))
         label_s = time.perf_counter() - t0
         if len(pl) == 0:
             reuse = (f"; copy {run_dir / 'round0'} and {run_dir / 'split.json'} into the new one to reuse the "
@@ -256,7 +249,7 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
     load_pretrained(model, str(src), strict=True)
     t0 = time.perf_counter()
     fcfg = base.replace(epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0)
-    res = fit(model, labelled, fcfg, norm=(ds.mean, ds.std), evals=evals, run_dir=rdir, meta=meta, log=log)
+    res = fit(model, labelled, fcfg, watch=Watch(evals, rdir, meta, log))
     last = res.final
     return {"round": "finetune", "model": meta["model"], "val_acc": last.get("val_acc"),
             "test_acc": last.get("test_acc"), "minutes": round((time.perf_counter() - t0) / 60, 3)}
@@ -338,4 +331,4 @@ def _cell(v: Any) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-__all__ = ["SelfTrainCommand", "selftrain", "smooth_one_hot"]
+__all__ = ["SelfTrainCommand", "selftrain"]

@@ -16,7 +16,7 @@ from ..data import Split, load_dataset
 from ..data.folder import decode_files
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING, TTA, Device
-from ..engine.loop import fit
+from ..engine.loop import Watch, fit
 from ..errors import FewLabelsError
 from ..eval import classification_report, final_report, predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
@@ -66,8 +66,7 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     model, meta = build_model(cfg.group(Model), ds, log, cfg.seed)
     tc = train_config(cfg, ds)
     evals = eval_sets(ds, split)
-    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tc, norm=(ds.mean, ds.std), evals=evals,
-                 run_dir=run_dir, meta=meta, log=log)
+    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tc, watch=Watch(evals, run_dir, meta, log))
     out = {"run_dir": str(run_dir), "labels": len(split.labelled), **result.final,
            "last_epoch": result.history[-1] if result.history else {}}
     if "test_acc" in out:

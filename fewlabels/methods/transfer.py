@@ -23,7 +23,7 @@ from ..config import Options, group, opt
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import read_meta, save_checkpoint
 from ..engine.config import TRAINING
-from ..engine.loop import fit
+from ..engine.loop import Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, stats_tensors
 from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
@@ -205,10 +205,9 @@ def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_
         if not scratch and cfg.freeze_epochs > 0:
             set_backbone_trainable(m, epoch >= cfg.freeze_epochs)
 
-    res = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tcfg, norm=(ds.mean, ds.std),
-              evals=eval_sets(ds, split), run_dir=run_dir, meta={**meta, "transfer": "scratch" if scratch else
-                                                                  "finetune"},
-              lr_scale=scales, log=log, on_epoch_start=phase)
+    meta = {**meta, "transfer": "scratch" if scratch else "finetune"}
+    res = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tcfg,
+              watch=Watch(eval_sets(ds, split), run_dir, meta, log), lr_scale=scales, on_epoch_start=phase)
     return res.final
 
 
