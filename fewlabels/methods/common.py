@@ -191,20 +191,23 @@ def save_config(run_dir: Path, cfg: Options, command: str) -> Options:
     return cfg
 
 
+def run_of(path: str | Path | None, *files: str) -> Path | None:
+    """The run folder a model comes from: the path itself, or for a checkpoint inside a run (RUN/checkpoints/best,
+    RUN/roundN of selftrain and its checkpoints) the nearest folder up to 3 levels above, that holds all of `files`
+    (e.g. config.yaml, split.json); None for a plain weights file, a model name or a folder without them."""
+    if not path or not Path(path).expanduser().exists():
+        return None
+    p = Path(path).expanduser().absolute()
+    p = p.parent if p.is_file() else p
+    inside = (p / "model.json").is_file() or (p / "checkpoints").is_dir()
+    return next((d for d in [p, *list(p.parents)[:3]][: 4 if inside else 1]
+                 if all((d / f).is_file() for f in files)), None)
+
+
 def source_split(source: str | None) -> Path | None:
-    """The split.json of the run a model comes from (a run folder, or a checkpoint inside one: RUN/checkpoints/best,
-    RUN/roundN/checkpoints/best of selftrain), or None for a plain weights file or a model name."""
-    if not source or not Path(source).exists():
-        return None
-    from ..engine.checkpoint import find_checkpoint
-    try:
-        folder = find_checkpoint(source)
-    except FewLabelsError:
-        return None
-    for d in [Path(source).absolute(), folder, *list(folder.parents)[:3]]:
-        if (d / "split.json").is_file():
-            return d / "split.json"
-    return None
+    """The split.json of the run a model comes from (see run_of)."""
+    run = run_of(source, "split.json")
+    return run / "split.json" if run is not None else None
 
 
 def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | None = None,

@@ -14,7 +14,7 @@ import yaml
 
 from ..config import Options, group, opt
 from ..data import load_dataset
-from ..engine.checkpoint import find_checkpoint, load_model
+from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING, Device, Seed, TrainConfig
 from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
@@ -23,7 +23,7 @@ from ..probes.equivariance import equivariance_markdown, equivariance_probe, plo
 from ..probes.fc_vs_cnn import CONDITIONS, conditions, fc_vs_cnn_markdown, matched_pair, plot_fc_vs_cnn
 from ..targets import one_hot
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import Budget, Run, Source, check_classes, prepare_data, run_folder, save_config, val_set
+from .common import Budget, Run, Source, check_classes, prepare_data, run_folder, run_of, save_config, val_set
 from .supervised import Trained
 
 # ---------------------------------------------------------------------------------------------------- equivariance
@@ -55,21 +55,13 @@ class ProbeEquivarianceCommand(Options):
 
 
 def _run_config(model_path: str) -> dict[str, Any]:
-    """The config.yaml of the run that trained the model (the model path, or a folder above its checkpoint)."""
-    start = Path(model_path)
+    """The config.yaml of the run that trained the model (see common.run_of), or {}."""
+    run = run_of(model_path, "config.yaml")
     try:
-        ckpt = find_checkpoint(model_path)
-    except FewLabelsError:
+        data = yaml.safe_load((run / "config.yaml").read_text()) if run is not None else {}
+    except yaml.YAMLError:
         return {}
-    for folder in [start, *start.parents[:1], ckpt, *ckpt.parents[:3]]:
-        f = folder / "config.yaml"
-        if f.is_file():
-            try:
-                data = yaml.safe_load(f.read_text())
-            except yaml.YAMLError:
-                return {}
-            return data if isinstance(data, dict) else {}
-    return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _nan_to_none(obj: Any) -> Any:

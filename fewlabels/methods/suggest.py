@@ -42,7 +42,7 @@ from ..engine.config import Compute, Device, Seed
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype
-from .common import DataConfig, Pool, Run, Source, check_classes, options_given, prepare_data
+from .common import DataConfig, Pool, Run, Source, check_classes, options_given, prepare_data, run_of
 from .supervised import Trained
 
 STRATEGIES = ("margin", "entropy", "random", "kcenter")
@@ -213,7 +213,7 @@ def labelled_features(run: Path, meta: dict, model: torch.nn.Module, device: tor
                       cfg: SuggestCommand) -> tuple[torch.Tensor | None, str]:
     """L2-normalised features of the run's labelled training images (its config.yaml's data options and its
     split.json's labelled indices), and where they came from; (None, why not) when they cannot be had."""
-    folder = run_folder_of(run)
+    folder = run_of(run, "config.yaml", "split.json")
     if folder is None:
         return None, f"{run} is not a run folder with config.yaml and split.json"
     try:
@@ -236,19 +236,6 @@ def labelled_features(run: Path, meta: dict, model: torch.nn.Module, device: tor
 
 
 # ---------------------------------------------------------------------------------------------------- files
-
-
-def run_folder_of(path: Path) -> Path | None:
-    """The run folder (config.yaml + split.json) of a run folder or of a checkpoint inside one (RUN/checkpoints/best,
-    RUN/roundN/checkpoints/best); None for a checkpoint on its own."""
-    p = path.expanduser().absolute()
-    if p.is_file():
-        p = p.parent
-    candidates = [p, *list(p.parents)[:3]] if (p / "model.json").is_file() else [p]
-    for c in candidates:
-        if (c / "config.yaml").is_file() and (c / "split.json").is_file():
-            return c
-    return None
 
 
 def default_out(run: Path) -> Path:
