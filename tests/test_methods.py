@@ -181,6 +181,15 @@ def test_distill_cached_teacher(teacher_run, tmp_path):
     r = distill(teacher=str(teacher_run), out=str(tmp_path / "d"), model="cnn-tiny", labels_per_class=20,
                 cache_teacher=True, epochs=1, **COMMON)
     assert 0 <= r["test_acc"] <= 1
+    _has_per_class_report(r, tmp_path / "d" / "results.json")
+
+
+def _has_per_class_report(result: dict, written) -> None:
+    """A run's result (and its JSON file) carries the final model's per-class report on the test images."""
+    for r in (result, json.loads(written.read_text())):
+        rep = r["report"]
+        assert rep["on"] == "test" and set(rep["per_class"]) == {str(c) for c in range(10)}
+        assert r["macro_f1"] == rep["macro_f1"] and 0 <= r["balanced_accuracy"] <= 1
 
 
 # ---------------------------------------------------------------- self-training
@@ -217,6 +226,8 @@ def test_selftrain_hands_over_the_last_round_unless_validation_shows_it_clearly_
     rows = res["rounds"]
     final = json.loads((out / "final.json").read_text())
     assert final["round"] == res["final_round"] == 1 and res["final_test_acc"] == rows[1]["test_acc"]
+    _has_per_class_report(res, out / "final.json")
+    assert final["report"]["accuracy"] == pytest.approx(final["test_acc"], abs=1e-9)  # the same model, same way
     handed = load_file(out / "checkpoints" / "best" / "model.safetensors")
     source = load_file(out / "round1" / "checkpoints" / "best" / "model.safetensors")
     assert handed.keys() == source.keys() and all(torch.equal(handed[k], source[k]) for k in handed)
@@ -408,6 +419,9 @@ def test_finetune_with_frozen_first_phase(teacher_run, tmp_path):
                  labels_per_class=10, epochs=2, freeze_epochs=1, probe_epochs=10, **COMMON)
     assert set(r) >= {"scratch", "probe", "finetune"}
     assert (tmp_path / "c" / "compare.md").is_file()
+    for mode in ("scratch", "finetune"):  # per-class reports of the trained models, in results.json too
+        written = json.loads((tmp_path / "c" / "results.json").read_text())[mode]
+        assert r[mode]["report"]["on"] == "test" and written["macro_f1"] == r[mode]["macro_f1"]
 
 
 # ---------------------------------------------------------------- the Python API's own input checks

@@ -456,6 +456,20 @@ def _names(names: list[str], limit: int = 8) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, ImageSet], norm: tuple,
+                tc: TrainConfig) -> dict[str, Any]:
+    """`out` with the per-class report of a run's final model on its test images, else its validation images, as
+    `report` ({"on", **eval.classification_report}), and its macro_f1 and balanced_accuracy at the top; evaluated
+    as fit() evaluated (the run's precision, TTA and memory format)."""
+    from ..eval import final_report
+
+    report = final_report(model, evals, norm, batch_size=tc.eval_batch_size, precision=tc.precision,
+                          tta_flip=tc.tta_flip, tta_translate=tc.tta_translate, channels_last=tc.channels_last)
+    if report is not None:
+        out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], report=report)
+    return out
+
+
 def scored(metrics: dict[str, Any]) -> str:
     """'test accuracy 0.9, validation accuracy 0.8' for the splits a run's final metrics have."""
     parts = [f"{name} accuracy {metrics[f'{key}_acc']:.4f}" for key, name in (("test", "test"), ("val", "validation"))

@@ -47,6 +47,7 @@ from .common import (
     save_config,
     scored,
     train_config,
+    with_report,
 )
 
 
@@ -149,6 +150,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
               train_config(cfg, ds), loss, Watch(eval_sets(ds, split), run_dir, {**meta, "teacher": cfg.teacher}, log))
     out = {"run_dir": str(run_dir), "train_minutes": (time.perf_counter() - t0) / 60,
            **res.final}
+    with_report(out, res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), train_config(cfg, ds))
     if ds.test is not None:
         out["compression"] = compression_report({"teacher": (teacher, tmeta), "student": (res.model, meta)},
                                                 ds.test, device)

@@ -45,6 +45,7 @@ from .common import (
     save_config,
     source_split,
     train_config,
+    with_report,
 )
 from .pseudolabel import PseudoLabel, check_label_options, labelled_prior, quality, teach
 from .transfer import LayerRates, lr_scales
@@ -185,8 +186,13 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         rows.append(_finetune(cfg, ds, split, labelled, evals, run_dir, final_dir, base, log))
         final_dir = run_dir / "finetune"
     chosen = _finish(run_dir, final_dir, rows, log, len(evals["val"]) if "val" in evals else 0)
+    final, fmeta = load_model(run_dir / "checkpoints" / "best", device)
+    summary = with_report(json.loads((run_dir / "final.json").read_text()), final, evals,
+                          (fmeta["mean"], fmeta["std"]), base)
+    write_json(run_dir / "final.json", summary)  # the final model's per-class report too
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
-            "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc")}
+            "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc"),
+            **{k: summary[k] for k in ("macro_f1", "balanced_accuracy", "report") if k in summary}}
 
 
 def _model_of(weights: str | None, name: str, given: bool) -> str:

@@ -18,7 +18,7 @@ from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING, TTA, Device
 from ..engine.loop import Watch, fit
 from ..errors import FewLabelsError
-from ..eval import classification_report, final_report, predict_logits
+from ..eval import classification_report, predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     Budget,
@@ -34,6 +34,7 @@ from .common import (
     save_config,
     scored,
     train_config,
+    with_report,
 )
 
 
@@ -71,12 +72,7 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
            "last_epoch": result.history[-1] if result.history else {}}
     if "test_acc" in out:
         out["test_accuracy"] = out["test_acc"]
-    # per-class metrics of checkpoints/best (not of fit's last-epoch model), evaluated as fit evaluated it
-    report = final_report(result.best_model(), evals, (ds.mean, ds.std), batch_size=tc.eval_batch_size,
-                          precision=tc.precision, tta_flip=tc.tta_flip, tta_translate=tc.tta_translate,
-                          channels_last=tc.channels_last)
-    if report is not None:
-        out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], report=report)
+    with_report(out, result.best_model(), evals, (ds.mean, ds.std), tc)  # checkpoints/best's, not the last epoch's
     write_json(run_dir / "results.json", out)
     log(f"done: {run_dir}  {scored(out)}")
     return out

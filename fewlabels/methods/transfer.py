@@ -43,6 +43,7 @@ from .common import (
     scored,
     source_split,
     train_config,
+    with_report,
 )
 
 
@@ -208,7 +209,7 @@ def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_
     meta = {**meta, "transfer": "scratch" if scratch else "finetune"}
     res = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tcfg,
               watch=Watch(eval_sets(ds, split), run_dir, meta, log), lr_scale=scales, on_epoch_start=phase)
-    return res.final
+    return with_report(dict(res.final), res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), tcfg)
 
 
 def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any]:
