@@ -79,10 +79,15 @@ def _coerce(name: str, value: Any, tp: Any, choices: tuple | None, bounds: dict[
             return None
         raise FewLabelsError(f"config key '{name}' cannot be empty")
     try:
-        if isinstance(base, list):  # e.g. int | float | None
+        if isinstance(base, list):  # a number (int | float | None), or with str: a number or else a name/path
             if isinstance(value, str):
-                value = float(value) if any(ch in value for ch in ".eE") else int(value)
-            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                try:
+                    value = float(value) if any(ch in value for ch in ".eE") else int(value)
+                except ValueError:
+                    if str not in base:
+                        raise
+            if not isinstance(value, (int, float, str)) or isinstance(value, bool) or (
+                    isinstance(value, str) and str not in base):
                 raise ValueError
         elif base is bool:
             if isinstance(value, str):
@@ -121,7 +126,8 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(base) is list:
         name = f"list of {getattr(typing.get_args(base)[0], '__name__', 'values')} (comma-separated)"
     else:
-        name = "number" if isinstance(base, list) else getattr(base, "__name__", str(base))
+        name = (("number or path" if str in base else "number") if isinstance(base, list)
+                else getattr(base, "__name__", str(base)))
     return f"{name} (or none)" if optional else name
 
 

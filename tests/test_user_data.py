@@ -231,3 +231,32 @@ def test_evaluate_decodes_at_the_runs_own_size_and_train_names_what_it_scored(ph
     code, stdout, err = run(["evaluate", run_dir, "--data", data], capsys)
     assert code == 0, err
     assert "macro" in stdout.lower()
+
+
+def test_val_and_test_folders_name_the_splits(photos, tmp_path, capsys):
+    """--val DIR and --test DIR: class folders decoded at the training images' size, used as the validation and test
+    images (the labelled images all train); unknown classes, training images and missing folders are refused."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    val = tmp_path / "val"
+    for c, name in enumerate(CLASSES):
+        _digits_png(val / name, d.images[d.target == c][150:158], "v")
+    out = tmp_path / "t"
+    code, stdout, err = run(["train", "--data", photos["data"] / "train", "--val", val, "--test",
+                             photos["data"] / "test", "--model", "cnn-tiny", "--epochs", "1", "--out", out, *QUICK],
+                            capsys)
+    assert code == 0, err
+    assert f"36 labelled, 24 validation (from {val})" in stdout and "45 test" in stdout, stdout
+    res = json.loads((out / "results.json").read_text())
+    assert res["report"]["on"] == "test" and sum(m["support"] for m in res["report"]["per_class"].values()) == 45
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["labelled"]) == 36 and not split["val"]
+    (val / "three").mkdir()
+    _digits_png(val / "three", d.images[d.target == 3][:2], "x")
+    _bad(["train", "--data", photos["data"] / "train", "--val", val, "--out", tmp_path / "u", *QUICK], capsys,
+         "--val", "not training classes: three")
+    _bad(["train", "--data", photos["data"], "--test", photos["data"] / "train", "--out", tmp_path / "w", *QUICK],
+         capsys, "--test", "36 of its images are also training images")
+    _bad(["train", "--data", photos["data"], "--test", tmp_path / "nowhere", "--out", tmp_path / "x", *QUICK],
+         capsys, "no such folder")

@@ -305,6 +305,29 @@ def decode_files(paths: Sequence[str | Path], shape: tuple[int, int, int], *, wo
     return images
 
 
+def load_labelled_folder(folder: str | Path, classes: list[str], shape: tuple[int, int, int], *,
+                         what: str = "folder", progress: bool = True) -> ImageSet:
+    """A folder of class subfolders (DIR/<class>/...) as one labelled split, decoded at `shape` by the training
+    folder's rules, labels indexing `classes` (a class folder that is not one of them is an error naming it)."""
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        raise FewLabelsError(f"{what} {root}: no such folder; give a folder of class subfolders (DIR/<class>/...)")
+    names = _class_names(root)
+    unknown = [n for n in names if n not in classes]
+    if unknown:
+        raise FewLabelsError(f"{what} {root} has class folders that are not training classes: {_first_few(unknown)}; "
+                             f"the training classes are {_first_few(list(classes))}")
+    paths, labels = [], []
+    for name in names:
+        found = _list_images(root / name)[0]
+        paths += found
+        labels += [classes.index(name)] * len(found)
+    if not paths:
+        raise FewLabelsError(f"{what} {root} has no images in class subfolders (DIR/<class>/image.jpg)")
+    images = decode_files(paths, shape, progress=progress)
+    return ImageSet(images, torch.tensor(labels, dtype=torch.long), list(classes), paths)
+
+
 def list_images(folder: str | Path) -> list[str]:
     """The image files under a folder as a training folder sees them: subfolders and links followed, hidden files
     and folders left out, sorted."""

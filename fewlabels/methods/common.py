@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,10 @@ class Budget:
 
     labels: int | None = opt(None, "label budget: labelled images in all (stratified); default all", ge=1)
     labels_per_class: int | None = opt(None, "label budget per class", ge=1)
-    val: float = opt(0.1, "validation images held out of the training pool: a fraction (<1) or a count", ge=0)
+    val: float | str = opt(0.1, "validation images: a fraction (<1) or a count held out of the labelled training "
+                           "images, or a folder of class subfolders (DIR/<class>/...) to validate on", ge=0)
+    test: str | None = opt(None, "a folder of class subfolders (DIR/<class>/...) to test on, instead of the data's own "
+                           "test images")
     split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
     split_seed: int = opt(0, "seed of the label-budget split")
 
@@ -231,6 +235,7 @@ def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | No
         if len(mean) != c or len(std) != c:
             raise FewLabelsError(f"--mean and --std need {c} values (one per channel), got {len(mean)} and {len(std)}")
         ds.mean, ds.std = mean, std
+    ds = _with_named_splits(ds, dc, log)
     n_own = len(ds.train)
     ds = _with_pool(ds, getattr(dc, "unlabelled", None), dc, log)
     n = len(ds.train)
@@ -245,9 +250,11 @@ def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | No
         split = theirs
         log(f"the split of {source_name or source.parent} (its labelled images, validation images and pool)")
     else:
-        if dc.val >= 1 and not float(dc.val).is_integer():
+        if isinstance(dc.val, str):  # a folder, loaded as ds.val above
+            pass
+        elif dc.val >= 1 and not float(dc.val).is_integer():
             raise FewLabelsError(f"--val {dc.val:g}: give a fraction below 1 (e.g. 0.1) or a whole number of images")
-        val = dc.val if dc.val < 1 else int(dc.val)
+        val = 0 if isinstance(dc.val, str) else dc.val if dc.val < 1 else int(dc.val)
         if ds.val is not None:
             val = 0  # the source has its own validation split
         split = make_split(ds.train.labels, ds.train.num_classes, labels_total=dc.labels,
@@ -274,7 +281,41 @@ def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | No
 
 
 def _val_source(ds: Dataset) -> str:
+    if "val_folder" in ds.info:
+        return f"from {ds.info['val_folder']}"
     return "its own val split" if ds.info.get("layout") == "manifest" else "its own val/ folder"
+
+
+def _with_named_splits(ds: Dataset, dc: Options, log) -> Dataset:
+    """The dataset with --val DIR and --test DIR in place of its own validation and test images: class folders
+    decoded at the training images' shape, their classes named as the training classes; an image that is also a
+    training image is refused (its accuracy would be measured on what the model learned from)."""
+    from ..data.folder import load_labelled_folder
+
+    named = {"val": dc.val if isinstance(dc.val, str) else None, "test": dc.test}
+    if not any(named.values()):
+        return ds
+    changes, info = {}, dict(ds.info)
+    own = {"val": ds.val, "test": ds.test}
+    t, held = ds.train, ds.test
+    if dc.test and "test_split" in ds.info and held is not None:  # the 20 % held out for want of a test split: back
+        changes["train"] = t = ImageSet(torch.cat([t.images, held.images]), torch.cat([t.labels, held.labels]),
+                                        list(t.classes), (t.paths or []) + (held.paths or []))
+        own["test"] = None
+        info.pop("test_split")
+    train = {os.path.realpath(p) for p in t.paths or []}
+    for split, folder in named.items():
+        if folder is None:
+            continue
+        s = load_labelled_folder(folder, ds.train.classes, ds.train.image_shape, what=f"--{split}")
+        shared = [p for p in s.paths or [] if os.path.realpath(p) in train]
+        if shared:
+            raise FewLabelsError(f"--{split} {folder}: {len(shared)} of its images are also training images of "
+                                 f"{dc.data} (e.g. {shared[0]}); give a folder of other images")
+        if own[split] is not None:
+            log(f"note: --{split} {folder} replaces the {split} images of {dc.data}")
+        changes[split], info[f"{split}_folder"] = s, str(folder)
+    return dataclasses.replace(ds, **changes, info=info)
 
 
 def _fitting_split(source: Path | None, n: int, n_own: int, data: str) -> Split | None:
