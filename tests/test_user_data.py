@@ -260,3 +260,26 @@ def test_val_and_test_folders_name_the_splits(photos, tmp_path, capsys):
          capsys, "--test", "36 of its images are also training images")
     _bad(["train", "--data", photos["data"], "--test", tmp_path / "nowhere", "--out", tmp_path / "x", *QUICK],
          capsys, "no such folder")
+
+
+def test_overlap_with_the_source_run_is_found_by_file_across_layouts(photos, tmp_path, capsys):
+    """A run that starts from another one may not validate or test on that run's training images, whatever the
+    folder layout: the source run's split.json lists its labelled files. --allow-overlap lets it through and the
+    results record it."""
+    src = tmp_path / "src"
+    code, _, err = run(["train", "--data", photos["data"], "--model", "cnn-tiny", "--epochs", "1", "--out", src,
+                        *QUICK], capsys)
+    assert code == 0, err
+    theirs = json.loads((src / "split.json").read_text())["labelled_paths"]
+    assert len(theirs) == len(json.loads((src / "split.json").read_text())["labelled"])
+    # the same files, listed in a manifest: another --data, so the source's split cannot be reused; the new
+    # validation images (another split seed) are drawn from the labelled rows, the source's training images
+    args = ["transfer", "--pretrained", src, "--model", "cnn-tiny", "--data", photos["manifest"], "--split-seed", "1",
+            "--labels-per-class", "4", "--epochs", "1",
+            *QUICK]
+    _bad([*args, "--out", tmp_path / "t1"], capsys, "validation images of this run were training images of",
+         "--allow-overlap")
+    code, stdout, err = run([*args, "--allow-overlap", "--out", tmp_path / "t2"], capsys)
+    assert code == 0, err
+    res = json.loads((tmp_path / "t2" / "results.json").read_text())
+    assert res["overlap_with_source"]["validation"] > 0 and "not a held-out figure" in stdout

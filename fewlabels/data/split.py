@@ -29,8 +29,10 @@ class Split:
         return {"seed": self.seed, "pool_size": self.pool_size, "labelled": self.labelled.tolist(),
                 "val": self.val.tolist(), "unlabelled": self.unlabelled.tolist()}
 
-    def save(self, path: Path) -> None:
-        write_json(path, self.to_json())
+    def save(self, path: Path, labelled_paths: list[str] | None = None) -> None:
+        """split.json; with the labelled images' paths, so that a run starting from this one can tell by file
+        whether its validation or test images were this run's training images."""
+        write_json(path, {**self.to_json(), **({"labelled_paths": labelled_paths} if labelled_paths else {})})
 
     @classmethod
     def load(cls, path: str | Path, pool_size: int | None = None) -> Split:

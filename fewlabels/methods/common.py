@@ -49,6 +49,8 @@ class Budget:
                            "test images")
     split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
     split_seed: int = opt(0, "seed of the label-budget split")
+    allow_overlap: bool = opt(False, "let this run validate or test on images that the run it starts from "
+                              "(--pretrained, --teacher) trained on; refused otherwise. Recorded in the results")
 
 
 @group
@@ -261,13 +263,16 @@ def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | No
                            labels_per_class=dc.labels_per_class, val=val, seed=dc.split_seed)
     if theirs is not None and split is not theirs:
         leaked = set(theirs.labelled.tolist()) & set(split.val.tolist())
-        if leaked:
+        if leaked and not dc.allow_overlap:
             raise FewLabelsError(f"{len(leaked)} validation images of this run were training images of "
                                  f"{source_name or source.parent}, so its validation accuracy would be measured on "
                                  f"images it learned from: drop the label-budget options to reuse that run's split, "
-                                 f"or pass --split {source}")
+                                 f"pass --split {source}, or --allow-overlap to accept it")
+    ds = _check_overlap(ds, split, source, source_name, dc.allow_overlap, log)
     if run_dir is not None:
-        split.save(run_dir / "split.json")
+        labelled_paths = ([os.path.realpath(ds.train.paths[i]) for i in split.labelled.tolist()]
+                          if ds.train.paths else None)
+        split.save(run_dir / "split.json", labelled_paths)
     v = val_set(ds, split)
     n_real = int((ds.train.labels < 0).sum())
     hidden = len(split.unlabelled) - n_real
@@ -278,6 +283,43 @@ def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | No
         f"{len(ds.test) if ds.test is not None else 0} test; {ds.train.num_classes} classes, images "
         f"{ds.train.image_shape}")
     return ds, split
+
+
+def _check_overlap(ds: Dataset, split: Split, source: Path | None, source_name: str, allowed: bool, log) -> Dataset:
+    """Refuse validation or test images that the source run trained on, by file (its split.json lists its labelled
+    images' paths), whatever the folder layout or order; with --allow-overlap, say so and record the counts in
+    ds.info["overlap_with_source"] (the commands write it into their results)."""
+    import json
+
+    try:
+        theirs = set(json.loads(source.read_text()).get("labelled_paths") or []) if source is not None else set()
+    except (OSError, ValueError):
+        theirs = set()
+    if not theirs:
+        return ds
+    v = val_set(ds, split)
+    shared = {name: [p for p in (s.paths or []) if os.path.realpath(p) in theirs]
+              for name, s in (("validation", v), ("test", ds.test)) if s is not None}
+    shared = {k: ps for k, ps in shared.items() if ps}
+    if not shared:
+        return ds
+    what = " and ".join(f"{len(ps)} {k}" for k, ps in shared.items())
+    example = next(iter(shared.values()))[0]
+    if not allowed:
+        raise FewLabelsError(f"{what} images of this run were training images of {source_name or source.parent} "
+                             f"(e.g. {example}), so its accuracy would be measured on images that model learned "
+                             f"from: use that run's split (drop --labels/--labels-per-class/--val/--test, or pass "
+                             f"--split {source}), or give --allow-overlap to accept it")
+    log(f"note: {what} images were training images of {source_name or source.parent} (--allow-overlap): the "
+        f"accuracy on them is not a held-out figure")
+    info = {**ds.info, "overlap_with_source": {"source": str(source_name or source.parent),
+                                               **{k: len(ps) for k, ps in shared.items()}}}
+    return dataclasses.replace(ds, info=info)
+
+
+def overlap_note(ds: Dataset) -> dict[str, Any]:
+    """{"overlap_with_source": ...} for a run's results when --allow-overlap let shared images through, else {}."""
+    return {"overlap_with_source": ds.info["overlap_with_source"]} if "overlap_with_source" in ds.info else {}
 
 
 def _val_source(ds: Dataset) -> str:

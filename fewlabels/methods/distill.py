@@ -42,10 +42,12 @@ from .common import (
     build_model,
     check_classes,
     eval_sets,
+    overlap_note,
     prepare_data,
     run_folder,
     save_config,
     scored,
+    source_split,
     train_config,
     with_report,
 )
@@ -105,7 +107,7 @@ class DistillCommand(Options):
     """Train a student on a frozen teacher's temperature-softened outputs plus the true labels."""
 
     groups = (Run, Teacher, Distill, Temperature, Source, Budget, Pool, Model, *TRAINING)
-    hide = ("overwrite",)
+    hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
     defaults = {"temperature": 4.0}
 
 
@@ -121,7 +123,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     teacher, tmeta = load_model(cfg.teacher, device)
     run_dir = run_folder(cfg.out, "distill")
     cfg = save_config(run_dir, cfg, "distill")
-    ds, split = prepare_data(cfg, run_dir, log)
+    ds, split = prepare_data(cfg, run_dir, log, source=source_split(cfg.teacher), source_name=cfg.teacher)
     check_classes(tmeta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     k = ds.train.num_classes
     idx = torch.cat([split.labelled, split.unlabelled]) if cfg.use_unlabelled or cfg.unlabelled else split.labelled
@@ -149,7 +151,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     res = fit(student, TrainSet(sub.images, targets, has_label, teacher_logits=cached, norm=(ds.mean, ds.std)),
               train_config(cfg, ds), loss, Watch(eval_sets(ds, split), run_dir, {**meta, "teacher": cfg.teacher}, log))
     out = {"run_dir": str(run_dir), "train_minutes": (time.perf_counter() - t0) / 60,
-           **res.final}
+           **res.final, **overlap_note(ds)}
     with_report(out, res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), train_config(cfg, ds))
     if ds.test is not None:
         out["compression"] = compression_report({"teacher": (teacher, tmeta), "student": (res.model, meta)},

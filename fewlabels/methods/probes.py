@@ -142,7 +142,7 @@ class ProbeFcVsCnnCommand(Options):
     the right for testing; one fixed random pixel permutation for both. Writes a table and a bar chart."""
 
     groups = (Run, FcVsCnn, Source, Budget, *TRAINING)
-    hide = ("overwrite",)
+    hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
     # Translation augmentation (random crops) would teach the FC net the shifts the probe is about, and flips change
     # digits: both off unless asked for. No validation split: nothing is selected, the last epoch is tested.
     defaults = {"epochs": 10, "augment": "none", "hflip": False, "val": 0.0}

@@ -34,6 +34,7 @@ from .common import (
     Teacher,
     Temperature,
     check_classes,
+    overlap_note,
     prepare_data,
     run_folder,
     save_config,
@@ -258,7 +259,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
             f"teacher was trained on may be in the unlabelled pool")
     run_dir = run_folder(cfg.out, "pseudolabel")
     cfg = save_config(run_dir, cfg, "pseudolabel")
-    ds, split = prepare_data(cfg, run_dir, log)
+    ds, split = prepare_data(cfg, run_dir, log, source=teacher_split, source_name=cfg.teacher)
     check_classes(meta, ds.train.classes, f"the teacher {cfg.teacher}", ds.train)
     if len(split.unlabelled) == 0:
         raise FewLabelsError(EMPTY_POOL)
@@ -268,6 +269,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
         raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
     pl.save(run_dir, pool.paths, ds.train.classes, split.unlabelled)
     q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {"selected": len(pl)}
+    q.update(overlap_note(ds))
     write_json(run_dir / "pseudo_labels_report.json", q)
     log(f"{len(pl)} pseudo-labels ({q.get('unique', len(pl))} unique images) from {len(pool)} unlabelled; "
         + (f"precision {q['precision']:.4f}, coverage {q['coverage']:.4f}" if "precision" in q else ""))

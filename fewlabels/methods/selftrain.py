@@ -40,6 +40,7 @@ from .common import (
     flags,
     labelled_trainset,
     options_given,
+    overlap_note,
     prepare_data,
     run_folder,
     save_config,
@@ -187,7 +188,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         final_dir = run_dir / "finetune"
     chosen = _finish(run_dir, final_dir, rows, log, len(evals["val"]) if "val" in evals else 0)
     final, fmeta = load_model(run_dir / "checkpoints" / "best", device)
-    summary = with_report(json.loads((run_dir / "final.json").read_text()), final, evals,
+    summary = with_report({**json.loads((run_dir / "final.json").read_text()), **overlap_note(ds)}, final, evals,
                           (fmeta["mean"], fmeta["std"]), base)
     write_json(run_dir / "final.json", summary)  # the final model's per-class report too
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),

@@ -42,7 +42,7 @@ class TrainCommand(Options):
     """Train a classifier on the labelled images of a dataset."""
 
     groups = (Run, Source, Budget, Model, *TRAINING)
-    hide = ("overwrite",)
+    hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
 
 
 @group
@@ -83,7 +83,8 @@ class EvaluateCommand(Options):
     matrix."""
 
     groups = (Trained, Source, Budget, TTA, Device, Run)
-    hide = ("mean", "std", "labels", "labels_per_class", "val", "split_seed", "quiet", "overwrite")
+    hide = ("mean", "std", "labels", "labels_per_class", "val", "test", "split_seed", "allow_overlap", "quiet",
+            "overwrite")
 
 
 def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from .common import (
     flags,
     labelled_trainset,
     options_given,
+    overlap_note,
     prepare_data,
     run_folder,
     save_config,
@@ -75,7 +76,7 @@ class TransferCommand(Options):
     """Transfer learning from a pretrained model: linear probe on cached features, or fine-tuning."""
 
     groups = (Run, Transfer, LayerRates, Source, Budget, Model, *TRAINING)
-    hide = ("overwrite",)
+    hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
 
 
 def head_names(model: nn.Module) -> set[str]:
@@ -261,7 +262,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
             r = finetune(model, meta, ds, split, cfg, sub, log, scratch=mode == "scratch")
         r["minutes"] = (time.perf_counter() - t0) / 60
         results[mode] = r
-    out = {"run_dir": str(run_dir), "labels": len(split.labelled), **results}
+    out = {"run_dir": str(run_dir), "labels": len(split.labelled), **results, **overlap_note(ds)}
     write_json(run_dir / "results.json", out)
     for mode, r in results.items():
         log(f"done: {run_dir}  {mode} {scored(r)}")
