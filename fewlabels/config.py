@@ -17,6 +17,7 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -115,6 +116,9 @@ def _coerce(name: str, value: Any, tp: Any, choices: tuple | None, bounds: dict[
             value = [item(v) for v in value]
     except (ValueError, TypeError):
         raise FewLabelsError(f"config key '{name}': {value!r} is not a valid {_type_name(tp)}") from None
+    bad = [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, float) and not math.isfinite(v)]
+    if bad:  # nan and ±inf parse as floats, and would train to chance (or overflow) without a word
+        raise FewLabelsError(f"config key '{name}' (--{name.replace('_', '-')}) must be a finite number, got {bad[0]}")
     if choices is not None and value not in choices:
         raise FewLabelsError(f"config key '{name}': {value!r} is not one of {', '.join(map(str, choices))}")
     _check_bounds(name, value, bounds)

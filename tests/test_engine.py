@@ -88,25 +88,32 @@ def test_lookahead_run_resumes_exactly(tmp_path):
     for (k, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a.float(), b.float(), atol=1e-5), k
     # and the lookahead changed the run: without it the weights differ
-    plain = fit(_model(), _data(), TrainConfig(**{**cfg.__dict__, "lookahead": 0.0}), watch=QUIET).model
+    plain = fit(_model(), _data(), cfg.replace(lookahead=0.0), watch=QUIET).model
     assert any(not torch.allclose(a, b) for a, b in zip(plain.parameters(), whole.parameters()))
 
 
-def test_a_diverged_run_warns_and_still_resumes(tmp_path):
-    """A NaN training loss is reported with the fix (lower the learning rate), and the run folder it leaves can be
-    resumed (the NaN loss is kept out of the saved history, the learning curve still draws)."""
-    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e12, warmup_epochs=0, precision="fp32", augment="none",
-                      channels_last=False)
-    logs = []
+def test_a_diverged_run_stops_naming_the_step_and_keeps_the_last_good_weights(tmp_path):
+    """A NaN training loss stops the run with the step and the fix (a lower learning rate), before that epoch's
+    weights replace the last good ones."""
+    from fewlabels.engine.checkpoint import read_meta
+    from fewlabels.losses import CrossEntropy
 
-    with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path, log=logs.append), on_epoch_start=_interrupt_at(1))
-    assert any("diverged" in m and "--lr" in m for m in logs)
-    res = fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path, log=logs.append))
-    assert len(res.history) == 2 and (tmp_path / "learning_curve.png").is_file()
-    import json
-    for line in (tmp_path / "metrics.jsonl").read_text().splitlines():  # strict JSON: NaN is written as null
-        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    class GoesBad(CrossEntropy):
+        calls = 0
+
+        def __call__(self, model, x, batch):
+            GoesBad.calls += 1
+            loss = super().__call__(model, x, batch)
+            return loss * float("nan") if GoesBad.calls >= 9 else loss
+
+    cfg = TrainConfig(epochs=3, batch_size=16, min_steps_per_epoch=0, precision="fp32", augment="none",
+                      channels_last=False)  # 6 steps an epoch: step 9 is in epoch 2
+    with pytest.raises(FewLabelsError, match=r"loss became nan at epoch 2, step 9 of 18: .*--lr 0.1\b.*"
+                                             r"keeps the weights of epoch 1"):
+        fit(_model(), _data(), cfg, GoesBad(), Watch(run_dir=tmp_path, log=_silent))
+    assert read_meta(tmp_path / "checkpoints" / "last")["epoch"] == 1
+    with pytest.raises(FewLabelsError, match=r"at epoch 1, step \d+ of .*no weights were saved"):  # a real one
+        fit(_model(), _data(), cfg.replace(lr=1e12, warmup_epochs=0), watch=QUIET)
 
 
 def test_a_warmup_longer_than_half_the_run_is_capped(tmp_path):

@@ -110,3 +110,15 @@ def test_resume_is_a_pure_function_of_the_saved_and_the_new_options():
         resume(saved, "selftrain", CONFIGS["train"](), "train")
     with pytest.raises(FewLabelsError, match="cannot be read"):
         resume(None, "selftrain", ST(), "selftrain")
+
+
+@pytest.mark.parametrize("argv", [["train", "--lr", "inf"], ["train", "--mean", "nan"], ["train", "--std", "0.2,inf"],
+                                  ["train", "--weight-decay", "inf"], ["train", "--mixup", "inf"],
+                                  ["train", "--warmup-epochs", "inf"], ["selftrain", "--threshold", "nan"],
+                                  ["distill", "--temperature", "inf"]])
+def test_non_finite_numbers_are_refused_naming_the_flag(argv, capsys, tmp_path):
+    """NaN and ±inf parse as floats; they would train to chance (or overflow) with exit 0 (issue 28, item 5)."""
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fewlabels: error:") and f"({argv[1]}) must be a finite number" in err, err
+    assert not (tmp_path / "r").exists()

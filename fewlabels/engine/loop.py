@@ -339,6 +339,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
+        step_losses = torch.zeros(len(batches), device=device)  # to name the first bad step, without a sync per step
         seen = 0
         bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
         for i, idx in enumerate(batches):
@@ -369,6 +370,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             if ema is not None:
                 ema.update(model, step=step)
             loss_sum += loss.detach()
+            step_losses[i] = loss.detach()
             seen += idx.numel()
             if bar is not None:
                 bar.update(1)
@@ -378,6 +380,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             lookahead.finish(model)  # the run ends on the slow weights
         synchronize(device)  # time the work, not the queueing
         seconds = time.perf_counter() - t0
+        if not math.isfinite(loss_sum.item()):
+            _diverged(step_losses, epoch, steps_per_epoch, total_steps, cfg, last_dir)
         eval_model = ema.module if ema is not None else model
         due = (epoch + 1) % max(1, cfg.eval_every) == 0 or epoch + 1 == cfg.epochs
         metrics = _evaluate(eval_model, evals, norm, cfg, device, dtype) if due else {}
@@ -387,9 +391,6 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
                "images_per_s": round(seen / max(seconds, 1e-9), 1), **metrics}
         history.append(row)
         log(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
-        if not math.isfinite(row["train_loss"]):
-            log(f"warning: the training loss is {row['train_loss']} in epoch {epoch + 1}: the run has diverged; "
-                f"lower --lr (now {cfg.lr}) or lengthen --warmup-epochs")
         sel = metrics.get(f"{select}_acc")
         improved = sel is not None and (best is None or sel > best)
         if improved:
@@ -417,6 +418,20 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         from ..report import plot_history
         plot_history(history, run_dir / "learning_curve.png")
     return FitResult(final.eval(), history, best, run_dir, best_row)
+
+
+def _diverged(step_losses: torch.Tensor, epoch: int, steps_per_epoch: int, total_steps: int, cfg: TrainConfig,
+              last_dir: Path | None) -> None:
+    """Stop a run whose loss went NaN or infinite, before that epoch's weights are saved over the last good ones."""
+    bad = (~torch.isfinite(step_losses)).nonzero().flatten()
+    i = int(bad[0]) if bad.numel() else len(step_losses) - 1
+    value = float(step_losses[i])
+    kept = (f"{last_dir} keeps the weights of epoch {epoch}" if last_dir is not None and epoch > 0
+            and last_dir.is_dir() else "no weights were saved")
+    step = epoch * steps_per_epoch + i + 1
+    raise FewLabelsError(f"the training loss became {value} at epoch {epoch + 1}, step {step} of {total_steps}: the "
+                         f"run diverged, most often from a learning rate too high for this model and batch (--lr "
+                         f"{cfg.lr:g}). Lower --lr or lengthen --warmup-epochs, with a new --out; {kept}")
 
 
 def _best_row(history: list[dict], select: str, best: float | None) -> dict | None:

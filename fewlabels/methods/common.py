@@ -125,11 +125,42 @@ def train_config(cfg: Options, ds: Dataset, **changes: Any) -> TrainConfig:
 
 
 def run_folder(out: str | None, command: str) -> Path:
+    """The run folder (made if need be), locked for this process: one run per folder (see lock_run)."""
     p = Path(out) if out else Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if p.exists() and not p.is_dir():
         raise FewLabelsError(f"--out {p} is a file; a run needs a folder: give a new --out")
     p.mkdir(parents=True, exist_ok=True)
+    lock_run(p)
     return p
+
+
+LOCK_FILE = ".fewlabels.lock"
+_HELD: dict[str, int] = {}  # run folder → the open lock file this process holds
+
+
+def lock_run(folder: Path) -> None:
+    """Hold an exclusive lock on a run folder for the life of this process (fcntl.flock on RUN/.fewlabels.lock,
+    which holds the PID). The OS drops it when the process ends, however it ends (kill -9 too), so the same command
+    resumes; a second process on the same folder stops with one line naming the folder and the PID that holds it.
+    A process may lock a folder again (a second command on it from the same Python session)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no flock; one run per folder is then up to the user
+        return
+    key = os.path.realpath(folder)
+    if key in _HELD:
+        return
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FewLabelsError(f"{folder} is in use by another fewlabels process (PID {holder}): wait for it to end, "
+                             f"or give this run another --out") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    _HELD[key] = fd
 
 
 # What a run writes at the top of its folder: a folder without config.yaml that holds one of these is not handed to
@@ -176,7 +207,8 @@ def save_config(run_dir: Path, cfg: Options, command: str) -> Options:
             raise FewLabelsError(f"{run_dir} is not a fewlabels run folder (no config.yaml) but holds "
                                  f"{', '.join(theirs)}, which a run would write over: give a new --out")
     else:
-        started = any(e.name not in ("config.yaml", "environment.json", "split.json") for e in run_dir.iterdir())
+        started = any(e.name not in ("config.yaml", "environment.json", "split.json", LOCK_FILE)
+                      for e in run_dir.iterdir())
         text = path.read_text()
         first, *rest = text.split("\n", 2)
         if not cfg.recipe and rest and rest[0].startswith("# from the built-in recipe "):  # resumed without --recipe
