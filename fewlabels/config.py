@@ -342,11 +342,29 @@ def recipe(command: str, name: str, **overrides: Any) -> dict[str, Any]:
     data = _read_yaml(_recipe_dir(command) / f"{name}.yaml")
     return {**{k.replace("-", "_"): v for k, v in data.items()}, **overrides}
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load that refuses a key given twice (YAML itself would keep the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise FewLabelsError(f"'{key}' is given twice (lines {seen[key]} and {line}): keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(p: Path) -> dict[str, Any]:
     if not p.is_file():
         raise FewLabelsError(f"config file {p} does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.load(p.read_bytes().decode("utf-8-sig"), Loader=_UniqueKeys) or {}  # noqa: S506 - safe loader
+    except UnicodeDecodeError as e:
+        raise FewLabelsError(f"config file {p} is not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    except FewLabelsError as e:
+        raise FewLabelsError(f"config file {p}: {e}") from None
     except yaml.YAMLError as e:
         raise FewLabelsError(f"config file {p} is not valid YAML: {e}") from None
     if not isinstance(data, dict):

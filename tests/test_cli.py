@@ -370,3 +370,31 @@ def test_output_into_a_closed_pipe_is_not_a_traceback(trained, tmp_path):
     p.stdout.close()  # long before the model has loaded
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141 and "Traceback" not in err, err
+
+
+def test_outputs_never_replace_run_files_or_existing_files(trained, tmp_path, capsys):
+    """evaluate/predict/augment preview --out: a file a run folder owns is never replaced (not even with
+    --overwrite), an existing file only with --overwrite, a folder or a wrong kind of file is refused (issue 28,
+    item 3, as reported: `evaluate RUN --out RUN/results.json`, `predict RUN img --out RUN/checkpoints/best/...`)."""
+    png = next((trained.parent / "pngs").glob("*.png")) if (trained.parent / "pngs").is_dir() else None
+    if png is None:
+        from PIL import Image
+        png = tmp_path / "x.png"
+        Image.new("L", (8, 8)).save(png)
+    before = {p: p.read_bytes() for p in [trained / "results.json",
+                                          trained / "checkpoints" / "best" / "model.safetensors"]}
+    for args in (["evaluate", trained, "--data", "digits", "--out", trained / "results.json", "--overwrite"],
+                 ["predict", trained, png, "--out", trained / "checkpoints" / "best" / "model.safetensors"]):
+        _bad([str(x) for x in args], capsys, "is a file of the run folder")
+    assert all(p.read_bytes() == b for p, b in before.items())
+    mine = tmp_path / "report.json"
+    mine.write_text("mine")
+    _bad([str(x) for x in ["evaluate", trained, "--data", "digits", "--out", mine]], capsys,
+         "exists already: pass --overwrite")
+    assert mine.read_text() == "mine"
+    assert main(["evaluate", str(trained), "--data", "digits", "--out", str(mine), "--overwrite"]) == 0
+    assert json.loads(mine.read_text())["on"] == "test"
+    _bad([str(x) for x in ["evaluate", trained, "--data", "digits", "--out", tmp_path]], capsys, "is a folder")
+    _bad([str(x) for x in ["augment", "preview", "--out", tmp_path / "x.txt"]], capsys, "writes .png files")
+    assert main(["augment", "preview", "--out", str(tmp_path / "p.png"), "--quiet"]) == 0
+    _bad([str(x) for x in ["augment", "preview", "--out", tmp_path / "p.png"]], capsys, "exists already")

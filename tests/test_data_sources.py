@@ -503,3 +503,13 @@ def test_torchvision_arrays_become_nchw_uint8(tmp_path, monkeypatch):
     assert len(ds.test) == 2 and ds.classes[0] == "airplane" and ds.mean == (0.4914, 0.4822, 0.4465)
     resized = load_dataset("cifar10", root=tmp_path, download=False, image_size=16)
     assert resized.train.images.shape == (10, 3, 16, 16)
+
+
+def test_a_constant_channel_gets_a_std_of_one_grey_level_not_zero():
+    """A channel that never changes would be divided by 0 and train on NaN (now a stopped run)."""
+    from fewlabels.data.folder import channel_stats
+
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0] = torch.randint(0, 256, (4, 8, 8), dtype=torch.uint8)
+    mean, std = channel_stats(images)
+    assert std[1] == std[2] == round(1 / 255, 4) and std[0] > 0.2 and mean[2] == 0.0

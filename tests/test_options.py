@@ -122,3 +122,27 @@ def test_non_finite_numbers_are_refused_naming_the_flag(argv, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("fewlabels: error:") and f"({argv[1]}) must be a finite number" in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_yaml_files_that_are_not_utf8_or_repeat_a_key(tmp_path):
+    """Issue 28, item 9: a non-UTF-8 file gave a UnicodeDecodeError traceback; a repeated key was last-wins."""
+    y = tmp_path / "c.yaml"
+    y.write_bytes("epochs: 5\nmodel: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(FewLabelsError, match="is not UTF-8 text .*save it as UTF-8"):
+        resolve(CONFIGS["train"], y)
+    y.write_text("epochs: 5\nlr: 0.1\nepochs: 7\n")
+    with pytest.raises(FewLabelsError, match=r"'epochs' is given twice \(lines 1 and 3\): keep one"):
+        resolve(CONFIGS["train"], y)
+    y.write_bytes("\ufeffepochs: 5\n".encode())  # a byte-order mark, as some editors write
+    assert resolve(CONFIGS["train"], y).epochs == 5
+
+
+def test_a_timm_name_without_its_prefix_is_called_unknown_and_shown_the_prefix(capsys, tmp_path):
+    """Issue 28, item 9b: `--model resnet18 --pretrained true` said "no built-in pretrained weights: pass
+    pretrained=..."; resnet18 is not a fewlabels model at all, and the command line names flags."""
+    assert main(["train", "--model", "resnet18", "--pretrained", "true", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet18'" in err and "timm:resnet18" in err and "pretrained='" not in err
+    assert main(["train", "--model", "cnn-tiny", "--pretrained", "true", "--out", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "no built-in pretrained weights" in err and "--pretrained PATH" in err

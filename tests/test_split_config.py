@@ -101,7 +101,7 @@ def test_cpu_allocator_tuning_switch():
     (TrainCommand, "epochs", "-1", "'epochs' .*must be ≥ 1, got -1"),
     (TrainCommand, "batch_size", 0, "must be ≥ 1"),
     (TrainCommand, "lr", "-1", "'lr' .*must be > 0"),
-    (TrainCommand, "lr", "nan", "'lr' .*must be > 0"),
+    (TrainCommand, "lr", "nan", "'lr' .*must be a finite number"),
     (TrainCommand, "ema", 1.5, "'ema' .*must be ≥ 0 and < 1"),
     (TrainCommand, "mix_prob", 2, "≤ 1"),
     (TrainCommand, "std", "0.5,0", "'std' .*> 0, got 0"),
@@ -227,3 +227,24 @@ def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
         fewlabels.recipe("selftrain", "cifar")
     with pytest.raises(FewLabelsError, match="no recipe 'x' for `fewlabels evaluate`; it has no built-in recipes"):
         fewlabels.recipe("evaluate", "x")
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(labelled=[0, 1, 99]), "labelled index 99 is outside the training pool of 20"),
+    (dict(val=[-1]), "val index -1 is outside"),
+    (dict(labelled=[0, 1, 1]), "labelled lists an image more than once"),
+    (dict(val=[0]), "1 image\\(s\\) are both labelled and val \\(e.g. index 0\\)"),
+    (dict(unlabelled=[1, 5]), "both labelled and unlabelled"),
+])
+def test_a_damaged_split_file_is_refused_with_what_is_wrong(tmp_path, change, match):
+    """split.json is not trusted (issue 28, item 7): ranges, repeats and overlaps are checked when it is loaded."""
+    import json
+
+    from fewlabels.data import Split
+
+    good = {"seed": 0, "pool_size": 20, "labelled": [0, 1, 2], "val": [3], "unlabelled": list(range(4, 20))}
+    (tmp_path / "ok.json").write_text(json.dumps(good))
+    assert Split.load(tmp_path / "ok.json").pool_size == 20
+    (tmp_path / "s.json").write_text(json.dumps({**good, **change}))
+    with pytest.raises(FewLabelsError, match=match):
+        Split.load(tmp_path / "s.json")

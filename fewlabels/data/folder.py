@@ -596,5 +596,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
     values = torch.arange(256, dtype=torch.float64) / 255
     n = hist.sum(dim=1)
     mean = (hist * values).sum(dim=1) / n
-    std = ((hist * values**2).sum(dim=1) / n - mean**2).clamp_min(0).sqrt()
+    # at least one grey level: a channel that never changes (a synthetic image, a scan with a constant channel)
+    # would otherwise be divided by 0 and train on NaN
+    std = ((hist * values**2).sum(dim=1) / n - mean**2).clamp_min(0).sqrt().clamp_min(1 / 255)
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())

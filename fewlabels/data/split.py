@@ -51,7 +51,28 @@ class Split:
         if pool_size is not None and s.pool_size != pool_size:
             raise FewLabelsError(f"split file {p} was made for a training pool of {s.pool_size} images, but this "
                                  f"dataset has {pool_size}: use the same dataset, or make a new split")
+        s.check(p)
         return s
+
+    def check(self, where: Path | str) -> None:
+        """Indices in range, none repeated, and no image in two parts: a split.json edited or damaged by hand is
+        refused with what is wrong, not used (a wrong index would read another image, a shared one leak)."""
+        fix = "make a new split (leave out --split) or restore the file"
+        parts = {"labelled": self.labelled, "val": self.val, "unlabelled": self.unlabelled}
+        for name, idx in parts.items():
+            bad = idx[(idx < 0) | (idx >= self.pool_size)]
+            if bad.numel():
+                raise FewLabelsError(f"split file {where}: {name} index {int(bad[0])} is outside the training pool "
+                                     f"of {self.pool_size} images; {fix}")
+            if idx.unique().numel() != idx.numel():
+                raise FewLabelsError(f"split file {where}: {name} lists an image more than once; {fix}")
+        names = list(parts)
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                both = set(parts[a].tolist()) & set(parts[b].tolist())
+                if both:
+                    raise FewLabelsError(f"split file {where}: {len(both)} image(s) are both {a} and {b} (e.g. index "
+                                         f"{min(both)}); {fix}")
 
 
 def _stratified_take(labels: torch.Tensor, idx: torch.Tensor, per_class: torch.Tensor,

@@ -169,6 +169,32 @@ RUN_FILES = ("results.json", "metrics.jsonl", "metrics.json", "learning_curve.pn
              "pseudo_labels.safetensors", "pseudo_labels.csv")
 
 
+# Files a run folder owns besides RUN_FILES: an output file (--out of evaluate, predict, suggest, augment preview)
+# never replaces one of them, nor anything in a run's own subfolders.
+RUN_OWNED = (*RUN_FILES, "config.yaml", "split.json", "environment.json", ".fewlabels.lock", "final.json",
+             "rounds.md", "compare.md", "pseudo_labels_report.json", "equivariance.json", "fc_vs_cnn.json")
+RUN_SUBFOLDERS = ("checkpoints", "scratch", "probe", "finetune")
+
+
+def output_file(out: str | Path, overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
+    """The file an --out option names, checked before any work: not a folder, of a kind the command writes, not a
+    file a run folder owns (its config, results, checkpoints, rounds), and not an existing file unless --overwrite.
+    The command then writes it atomically."""
+    p = Path(out).expanduser()
+    if p.is_dir():
+        raise FewLabelsError(f"--out {p} is a folder: give a file name, e.g. {p / ('out' + (suffixes or ('',))[0])}")
+    run = run_of(p.parent, "config.yaml")
+    if run is not None and p.exists():
+        rel = p.absolute().relative_to(run)
+        if str(rel) in RUN_OWNED or rel.parts[0] in RUN_SUBFOLDERS or rel.parts[0].startswith("round"):
+            raise FewLabelsError(f"--out {p} is a file of the run folder {run}, which needs it: write elsewhere")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise FewLabelsError(f"--out {p}: this command writes {' or '.join(suffixes)} files; give such a name")
+    if p.exists() and not overwrite:
+        raise FewLabelsError(f"{p} exists already: pass --overwrite to replace it, or give another --out")
+    return p
+
+
 def resume(saved: dict[str, Any] | None, saved_command: str, cfg: Options, command: str, where: str = "the run folder"
            ) -> Options:
     """The config a started run resumes with, from its saved config.yaml (`saved`, None when unreadable) and the new

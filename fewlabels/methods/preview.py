@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,7 +9,7 @@ import torch
 from ..config import Options, group, opt
 from ..data import load_dataset
 from ..engine.config import Augment, Seed
-from .common import NO_FLIP_SOURCES, Run, Source
+from .common import NO_FLIP_SOURCES, Run, Source, output_file
 
 
 @group
@@ -25,7 +24,7 @@ class PreviewCommand(Options):
     """Write a grid of augmented views: one row per image, the original first."""
 
     groups = (Source, Preview, Augment, Seed, Run)
-    hide = ("mean", "std", "alternating_flip", "mixup", "cutmix", "mix_prob", "mix_per_image", "overwrite")
+    hide = ("mean", "std", "alternating_flip", "mixup", "cutmix", "mix_prob", "mix_per_image")
     defaults = {"augment": "strong", "out": "augment_preview.png"}
     renamed = {"preset": "augment"}
 
@@ -35,6 +34,7 @@ def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[st
     from ..augment import build_augment, preview_grid
 
     cfg = PreviewCommand.build(cfg, kwargs)
+    out = output_file(cfg.out, cfg.overwrite, (".png",))
     ds = load_dataset(cfg.data, root=cfg.data_root, cache_dir=cfg.cache_dir, bad_images=cfg.bad_images,
                       image_size=cfg.image_size)
     n = len(ds.train)
@@ -43,7 +43,7 @@ def augment_preview(cfg: PreviewCommand | None = None, **kwargs: Any) -> dict[st
     # the height sets the padding and Cutout sizes, as in training (engine.loop)
     aug = build_augment(cfg.augment, image_size=ds.train.images.shape[-2], ra_num_ops=cfg.ra_num_ops,
                         ra_magnitude=cfg.ra_magnitude, hflip=hflip, padding=cfg.padding, cutout=cfg.cutout)
-    path = preview_grid(ds.train.images[idx], aug, cfg.views, Path(cfg.out), seed=cfg.seed)
+    path = preview_grid(ds.train.images[idx], aug, cfg.views, out, seed=cfg.seed)
     if not cfg.quiet:
         print(f"wrote {path}: {len(idx)} images × {cfg.views} '{cfg.augment}' views")
     return {"path": str(path)}

@@ -42,7 +42,7 @@ from ..engine.config import Compute, Device, Seed
 from ..errors import FewLabelsError
 from ..eval import predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype
-from .common import DataConfig, Pool, Run, Source, check_classes, options_given, prepare_data, run_of
+from .common import DataConfig, Pool, Run, Source, check_classes, options_given, output_file, prepare_data, run_of
 from .supervised import Trained
 
 STRATEGIES = ("margin", "entropy", "random", "kcenter")
@@ -91,8 +91,7 @@ def suggest(cfg: SuggestCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         raise FewLabelsError(f"--seed only seeds --strategy random; --strategy {cfg.strategy} is deterministic: "
                              "drop --seed")
     run = Path(cfg.model_path).expanduser()
-    out = Path(cfg.out).expanduser() if cfg.out else default_out(run)
-    check_out(out, cfg.overwrite)  # before minutes of decoding, not after
+    out = output_file(cfg.out or default_out(run), cfg.overwrite, (".csv",))  # before minutes of decoding
     device = pick_device(cfg.device)
     model, meta = load_model(run, device)
     shape = model_shape(meta, run)
@@ -244,14 +243,6 @@ def default_out(run: Path) -> Path:
     if run.is_dir() and not (run / "model.json").is_file():
         return run / "suggestions.csv"
     return Path("suggestions.csv")
-
-
-def check_out(out: Path, overwrite: bool) -> None:
-    if out.is_dir():
-        raise FewLabelsError(f"--out {out} is a folder: give a file name, e.g. {out / 'suggestions.csv'}")
-    if out.exists() and not overwrite:
-        raise FewLabelsError(f"{out} exists already (labels filled in there would be lost): pass --overwrite to "
-                             "replace it, or give another file with --out")
 
 
 def model_shape(meta: dict, run: Path) -> tuple[int, int, int]:

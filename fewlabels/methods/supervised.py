@@ -29,6 +29,7 @@ from .common import (
     check_classes,
     eval_sets,
     labelled_trainset,
+    output_file,
     prepare_data,
     run_folder,
     save_config,
@@ -83,8 +84,7 @@ class EvaluateCommand(Options):
     matrix."""
 
     groups = (Trained, Source, Budget, TTA, Device, Run)
-    hide = ("mean", "std", "labels", "labels_per_class", "val", "test", "split_seed", "allow_overlap", "quiet",
-            "overwrite")
+    hide = ("mean", "std", "labels", "labels_per_class", "val", "test", "split_seed", "allow_overlap", "quiet")
 
 
 def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -93,6 +93,7 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     "recall", "f1", "support"}}), "macro_f1", "balanced_accuracy", "model", "data", "on"} (also written to --out as
     JSON; see eval.classification_report). E.g. `evaluate(model_path="runs/digits", data="digits")`."""
     cfg = EvaluateCommand.build(cfg, kwargs)
+    out = output_file(cfg.out, cfg.overwrite) if cfg.out else None
     if not cfg.model_path:
         raise FewLabelsError("evaluate needs a model: pass a run folder or checkpoint")
     device = pick_device(cfg.device)
@@ -121,8 +122,8 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
                             tta_translate=cfg.tta_translate)
     report = classification_report(logits, s.labels, ds.train.classes)
     report.update({"model": cfg.model_path, "data": cfg.data, "on": cfg.on})
-    if cfg.out:
-        write_json(Path(cfg.out), report)
+    if out is not None:
+        write_json(out, report)
     return report
 
 
@@ -139,7 +140,7 @@ class PredictCommand(Options):
     """Predict the classes of image files."""
 
     groups = (Trained, Predict, TTA, Device, Run)
-    hide = ("on", "overwrite")
+    hide = ("on",)
 
 
 def _collect(inputs: list[str]) -> list[str]:
@@ -167,6 +168,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     prints them as CSV or JSON (unless quiet, or written to --out). E.g.
     `predict(model_path="runs/digits", inputs=["a.png", "folder/"], top_k=3, quiet=True)`."""
     cfg = PredictCommand.build(cfg, kwargs)
+    out = output_file(cfg.out, cfg.overwrite) if cfg.out else None
     if not cfg.model_path:
         raise FewLabelsError("predict needs a model: pass a run folder or checkpoint (model_path)")
     if not cfg.inputs:
@@ -189,8 +191,8 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     rows = [{"file": str(f), "top": [{"class": meta["classes"][int(j)], "prob": round(float(q), 6)}
                                      for q, j in zip(p[i], idx[i])]} for i, f in enumerate(files)]
     text = json.dumps(rows, indent=2) if cfg.format == "json" else _csv(rows, k)
-    if cfg.out:
-        atomic_write_text(Path(cfg.out), text)
+    if out is not None:
+        atomic_write_text(out, text)
     elif not cfg.quiet:
         print(text, end="" if text.endswith("\n") else "\n")
     return rows

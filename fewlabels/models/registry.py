@@ -81,8 +81,11 @@ def weights_dirs() -> list[Path]:
 def default_weights_file(name: str) -> Path:
     """The file pretrained=True loads for `name`, or a FewLabelsError saying where to put it."""
     if name not in _DEFAULT_WEIGHTS:
-        raise FewLabelsError(f"model {name!r} has no built-in pretrained weights: pass pretrained='/path/to/weights' "
-                             f"(.pth/.pt/.th/.safetensors or a fewlabels run folder) or pretrained=False")
+        if name not in _REGISTRY:
+            raise _unknown_name_error(name)  # e.g. resnet18: a timm model, not one of ours
+        raise FewLabelsError(f"model {name!r} has no built-in pretrained weights: give a weights file "
+                             f"(.pth/.pt/.th/.safetensors) or a fewlabels run folder as --pretrained PATH (Python: "
+                             f"pretrained='PATH'), or leave --pretrained out")
     pattern = _DEFAULT_WEIGHTS[name]
     dirs = weights_dirs()
     for d in dirs:
@@ -91,7 +94,7 @@ def default_weights_file(name: str) -> Path:
             return found[0]
     raise FewLabelsError(f"no pretrained weights for {name!r}: put a file matching {pattern} in "
                          f"{' or '.join(str(d) for d in dirs)} (or set {WEIGHTS_ENV} to its folder), "
-                         f"or pass pretrained='/path/to/file'")
+                         f"or give the file as --pretrained PATH (Python: pretrained='PATH')")
 
 
 def _positive_int(what: str, value: object) -> int:
