@@ -205,7 +205,7 @@ def main() -> None:
         ),
         "",
         (
-            "Ours on CPU runs the fused C kernels (fewlabels/augment/_native.c, built on first use): each image goes "
+            "Ours on CPU runs the fused C kernels (fewlabels/augment/_native.c, built on install): each image goes "
             "through crop, flip, both RandAugment ops, Cutout and normalisation while it sits in the CPU cache. "
             "'PyTorch path' is the same preset with `use_native=False`: the batched PyTorch ops that run on GPU or "
             "where no C compiler is available. At 32 px torchvision's cost is Python and dispatch overhead per image, "

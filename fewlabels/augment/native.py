@@ -1,26 +1,24 @@
-"""Fused per-image CPU kernels for the augmentation presets, built on first use from ``_native.c``.
+"""Fused per-image CPU kernels for the augmentation presets, compiled from ``_native.c`` when fewlabels is installed.
 
 The batched PyTorch path streams the whole batch through memory once per step (crop, each RandAugment layer,
 Cutout, normalise). At 224 px that memory traffic, not Python, is the cost. The native path instead takes each
 image through every step while it sits in the CPU cache, with the random choices drawn by the same Python code,
 so both paths give the same images (except for rare float-rounding ties, see tests/test_augment_native.py).
 
-The C source is compiled once per machine with the system C compiler (``$CC``, else ``cc``/``gcc``/``clang``)
-into ``$FEWLABELS_CACHE/native`` (default ``~/.cache/fewlabels/native``); without a compiler fewlabels says so once
-and uses the PyTorch path. ``FEWLABELS_NATIVE_AUGMENT=0`` turns the native path off. The batch is split across
-``torch.get_num_threads()`` threads (the C code releases the GIL).
+The C source is built by ``pip install`` (setup.py: a shared library ``_fl_augment*.so`` next to this file, tuned
+with ``-march=native`` when the compiler takes it). At run time fewlabels only loads that file from its own package
+folder: nothing is compiled, and nothing is loaded from a cache or temp folder that another user could write.
+Without the library (no C compiler at install time) fewlabels says so once and uses the PyTorch path;
+``FEWLABELS_NATIVE_AUGMENT=0`` turns the native path off. The batch is split across ``torch.get_num_threads()``
+threads (the C code releases the GIL).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
+import importlib.machinery
 import os
-import platform
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +26,6 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("_native.c")
-FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-math-errno"]
-# tuned for this CPU (SSE4/AVX2 vectorisation of the float steps); the cache key includes the CPU's identity, so
-# a shared home folder on machines of different kinds keeps one build per kind. Dropped if the compiler rejects it.
-NATIVE_FLAGS = ["-march=native"]
 _I64, _F64, _U8, _F32 = (ctypes.POINTER(t) for t in (ctypes.c_int64, ctypes.c_double, ctypes.c_uint8, ctypes.c_float))
 
 _lock = threading.Lock()
@@ -58,85 +51,18 @@ def enabled() -> bool:
     return os.environ.get("FEWLABELS_NATIVE_AUGMENT", "1").lower() not in ("0", "false", "no", "off")
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("FEWLABELS_CACHE")
-    root = Path(base).expanduser() if base else Path.home() / ".cache" / "fewlabels"
-    return root / "native"
-
-
-def _cache_dirs() -> tuple[Path, Path]:
-    """Where builds live: cache_dir(), then a per-user temp folder (used when the first is not writable)."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return cache_dir(), Path(tempfile.gettempdir()) / f"fewlabels-native-{uid}"
-
-
-def _writable_cache_dir() -> Path:
-    """cache_dir(), or a per-user folder in the temp dir when that cannot be written (e.g. a read-only home)."""
-    for d in _cache_dirs():
-        try:
-            d.mkdir(parents=True, exist_ok=True)
-            if os.access(d, os.W_OK):
-                return d
-        except OSError:
-            continue
-    raise RuntimeError(f"no writable folder for the compiled kernels (tried {cache_dir()} and the temp dir)")
-
-
-def _compiler() -> str | None:
-    for cand in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if cand and shutil.which(cand.split()[0]):
-            return cand
+def library_path() -> Path | None:
+    """The kernels built at install time: ``_fl_augment<extension suffix>`` in this package's folder, or None."""
+    here = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        p = here / f"_fl_augment{suffix}"
+        if p.is_file():
+            return p
     return None
 
 
-def _cpu_identity() -> str:
-    """The CPU model and feature flags (Linux), so that a build is reused only on the same kind of CPU."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    keep = [ln for ln in text.splitlines() if ln.split(":")[0].strip() in ("model name", "flags", "Features")]
-    return "\n".join(sorted(set(keep)))
-
-
-def build(verbose: bool = False, rebuild: bool = False) -> Path:
-    """Compile _native.c for this machine (cached by source, flags and platform); returns the library path.
-    rebuild: compile again even when a cached build exists (e.g. one that fails to load).
-
-    Raises RuntimeError with the compiler's message when there is no compiler or the build fails."""
-    cc = _compiler()
-    if cc is None:
-        raise RuntimeError("no C compiler found (set $CC, or install gcc or clang)")
-    src = SOURCE.read_bytes()
-    ident = " ".join([cc, *FLAGS, *NATIVE_FLAGS, platform.machine(), sys.platform, _cpu_identity()])
-    key = hashlib.sha256(src + ident.encode()).hexdigest()[:16]
-    name = f"fl_augment-{key}.so"
-    for d in _cache_dirs():
-        if (d / name).is_file() and not rebuild:
-            return d / name
-    out = _writable_cache_dir() / name
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
-    os.close(fd)
-    try:
-        for extra in (NATIVE_FLAGS, []):
-            cmd = [*cc.split(), *FLAGS, *extra, str(SOURCE), "-o", tmp, "-lm"]
-            res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-            if res.returncode == 0:
-                break
-        if res.returncode != 0:
-            raise RuntimeError(f"`{' '.join(cmd)}` failed: {res.stderr.strip()[-2000:]}")
-        if verbose:
-            print(f"built {out}")
-        os.chmod(tmp, 0o755)  # mkstemp makes it private; a shared cache folder should be usable by others
-        os.replace(tmp, out)  # atomic: a concurrent process sees the old state or the whole library
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return out
-
-
 def library() -> ctypes.CDLL | None:
-    """The loaded kernels, or None (disabled, or no compiler: the reason is in `unavailable_reason()`)."""
+    """The loaded kernels, or None (disabled, or not built: the reason is in `unavailable_reason()`)."""
     global _lib, _tried, _why
     if not enabled():
         return None
@@ -146,20 +72,21 @@ def library() -> ctypes.CDLL | None:
         if _tried:
             return _lib
         try:
-            try:
-                lib = ctypes.CDLL(str(build()))
-            except OSError:  # a cached build that does not load here (other libc, noexec mount): build it again
-                lib = ctypes.CDLL(str(build(rebuild=True)))
+            path = library_path()
+            if path is None:
+                raise OSError("they were not built when fewlabels was installed (no C compiler then?)")
+            lib = ctypes.CDLL(str(path))
             fn = lib.fl_augment
             fn.restype = ctypes.c_int
             fn.argtypes = [_U8, *[ctypes.c_int64] * 6, ctypes.c_int64, ctypes.c_int32, _I64, _U8, ctypes.c_int64,
                            _I64, _F64, _F64, _U8, ctypes.c_int64, _I64, ctypes.c_int32, _U8, _U8, _F32, _I64, _F32]
             _lib = lib
-        except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        except (OSError, AttributeError) as e:
             _why = str(e)
             warnings.warn(f"fewlabels: the fast native augmentation kernels are unavailable ({_why}); using the "
-                          f"PyTorch path, which is slower at large image sizes. Install a C compiler to enable them, "
-                          f"or set FEWLABELS_NATIVE_AUGMENT=0 to silence this.", RuntimeWarning, stacklevel=3)
+                          f"PyTorch path, which is slower at large image sizes. Reinstall fewlabels with a C compiler "
+                          f"present (pip install -e .) to build them, or set FEWLABELS_NATIVE_AUGMENT=0 to silence "
+                          f"this.", RuntimeWarning, stacklevel=3)
         _tried = True
         return _lib
 
