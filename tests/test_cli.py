@@ -398,3 +398,29 @@ def test_outputs_never_replace_run_files_or_existing_files(trained, tmp_path, ca
     _bad([str(x) for x in ["augment", "preview", "--out", tmp_path / "x.txt"]], capsys, "writes .png files")
     assert main(["augment", "preview", "--out", str(tmp_path / "p.png"), "--quiet"]) == 0
     _bad([str(x) for x in ["augment", "preview", "--out", tmp_path / "p.png"]], capsys, "exists already")
+
+
+def test_predict_skips_unreadable_files_when_asked_and_lists_them(trained, tmp_path, capsys):
+    """Issue 28, item 10: one broken file stopped predict on a whole folder; --bad-images skip goes on, and the
+    skipped files are listed with why (CSV column `skipped`, JSON field)."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype(np.uint8)).save(folder / f"{i}.png")
+    (folder / "1b.png").write_bytes(b"not a png")
+    _bad(["predict", str(trained), str(folder)], capsys, "--bad-images skip")
+    code, out, err = run_cli(["predict", str(trained), str(folder), "--bad-images", "skip"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0].endswith(",skipped") and len(lines) == 5
+    broken = next(line for line in lines if "1b.png" in line)
+    assert broken.split(",")[1] == "" and "cannot identify image file" in broken
+    assert all(line.split(",")[-1] == "" for line in lines[1:] if "1b.png" not in line)
+    assert "skipped 1 unreadable image" in err
+    from fewlabels import predict
+
+    rows = predict(model_path=str(trained), inputs=[str(folder)], bad_images="skip", quiet=True)
+    assert [Path(r["file"]).name for r in rows if "skipped" in r] == ["1b.png"]
+    assert all(len(r["top"]) == 3 for r in rows if "skipped" not in r)

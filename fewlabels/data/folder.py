@@ -289,19 +289,24 @@ def decode_folder(files: FolderFiles, *, image_size: int | None, bad_images: str
 
 
 def decode_files(paths: Sequence[str | Path], shape: tuple[int, int, int], *, workers: int | None = None,
-                 progress: bool = True) -> torch.Tensor:
+                 progress: bool = True, skipped: dict[int, str] | None = None) -> torch.Tensor:
     """Decode image files into one uint8 (N, C, H, W) tensor by the same rules as a training folder (EXIF
     orientation, alpha on black, 16-bit range, scale to cover and centre-crop), on all cores for many files.
-    Raises FewLabelsError naming the first file that cannot be read."""
+    Raises FewLabelsError naming the first file that cannot be read; given a `skipped` dict instead, leaves such
+    files out of the tensor and records {index in paths: why} there (--bad-images skip)."""
     paths = [str(p) for p in paths]
     workers = _worker_count(len(paths), workers)
     with _executor(workers) as pool:
         images, headers = _decode_all(pool, paths, shape, workers, progress, "images")
     bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
-    if bad:
+    if bad and skipped is None:
         first = min(bad)
         more = f" ({len(bad) - 1} more unreadable file(s))" if len(bad) > 1 else ""
-        raise FewLabelsError(f"cannot read image {paths[first]}: {bad[first]}{more}. Fix or remove it.")
+        raise FewLabelsError(f"cannot read image {paths[first]}: {bad[first]}{more}. Fix or remove it, or pass "
+                             f"--bad-images skip.")
+    if bad:
+        skipped.update(bad)
+        images = images[[i for i in range(len(paths)) if i not in bad]]
     return images
 
 

@@ -24,7 +24,7 @@ from ..engine.config import TRAINING, TrainConfig
 from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
-from ..utils import pick_device, pick_dtype, write_json
+from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     EMPTY_POOL,
     Budget,
@@ -298,7 +298,7 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log, n_v
     for r in rows:
         md.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
     table = "\n".join(md) + "\n"
-    (run_dir / "rounds.md").write_text(table)
+    atomic_write_text(run_dir / "rounds.md", table)
     xs = list(range(len(rows)))
     series = {k: (xs, [r.get(k) or 0 for r in rows]) for k in ("val_acc", "test_acc") if any(r.get(k) for r in rows)}
     if series:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -139,8 +140,8 @@ class Predict:
 class PredictCommand(Options):
     """Predict the classes of image files."""
 
-    groups = (Trained, Predict, TTA, Device, Run)
-    hide = ("on",)
+    groups = (Trained, Predict, TTA, Device, Run, Source)
+    hide = ("on", "data", "data_root", "cache_dir", "image_size", "mean", "std")
 
 
 def _collect(inputs: list[str]) -> list[str]:
@@ -179,17 +180,30 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     shape = (meta["in_chans"], *meta["image_size"])
     chunk = max(1, PREDICT_CHUNK_BYTES // math.prod(shape))
     k = min(cfg.top_k, len(meta["classes"]))
-    tops = []
+    tops, skipped = [], {}
     for start in range(0, len(files), chunk):
         # the training folder's decoding rules, so an image is seen as it would have been in training
-        images = decode_files(files[start:start + chunk], shape, progress=not cfg.quiet)
-        logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
-                                dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
-                                tta_translate=cfg.tta_translate)
-        tops.append(logits.softmax(1).topk(k, dim=1))
-    p, idx = torch.cat([t.values for t in tops]), torch.cat([t.indices for t in tops])
-    rows = [{"file": str(f), "top": [{"class": meta["classes"][int(j)], "prob": round(float(q), 6)}
-                                     for q, j in zip(p[i], idx[i])]} for i, f in enumerate(files)]
+        bad: dict[int, str] = {}
+        images = decode_files(files[start:start + chunk], shape, progress=not cfg.quiet,
+                              skipped=bad if cfg.bad_images == "skip" else None)
+        skipped.update({start + i: why for i, why in bad.items()})
+        if len(images):
+            logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
+                                    dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
+                                    tta_translate=cfg.tta_translate)
+            tops.append(logits.softmax(1).topk(k, dim=1))
+    found = iter(zip(torch.cat([t.values for t in tops]).tolist() if tops else [],
+                     torch.cat([t.indices for t in tops]).tolist() if tops else []))
+    rows = []
+    for i, f in enumerate(files):
+        if i in skipped:  # listed, with why, so that no input goes missing without a word
+            rows.append({"file": str(f), "top": [], "skipped": skipped[i]})
+            continue
+        p, idx = next(found)
+        rows.append({"file": str(f), "top": [{"class": meta["classes"][int(j)], "prob": round(float(q), 6)}
+                                             for q, j in zip(p, idx)]})
+    if skipped and not cfg.quiet:
+        print(f"note: skipped {len(skipped)} unreadable image(s) (--bad-images skip), listed with why", file=sys.stderr)
     text = json.dumps(rows, indent=2) if cfg.format == "json" else _csv(rows, k)
     if out is not None:
         atomic_write_text(out, text)
@@ -199,11 +213,15 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
 
 
 def _csv(rows: list[dict], k: int) -> str:
+    """file,class_1,prob_1,...; with a last column `skipped` (why) when some files could not be read."""
+    skipped = any("skipped" in r for r in rows)
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["file"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")])
+    w.writerow(["file"] + [c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")]
+               + (["skipped"] if skipped else []))
     for r in rows:
-        w.writerow([r["file"]] + [v for t in r["top"] for v in (t["class"], t["prob"])])
+        cells = [v for t in r["top"] for v in (t["class"], t["prob"])]
+        w.writerow([r["file"], *cells, *[""] * (2 * k - len(cells))] + ([r.get("skipped", "")] if skipped else []))
     return buf.getvalue()
 
 

@@ -26,7 +26,7 @@ from ..engine.config import TRAINING
 from ..engine.loop import Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, stats_tensors
-from ..utils import autocast, pick_device, pick_dtype, seed_everything, write_json
+from ..utils import atomic_write_text, autocast, pick_device, pick_dtype, seed_everything, write_json
 from .common import (
     Budget,
     Model,
@@ -271,7 +271,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         for k, r in results.items():
             lines.append(f"| {k} | {r.get('val_acc', float('nan')):.4f} | {r.get('test_acc', float('nan')):.4f} | "
                          f"{r['minutes']:.2f} |")
-        (run_dir / "compare.md").write_text("\n".join(lines) + "\n")
+        atomic_write_text(run_dir / "compare.md", "\n".join(lines) + "\n")
         log("\n".join(lines))
     return out
 

@@ -91,8 +91,14 @@ def _read_file(path: Path) -> object:
                 f"{path} holds Python objects besides tensors ({found.group(1)}), and fewlabels never unpickles "
                 f"objects (a file can run code when unpickled). Save the weights alone, torch.save(model.state_dict(), "
                 f"path), or as safetensors, where the file comes from") from None
+        unpickler = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+        if unpickler:  # another refusal of the safe loader: its whole reason, without torch's advice to unpickle
+            raise FewLabelsError(f"{path} cannot be loaded as plain weights: {unpickler.group(1).strip()}. fewlabels "
+                                 f"never unpickles objects (a file can run code when unpickled): save the weights "
+                                 f"alone, torch.save(model.state_dict(), path), or as safetensors") from None
+        first = text.strip().splitlines()[0] if text.strip() else ""
         raise FewLabelsError(f"could not read weights file {path}: it is not a PyTorch or safetensors weights file, or "
-                             f"it is damaged ({type(e).__name__}: {text[:200]})") from None
+                             f"it is damaged ({type(e).__name__}: {first})") from None
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
