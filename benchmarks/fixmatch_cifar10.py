@@ -5,9 +5,18 @@ to a strongly augmented view (RandAugment + Cutout) of the same images, next to 
 (64 labelled + μ · 64 unlabelled images per step). Warm-started from the round-0 teacher of `selftrain_cifar10.py`
 (cnn-s-p2, 60 epochs on the 4,000 labels), so its curve compares with the self-training rounds that start from the
 same teacher (`selftrain_cifar10_4000_p2nw_r4`). This loop lives here, not in the library: it is the measurement
-behind issue 6's note that online consistency does not pay at this budget.
+behind issue 6's note that online consistency does not pay at this budget, so its options (--epochs, --tau, --mu,
+--labelled-batch, --lr) are this script's own. The teacher is a fewlabels command, recorded in the results:
+
+    fewlabels selftrain --recipe cifar-cpu --rounds 0 --finetune-epochs 0 --data ~/.cache/fewlabels/unpacked/cifar10 \
+        --labels-per-class 400 --out runs/bench-fixmatch_cifar10_4000-teacher
+
+and the FixMatch loop uses that run's split (its labelled images and pool).
 
     .venv/bin/python benchmarks/fixmatch_cifar10.py [--teacher RUN/round0] [--epochs 16] [--tau 0.8] [--smoke]
+        [-- TEACHER OPTIONS]
+
+Options after `--` go verbatim to the teacher's `fewlabels selftrain` command, e.g. `-- --labels-per-class 25`.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,8 +33,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, write_results
-from _shared_data import unpacked
+from _common import RESULTS, flag_value, has_flag, run_fewlabels, split_passthrough, started, write_results
 
 from fewlabels.augment import build_augment
 from fewlabels.engine.checkpoint import load_model
@@ -32,16 +41,19 @@ from fewlabels.engine.config import TrainConfig
 from fewlabels.engine.optim import build_optimizer, lr_factor, set_lr
 from fewlabels.eval import accuracy, predict_logits
 from fewlabels.methods.common import DataConfig, prepare_data
-from fewlabels.methods.selftrain import selftrain
 from fewlabels.utils import autocast, pick_device, pick_dtype, tune_cpu_allocator
 
+# the round-0 teacher of `selftrain --recipe cifar-cpu` (cnn-s-p2, 60 epochs, flip + translate TTA), alone
+TEACHER = ["--recipe", "cifar-cpu", "--rounds", "0", "--finetune-epochs", "0"]
+SMOKE_TEACHER = ["--labels-per-class", "20", "--teacher-epochs", "1"]
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--labels-per-class", type=int, default=400)
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(epilog="options after -- are passed verbatim to the teacher's fewlabels command")
+    ap.add_argument("--data", default=None, help="the CIFAR-10 folder (default: ../shared's JPEG copy, unpacked)")
     ap.add_argument("--teacher", default=None,
-                    help="a finished round-0 folder (e.g. runs/bench-selftrain_cifar10_4000_p2nw_r4/round0) with "
-                         "the same split; default: train one here with selftrain_cifar10.py's p2nw options")
+                    help="a finished round-0 folder (e.g. runs/bench-selftrain_cifar10_4000_p2nw_r4/round0); its "
+                         "run's split is used; default: train one here (`fewlabels selftrain --rounds 0`)")
     ap.add_argument("--epochs", type=int, default=16, help="passes over the unlabelled pool")
     ap.add_argument("--tau", type=float, default=0.8, help="confidence threshold (FixMatch: 0.95)")
     ap.add_argument("--mu", type=int, default=7, help="unlabelled images per labelled image in a step")
@@ -49,26 +61,51 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=0.05)
     ap.add_argument("--results-name", default=None)
     ap.add_argument("--smoke", action="store_true")
-    a = ap.parse_args()
-    teacher_epochs = 60
+    return ap
+
+
+def teacher_args(a: argparse.Namespace, extra: list[str], data: str) -> list[str]:
+    tail = [*extra, *(SMOKE_TEACHER if a.smoke else [])]
+    budget = [] if has_flag(tail, "--labels-per-class") or has_flag(tail, "--labels") else ["--labels-per-class", "400"]
+    labels = flag_value([*budget, *tail], "--labels")
+    labels = int(labels) if labels else int(flag_value([*budget, *tail], "--labels-per-class")) * 10
+    name = (a.results_name or f"fixmatch_cifar10_{labels}") + ("_smoke" if a.smoke else "")
+    return ["selftrain", *TEACHER, "--data", data, *budget, *tail, "--out", f"runs/bench-{name}-teacher"]
+
+
+def planned_commands(argv: list[str], data: str = "DATA") -> list[list[str]]:
+    own, extra = split_passthrough(argv)
+    a = build_parser().parse_args(own)
+    return [] if a.teacher and not a.smoke else [["fewlabels", *teacher_args(a, extra, data)]]
+
+
+def main() -> None:
+    own, extra = split_passthrough()
+    a = build_parser().parse_args(own)
     if a.smoke:
-        a.labels_per_class, a.epochs, teacher_epochs, a.teacher = 20, 1, 1, None
-    name = (a.results_name or f"fixmatch_cifar10_{a.labels_per_class * 10}") + ("_smoke" if a.smoke else "")
-    data = str(unpacked("cifar10"))
+        a.epochs, a.teacher = 1, None
+    if a.data is None:
+        from _shared_data import unpacked
+
+        a.data = str(unpacked("cifar10"))
+    data = a.data
+    targs = teacher_args(a, extra, data)
+    name = Path(flag_value(targs, "--out")).name.removeprefix("bench-").removesuffix("-teacher")
+    started_info = started()
     tune_cpu_allocator()
     t_start = time.perf_counter()
-    teacher_minutes = None
-    if a.teacher is None:  # the round-0 teacher of selftrain_cifar10.py --teacher cnn-s-p2 --tta-flip --tta-translate 1
-        out = Path("runs") / f"bench-{name}-teacher"
-        res = selftrain(data=data, labels_per_class=a.labels_per_class, val=0, rounds=0, teacher_model="cnn-s-p2",
-                        teacher_epochs=teacher_epochs, batch_size=256, lr=0.1, weight_decay=5e-4, warmup_epochs=1,
-                        teacher_augment="weak", min_steps_per_epoch=0, seed=0, split_seed=0, tta_flip=True,
-                        tta_translate=1, eval_every=5, out=str(out), quiet=True)
+    teacher_minutes, runs = None, []
+    if a.teacher is None:
+        out = Path(flag_value(targs, "--out"))
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run: an existing folder would be resumed
+        run = run_fewlabels(targs)
         teacher_dir = out / "round0"
-        teacher_minutes = res["rounds"][0]["minutes"]
+        teacher_minutes = json.loads((out / "rounds.json").read_text())[0]["minutes"]
+        runs.append({"command": run["command"], "what": "the round-0 teacher", "minutes": run["minutes"]})
     else:
         teacher_dir = Path(a.teacher)
-    ds, split = prepare_data(DataConfig(data=data, labels_per_class=a.labels_per_class, val=0, split_seed=0), None,
+    # the teacher run's split: its labelled images and unlabelled pool
+    ds, split = prepare_data(DataConfig(data=data, split=str(teacher_dir.parent / "split.json"), val=0), None,
                              lambda *_: None)
     device = pick_device("auto")
     dtype = pick_dtype("auto", device)
@@ -143,16 +180,18 @@ def main() -> None:
     start, last = curve[0]["test_acc"], curve[-1]["test_acc"]
     ref = RESULTS / "selftrain_cifar10_4000_p2nw_r4.json"
     offline = []
-    if ref.is_file() and a.labels_per_class == 400 and teacher_dir.name == "round0":  # a comparison from round 0
+    if ref.is_file() and len(split.labelled) == 4000 and teacher_dir.name == "round0":  # a comparison from round 0
         acc_min = 0.0
         for r in json.loads(ref.read_text())["table"][1:]:
             acc_min += r["minutes"]
             offline.append({"round": r["round"], "model": r["model"], "minutes": round(acc_min, 2),
                             "test_acc": r["test_acc"]})
-    data_out = {"labels": a.labels_per_class * 10, "teacher": str(teacher_dir), "teacher_minutes": teacher_minutes,
+    data_out = {"labels": len(split.labelled), "teacher": str(teacher_dir), "teacher_minutes": teacher_minutes,
                 "teacher_test_acc": start, "final_test_acc": last, "fixmatch_minutes": minutes, "curve": curve,
                 "options": vars(a), "offline_rounds_same_teacher": offline,
-                "total_minutes": (time.perf_counter() - t_start) / 60}
+                "total_minutes": (time.perf_counter() - t_start) / 60, "smoke": a.smoke, **started_info,
+                "runs": runs, "fixmatch": "this script's own loop (not a fewlabels command), options: "
+                                          f"{' '.join(own) or 'the defaults'}"}
     md = ["| epoch | training minutes | mask rate | pl precision | test_acc |", "|---|---|---|---|---|"]
     for r in curve:
         acc = f"{r['test_acc']:.4f}" if "test_acc" in r else "–"

@@ -55,10 +55,11 @@ print(epochs, "strong" if noise else "weak", 0.2 if noise else 0.0, 0.1 if noise
 EOF
 )
     echo "students: $EPOCHS epochs, augment $AUG, drop $DROP, drop-path $DPR" >"$OUTDIR/selftrain.log"
-    timeout "$SECONDS_RUN" $PY benchmarks/selftrain_cifar10.py --teacher cnn-m-p2 --teacher-epochs 120 \
-        --rounds 3 --students cnn-m-p2,cnn-m-p2,cnn-m-p2 --student-epochs "$EPOCHS" --student-augment "$AUG" \
-        --drop-rate "$DROP" --drop-path-rate "$DPR" --tta-flip --tta-translate 1 --finetune-epochs 10 \
-        --results-name "selftrain_cifar10_4000_$TAG" >>"$OUTDIR/selftrain.log" 2>&1
+    timeout "$SECONDS_RUN" $PY benchmarks/selftrain_cifar10.py --results-name "selftrain_cifar10_4000_$TAG" -- \
+        --teacher-model cnn-m-p2 --teacher-epochs 120 --rounds 3 --student-models cnn-m-p2,cnn-m-p2,cnn-m-p2 \
+        --student-epochs "$EPOCHS" --student-augment "$AUG" --student-drop-rate "$DROP" \
+        --student-drop-path-rate "$DPR" --tta-flip --tta-translate 1 --finetune-epochs 10 \
+        >>"$OUTDIR/selftrain.log" 2>&1
     echo "selftrain rc=$?" >>"$OUTDIR/selftrain.log"
 fi
 pack

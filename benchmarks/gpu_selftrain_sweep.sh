@@ -3,9 +3,11 @@
 #
 # A noised student on one GPU is bound by kernel launches (benchmarks/results/gpu_check_h200.md: 14,000-16,000
 # images/s for cnn-m with `strong` augmentation, ~45,000 without), so one process leaves the GPU idle much of the
-# time; several processes fill it. Each line of CONFIGS is `NAME ARGS…` for benchmarks/selftrain_cifar10.py (results
-# go to benchmarks/results/selftrain_cifar10_4000_NAME.*). Each run is stopped after SECONDS; a stopped run keeps
-# the rounds it finished (runs/bench-…/roundN/results.json, metrics.jsonl), which are packed too.
+# time; several processes fill it. Each line of CONFIGS is `NAME OPTIONS…`, options of `fewlabels selftrain --recipe
+# cifar-cpu`, run through benchmarks/selftrain_cifar10.py (`-- OPTIONS`; results go to
+# benchmarks/results/selftrain_cifar10_4000_NAME.*, with the exact `fewlabels` command). Each run is stopped after
+# SECONDS; a stopped run keeps the rounds it finished (runs/bench-…/roundN/results.json, metrics.jsonl), which are
+# packed too.
 #
 #     FEWLABELS_SHARED=../shared bash benchmarks/gpu_selftrain_sweep.sh CONFIGS OUTDIR [SECONDS]
 #     SMOKE=1 …   the same runs with --smoke (a minute on a CPU: checks the script, not the figures)
@@ -34,8 +36,8 @@ pids=()
 while read -r name args; do
     case "$name" in ''|'#'*) continue ;; esac
     # shellcheck disable=SC2086  # ARGS are words on purpose
-    OMP_NUM_THREADS=$threads timeout "$SECONDS_RUN" $PY benchmarks/selftrain_cifar10.py $args \
-        --results-name "selftrain_cifar10_4000_$name" ${SMOKE:+--smoke} >"$OUTDIR/$name.log" 2>&1 &
+    OMP_NUM_THREADS=$threads timeout "$SECONDS_RUN" $PY benchmarks/selftrain_cifar10.py \
+        --results-name "selftrain_cifar10_4000_$name" ${SMOKE:+--smoke} -- $args >"$OUTDIR/$name.log" 2>&1 &
     pids+=("$!:$name")
     echo "started $name: $args" >>"$OUTDIR/env.txt"
 done <"$CONFIGS"

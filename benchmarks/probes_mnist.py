@@ -1,12 +1,14 @@
 """FC vs CNN and the translation probe on MNIST: why convolution suits images, measured.
 
 An MLP and cnn-tiny of matched parameter counts, trained and tested three ways (as is; digits on the left half of a
-28×56 canvas for training and on the right half for testing; one fixed random pixel permutation for both), then
-`probe equivariance` on both standard models (shifts of 1, 2, 4, 8 pixels). Training images: a stratified subsample
-of MNIST's 60,000 (the `--labels` budget of the command), all 10,000 test images. No augmentation, bf16 autocast
-where the CPU has it (fit's default).
+28×56 canvas for training and on the right half for testing; one fixed random pixel permutation for both) by
+`fewlabels probe fc-vs-cnn`, then `fewlabels probe equivariance` on both standard models (shifts of 1, 2, 4, 8
+pixels). Training images: a stratified subsample of MNIST's 60,000 (the `--labels` budget of the command), all 10,000
+test images. No augmentation, bf16 autocast where the CPU has it (fit's default).
 
-    .venv/bin/python benchmarks/probes_mnist.py [--train-images 12000] [--epochs 4] [--cnn cnn-tiny]
+    .venv/bin/python benchmarks/probes_mnist.py [-- FC-VS-CNN OPTIONS]
+
+Options after `--` go verbatim to `fewlabels probe fc-vs-cnn`, e.g. `-- --epochs 8 --labels 20000`.
 
 Needs ../shared/data/mnist-png.tar.gz (the project's shared folder beside the repo; FEWLABELS_SHARED points
 elsewhere), unpacked once into ~/.cache/fewlabels/unpacked/mnist by this script. Writes
@@ -16,26 +18,37 @@ benchmarks/results/probes_mnist.{json,md,png}; the run folders go to runs/probes
 from __future__ import annotations
 
 import argparse
+import json
 import math
-import os
-import shlex
+import shutil
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO))
-from _shared_data import unpacked
+from _common import machine_info, run_fewlabels, split_passthrough, started, write_results
 
-from fewlabels.probes import plot_fc_vs_cnn, probe_equivariance, probe_fc_vs_cnn
+from fewlabels.probes import plot_fc_vs_cnn
 from fewlabels.probes.equivariance import format_value, mean_over_directions
 from fewlabels.probes.fc_vs_cnn import fc_vs_cnn_markdown
 
+OUT = "runs/probes_mnist"  # the run folders (outside git)
+FC_VS_CNN = ["--labels", "12000", "--epochs", "4", "--cnn", "cnn-tiny"]
+EQUIVARIANCE = ["--shifts", "1,2,4,8", "--num-images", "1000"]
+
+
+def _nan(v):
+    return math.nan if v is None else v
+
 
 def _equivariance_summary(res: dict) -> dict:
-    """The probe's result, plus the errors per shift averaged over the two directions (None where undefined)."""
+    """The probe's result (as its equivariance.json has it: null where undefined), plus the errors per shift averaged
+    over the two directions (None where undefined)."""
+    res = {**res, "rows": [{**r, "stage_errors": [_nan(e) for e in r["stage_errors"]],
+                            "pooled_change": _nan(r["pooled_change"]),
+                            "prediction_change": _nan(r["prediction_change"])} for r in res["rows"]]}
     by_shift = {str(k): {key: ([None if math.isnan(e) else e for e in v] if isinstance(v, list)
                               else (None if math.isnan(v) else v)) for key, v in row.items()}
                 for k, row in mean_over_directions(res).items()}
@@ -105,66 +118,61 @@ def _table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write(data: dict, table_md: str) -> None:
-    """Through benchmarks/_common.py when the project has it, else JSON + Markdown with the same metadata."""
-    try:
-        from _common import machine_info, write_results
-    except ImportError:
-        from fewlabels.utils import environment_info, write_json
+def plan(extra: list[str], mnist: str) -> dict[str, list[str]]:
+    """The three commands (without `fewlabels`): the FC-vs-CNN comparison, then the probe of each standard model."""
+    fc = f"{OUT}/fc-vs-cnn"
+    return {"fc_vs_cnn": ["probe", "fc-vs-cnn", "--data", mnist, *FC_VS_CNN, *extra, "--out", fc],
+            **{f"equivariance_{key}": ["probe", "equivariance", "--model", f"{fc}/standard-{key}", "--data", mnist,
+                                       *EQUIVARIANCE, "--out", f"{OUT}/equivariance-{key}"] for key in ("cnn", "fc")}}
 
-        data = {"name": "probes_mnist", **environment_info(), **data}
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / "probes_mnist.json", data)
-        meta = (f"{data['date']}, {data['cpu']} ({data['cores']} cores), torch {data['torch']}, "
-                f"commit {data['git_commit'][:10]}")
-        (RESULTS / "probes_mnist.md").write_text(f"# FC vs CNN and translation probe on MNIST\n\n`{data['command']}`"
-                                                 f"\n\n{meta}\n\n{table_md}")
-        return
-    write_results("probes_mnist", {**data, "machine": machine_info()}, table_md)
+
+def planned_commands(argv: list[str], data: str = "MNIST") -> list[list[str]]:
+    own, extra = split_passthrough(argv)
+    build_parser().parse_args(own)
+    return [["fewlabels", *args] for args in plan(extra, data).values()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   epilog="options after -- are passed verbatim to `fewlabels probe fc-vs-cnn`")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--train-images", type=int, default=12000, help="stratified subsample of the 60,000")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--cnn", default="cnn-tiny")
-    parser.add_argument("--probe-images", type=int, default=1000, help="test images for the translation probe")
-    parser.add_argument("--out", default=str(REPO / "runs" / "probes_mnist"), help="run folders (outside git)")
-    args = parser.parse_args()
+    from _shared_data import unpacked
 
+    own, extra = split_passthrough()
+    build_parser().parse_args(own)
     mnist = unpacked("mnist")  # train/<digit>/*.png, test/<digit>/*.png (+ csv files the folder loader ignores)
-    load_before = os.getloadavg()[0]  # the cores are shared: other processes slow the run down, see the minutes
-    t0 = time.perf_counter()
-    out = Path(args.out)
-    fc_vs_cnn = probe_fc_vs_cnn(data=str(mnist), labels=args.train_images, epochs=args.epochs, cnn=args.cnn,
-                                out=str(out / "fc-vs-cnn"))
-    t_train = time.perf_counter() - t0
-    probes = {key: probe_equivariance(model=str(out / "fc-vs-cnn" / f"standard-{key}"), data=str(mnist),
-                                      shifts=[1, 2, 4, 8], num_images=args.probe_images,
-                                      out=str(out / f"equivariance-{key}"))
-              for key in ("cnn", "fc")}
-    minutes = (time.perf_counter() - t0) / 60
+    start = started()  # the cores are shared: other processes slow the run down, see the minutes
+    shutil.rmtree(OUT, ignore_errors=True)  # fresh runs: an existing folder would be resumed
+    runs, results = [], {}
+    for key, args in plan(extra, str(mnist)).items():
+        run = run_fewlabels(args)
+        out = Path(args[args.index("--out") + 1])
+        results[key] = json.loads((out / ("fc_vs_cnn.json" if key == "fc_vs_cnn" else "equivariance.json")).read_text())
+        runs.append({"key": key, "command": run["command"], "minutes": round(run["minutes"], 2)})
+    fc_vs_cnn = results["fc_vs_cnn"]
     data = {
-        "command": ".venv/bin/python benchmarks/probes_mnist.py " + shlex.join(sys.argv[1:]),
         "data": "MNIST (../shared/data/mnist-png.tar.gz, lossless PNG copy of the official files)",
         "train_images": fc_vs_cnn["train_images"],
         "train_images_note": f"a stratified subsample of the 60,000 training images (seed 0), to keep the run "
                              f"under 15 minutes on 2 CPU cores; all {fc_vs_cnn['test_images']:,} test images",
-        "test_images": fc_vs_cnn["test_images"], "epochs": args.epochs,
+        "test_images": fc_vs_cnn["test_images"], "epochs": fc_vs_cnn["epochs"],
         "fc": fc_vs_cnn["fc"], "cnn": fc_vs_cnn["cnn"], "params": fc_vs_cnn["params"],
         "mlp_hidden": fc_vs_cnn["mlp_hidden"],
-        "cnn_equivariance": _equivariance_summary(probes["cnn"]),
-        "fc_equivariance": _equivariance_summary(probes["fc"]),
+        "cnn_equivariance": _equivariance_summary(results["equivariance_cnn"]),
+        "fc_equivariance": _equivariance_summary(results["equivariance_fc"]),
         "train_config": fc_vs_cnn["train_config"],
-        "minutes": {"total": round(minutes, 2), "training_and_testing": round(t_train / 60, 2),
+        "minutes": {"total": round(sum(r["minutes"] for r in runs), 2), "training_and_testing": runs[0]["minutes"],
                     "per_model": fc_vs_cnn["minutes"]},
-        "load_average_before": round(load_before, 2),  # machine.load_average_1_5_15 is taken at the end
+        "load_average_before": start.get("load_average_at_start_1_5_15", [None])[0],
+        "runs": runs, **start,
     }
     table_md = _table(data)
     print(table_md)
-    _write(data, table_md)
+    write_results("probes_mnist", {**data, "machine": machine_info()}, table_md)
     _plot(data, RESULTS / "probes_mnist.png")
-    print(f"written: {RESULTS / 'probes_mnist.json'}, .md, .png ({minutes:.1f} minutes)")
+    print(f"written: {RESULTS / 'probes_mnist.json'}, .md, .png ({data['minutes']['total']:.1f} minutes)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ images (`fewlabels transfer`), `fewlabels selftrain` from scratch, and `fewlabel
 start from the source model (`--teacher-pretrained/--student-pretrained`). The pseudo-label precision is recovered
 afterwards from where each unlabelled file links to (fewlabels never sees it).
 
-    .venv/bin/python benchmarks/selftrain_user_pool.py [--per-class 25] [--smoke]
+    .venv/bin/python benchmarks/selftrain_user_pool.py [--per-class 25] [--seed 0] [--smoke] [-- FEWLABELS OPTIONS]
+
+Options after `--` go verbatim to all five commands (so only options that train, transfer and selftrain all take,
+e.g. `-- --batch-size 128`); the results list each `fewlabels` command line as it ran.
 
 Needs ../shared (or FEWLABELS_SHARED). Writes results/selftrain_user_pool.{json,md}.
 """
@@ -27,16 +30,13 @@ import hashlib
 import json
 import os
 import random
-import shlex
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_main, write_results
-from _shared_data import unpacked
+from _common import flag_value, run_fewlabels, run_main, split_passthrough, started, write_results
 
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")
 TARGET = ("dog", "frog", "horse", "ship", "truck")
@@ -73,18 +73,6 @@ def layout(cifar: Path, root: Path, per_class: int, seed: int, limit: int | None
     return src, tgt
 
 
-def fewlabels(args: list[str], log: Path) -> tuple[list[str], float]:
-    """Run `fewlabels ARGS` as a user would (this interpreter's package), teeing its output to `log`."""
-    cmd = [sys.executable, "-m", "fewlabels", *args]
-    print("$ fewlabels " + shlex.join(args), flush=True)
-    t0 = time.perf_counter()
-    with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        sys.exit(f"fewlabels {shlex.join(args)} failed (exit {proc.returncode}); see {log}")
-    return ["fewlabels", *args], (time.perf_counter() - t0) / 60
-
-
 def pl_precision(pl_csv: Path) -> float | None:
     """Share of pseudo-labels whose class is the folder the linked file really lives in."""
     if not pl_csv.is_file():
@@ -97,63 +85,91 @@ def pl_precision(pl_csv: Path) -> float | None:
     return right / n if n else None
 
 
-def main() -> None:
+MODEL = "cnn-s"
+EPOCHS = {"source": "15", "teacher": "40", "student": "12"}
+SMOKE_EPOCHS = {"source": "1", "teacher": "2", "student": "1"}
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--per-class", type=int, default=25, help="labelled images per target class")
-    ap.add_argument("--source-epochs", type=int, default=15)
-    ap.add_argument("--teacher-epochs", type=int, default=40)
-    ap.add_argument("--student-epochs", type=int, default=12)
-    ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--model", default="cnn-s")
-    ap.add_argument("--seed", type=int, default=0, help="which labelled images (layout) and the runs' seed")
+    ap.add_argument("--per-class", type=int, default=25, help="labelled images per target class (the layout)")
+    ap.add_argument("--seed", type=int, default=0, help="which labelled images (layout) and the runs' --seed")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "user_pool")
-    ap.add_argument("--smoke", action="store_true", help="40 images per class, 1-2 epochs: checks the pipeline only")
+    ap.add_argument("--smoke", action="store_true",
+                    help="40 images per class, 5 labelled, 1-2 epochs: checks the pipeline only")
     ap.add_argument("--results-name", default=None)
-    a = ap.parse_args()
+    return ap
+
+
+def _root(a: argparse.Namespace) -> Path:
+    per_class = 5 if a.smoke else a.per_class
+    return a.workdir / f"{'smoke' if a.smoke else 'full'}-{per_class}-{a.seed}"
+
+
+def plan(a: argparse.Namespace, extra: list[str]) -> dict[str, list[str]]:
+    """The five commands (without `fewlabels`), by result key, in the order they run."""
+    root = _root(a)
+    src, tgt, runs = root / "source", root / "target", root / "runs"
+    ep = SMOKE_EPOCHS if a.smoke else EPOCHS
+    common = ["--model", MODEL, "--seed", str(a.seed)]
+    rounds = ["--rounds", "1", "--teacher-model", MODEL, "--student-models", MODEL, "--teacher-epochs", ep["teacher"],
+              "--student-epochs", ep["student"], "--seed", str(a.seed)]
+    return {
+        "source": ["train", "--data", str(src), "--epochs", ep["source"], *common, *extra, "--out",
+                   str(runs / "source")],
+        "supervised_only": ["train", "--data", str(tgt), "--epochs", ep["teacher"], *common, *extra, "--out",
+                            str(runs / "supervised")],
+        "finetune_pretrained": ["transfer", "--data", str(tgt), "--pretrained", str(runs / "source"), "--epochs",
+                                ep["teacher"], *common, *extra, "--out", str(runs / "finetune")],
+        "selftrain_scratch": ["selftrain", "--data", str(tgt), *rounds, *extra, "--out", str(runs / "scratch")],
+        "selftrain_pretrained": ["selftrain", "--data", str(tgt), *rounds, "--teacher-pretrained",
+                                 str(runs / "source"), "--student-pretrained", str(runs / "source"), *extra, "--out",
+                                 str(runs / "pretrained")],
+    }
+
+
+def planned_commands(argv: list[str], data: str = "DATA") -> list[list[str]]:
+    own, extra = split_passthrough(argv)
+    return [["fewlabels", *args] for args in plan(build_parser().parse_args(own), extra).values()]
+
+
+def main() -> None:
+    from _shared_data import unpacked
+
+    own, extra = split_passthrough()
+    a = build_parser().parse_args(own)
     limit = 40 if a.smoke else None
-    if a.smoke:
-        a.source_epochs, a.teacher_epochs, a.student_epochs, a.per_class = 1, 2, 1, 5
+    per_class = 5 if a.smoke else a.per_class
     cifar = unpacked("cifar10")
-    root = a.workdir / f"{'smoke' if a.smoke else 'full'}-{a.per_class}-{a.seed}"
-    src, tgt = layout(cifar, root, a.per_class, a.seed, limit)
+    root = _root(a)
+    src, tgt = layout(cifar, root, per_class, a.seed, limit)
     runs = root / "runs"
     shutil.rmtree(runs, ignore_errors=True)
     runs.mkdir()
-    common = ["--model", a.model, "--seed", str(a.seed)]
-    rounds = ["--rounds", str(a.rounds), "--teacher-model", a.model, "--student-models", a.model,
-              "--teacher-epochs", str(a.teacher_epochs), "--student-epochs", str(a.student_epochs), "--seed",
-              str(a.seed)]
-    plan = {
-        "source": ["train", "--data", str(src), "--epochs", str(a.source_epochs), *common, "--out",
-                   str(runs / "source")],
-        "supervised_only": ["train", "--data", str(tgt), "--epochs", str(a.teacher_epochs), *common, "--out",
-                            str(runs / "supervised")],
-        "finetune_pretrained": ["transfer", "--data", str(tgt), "--pretrained", str(runs / "source"), "--epochs",
-                                str(a.teacher_epochs), *common, "--out", str(runs / "finetune")],
-        "selftrain_scratch": ["selftrain", "--data", str(tgt), *rounds, "--out", str(runs / "scratch")],
-        "selftrain_pretrained": ["selftrain", "--data", str(tgt), *rounds, "--teacher-pretrained",
-                                 str(runs / "source"), "--student-pretrained", str(runs / "source"), "--out",
-                                 str(runs / "pretrained")],
-    }
-    results, commands, minutes = {}, {}, {}
+    start = started()
+    steps = plan(a, extra)
+    results, commands, minutes, done = {}, {}, {}, []
     t_all = time.perf_counter()
-    for key, args in plan.items():
-        cmd, m = fewlabels(args, runs / f"{key}.log")
-        commands[key], minutes[key] = " ".join(shlex.quote(c) for c in cmd), round(m, 2)
-        out = Path(args[args.index("--out") + 1])
+    for key, args in steps.items():
+        run = run_fewlabels(args, log=runs / f"{key}.log")
+        commands[key], minutes[key] = run["command"], round(run["minutes"], 2)
+        out = Path(flag_value(args, "--out"))
         res = json.loads((out / ("rounds.json" if args[0] == "selftrain" else "results.json")).read_text())
         if args[0] == "selftrain":
             final = json.loads((out / "final.json").read_text())
+            n_rounds = int(flag_value(args, "--rounds"))
             results[key] = {"test_acc": final["test_acc"], "round0_test_acc": res[0]["test_acc"],
                             "rounds": [{k: r.get(k) for k in ("round", "model", "pseudo_labels", "val_acc",
                                                               "test_acc", "minutes")} for r in res],
                             "pl_precision": [pl_precision(out / f"round{r}" / "pseudo_labels.csv")
-                                             for r in range(1, a.rounds + 1)]}
+                                             for r in range(1, n_rounds + 1)]}
         elif args[0] == "transfer":
             results[key] = {"test_acc": res["finetune"]["test_acc"]}
         else:
             results[key] = {"test_acc": res["test_acc"]}
-        print(f"  {key}: test accuracy {results[key]['test_acc']:.4f} in {m:.1f} min", flush=True)
+        done.append({"key": key, "command": run["command"], "test_acc": results[key]["test_acc"],
+                     "minutes": minutes[key]})
+        print(f"  {key}: test accuracy {results[key]['test_acc']:.4f} in {run['minutes']:.1f} min", flush=True)
     acc = {k: results[k]["test_acc"] for k in results}
     data = {
         "supervised_only": acc["supervised_only"],
@@ -164,15 +180,15 @@ def main() -> None:
         "pretrained_gain_points": round(100 * (acc["selftrain_pretrained"] - acc["selftrain_scratch"]), 2),
         "selftrain_gain_points": round(100 * (acc["selftrain_scratch"] - acc["supervised_only"]), 2),
         "source_classes": list(SOURCE), "target_classes": list(TARGET),
-        "labelled_per_class": a.per_class, "unlabelled_images": len(list((tgt / "unlabelled").iterdir())),
+        "labelled_per_class": per_class, "unlabelled_images": len(list((tgt / "unlabelled").iterdir())),
         "minutes": round((time.perf_counter() - t_all) / 60, 2), "minutes_per_command": minutes,
-        "commands": commands, "details": results, "smoke": a.smoke,
+        "commands": commands, "runs": done, "details": results, "smoke": a.smoke, **start,
     }
     rows = ["| run | test accuracy | minutes | command |", "|---|---|---|---|"]
-    for k in plan:
+    for k in steps:
         rows.append(f"| {k} | {acc[k]:.4f} | {minutes[k]} | `{commands[k]}` |")
     md = "\n".join(rows) + (
-        f"\n\nSource classes {', '.join(SOURCE)}; target classes {', '.join(TARGET)}; {a.per_class} labelled images "
+        f"\n\nSource classes {', '.join(SOURCE)}; target classes {', '.join(TARGET)}; {per_class} labelled images "
         f"per target class, {data['unlabelled_images']} unlabelled. The pretrained start gains "
         f"{data['pretrained_gain_points']:+.2f} points over self-training from scratch; self-training from scratch "
         f"gains {data['selftrain_gain_points']:+.2f} over supervised-only.\n")

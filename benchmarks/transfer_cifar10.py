@@ -1,15 +1,19 @@
 """Transfer learning: ResNet-56 trained on the original CIFAR-10 (../shared/weights) → the JPEG CIFAR-10 copy in
-../shared (a real domain shift), with 250, 1,000 and 4,000 labels: scratch vs linear probe vs fine-tune.
+../shared (a real domain shift), with 250, 1,000 and 4,000 labels: scratch vs linear probe vs fine-tune, one
+`fewlabels transfer --mode compare` command per label budget.
 
-Also measures `probe_epoch_speedup`: a probe epoch that re-runs the frozen backbone over the labelled images vs one
-over cached features (target ≥ 20×).
+Also measures `probe_epoch_speedup` with the library's internals: a probe epoch that re-runs the frozen backbone
+over the labelled images vs one over cached features (target ≥ 20×).
 
-    .venv/bin/python benchmarks/transfer_cifar10.py [--budgets 250,1000,4000] [--smoke]
+    .venv/bin/python benchmarks/transfer_cifar10.py [--budgets 250,1000,4000] [--smoke] [-- FEWLABELS OPTIONS]
+
+Options after `--` go verbatim to every `fewlabels transfer` command, e.g. `-- --epochs 40`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import time
@@ -18,14 +22,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
-from _shared_data import shared_weights, unpacked
+from _common import run_fewlabels, run_options, split_passthrough, started, write_results
 
 from fewlabels.data import load_dataset
-from fewlabels.methods.transfer import extract_features, transfer
+from fewlabels.methods.transfer import extract_features
 from fewlabels.models import create_model, load_pretrained
 
 IMAGENET = dict(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])  # what the shared ResNets were trained with
+# one budget's command, after `--data DATA --labels N`: the shared ResNet-56 as the start of probe and fine-tune
+OPTIONS = ["--mode", "compare", "--val", "0", "--model", "resnet56", "--epochs", "30", "--batch-size", "128",
+           "--lr", "0.05", "--backbone-lr", "0.005", "--weight-decay", "0.0005", "--min-steps-per-epoch", "10",
+           "--warmup-epochs", "1", "--probe-epochs", "100", "--seed", "0", "--split-seed", "0", "--eval-every", "10",
+           "--mean", ",".join(map(str, IMAGENET["mean"])), "--std", ",".join(map(str, IMAGENET["std"]))]
+SMOKE = ["--epochs", "1"]
 
 
 def probe_epoch_speedup(data: Path, weights: Path, n: int = 4000, repeats: int = 3) -> dict:
@@ -59,45 +68,69 @@ def probe_epoch_speedup(data: Path, weights: Path, n: int = 4000, repeats: int =
     return {"images": n, "rerun_backbone_seconds": r, "cached_features_seconds": c, "speedup": r / c}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--budgets", default="250,1000,4000")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--smoke", action="store_true")
-    a = ap.parse_args()
-    budgets = [int(b) for b in a.budgets.split(",")]
-    if a.smoke:
-        budgets, a.epochs = [100], 1
-    data, weights = unpacked("cifar10"), shared_weights("resnet56")
-    rows = []
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="options after -- are passed verbatim to every `fewlabels transfer` command")
+    ap.add_argument("--budgets", default="250,1000,4000", help="label budgets: one command each")
+    ap.add_argument("--data", default=None, help="the CIFAR-10 folder (default: ../shared's JPEG copy, unpacked)")
+    ap.add_argument("--weights", default=None, help="the source model (default: ../shared/weights/resnet56-*.th)")
+    ap.add_argument("--results-name", default="transfer_cifar10")
+    ap.add_argument("--smoke", action="store_true", help="100 labels, 1 epoch")
+    return ap
+
+
+def plan(a: argparse.Namespace, extra: list[str], data: str, weights: str) -> list[dict]:
+    budgets = [100] if a.smoke else [int(b) for b in a.budgets.split(",")]
+    runs = []
     for labels in budgets:
-        out = Path(f"runs/bench-transfer-{labels}{'-smoke' if a.smoke else ''}")
-        shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
-        r = transfer(mode="compare", data=str(data), labels=labels, val=0, model="resnet56", pretrained=str(weights),
-                     epochs=a.epochs, batch_size=128, lr=0.05, backbone_lr=0.005, weight_decay=5e-4,
-                     min_steps_per_epoch=10, warmup_epochs=1, probe_epochs=100, seed=0, split_seed=0, out=str(out),
-                     eval_every=10,
-                     quiet=True, **IMAGENET)
-        row = {"labels": labels, **{m: r[m]["test_acc"] for m in ("scratch", "probe", "finetune")},
-               **{f"{m}_minutes": r[m]["minutes"] for m in ("scratch", "probe", "finetune")},
-               "total_minutes": (time.perf_counter() - t0) / 60}
+        out = f"runs/bench-transfer-{labels}{'-smoke' if a.smoke else ''}"
+        runs.append({"labels": labels, "out": Path(out),
+                     "args": ["transfer", "--data", data, "--labels", str(labels), "--pretrained", weights, *OPTIONS,
+                              *extra, *(SMOKE if a.smoke else []), "--out", out]})
+    return runs
+
+
+def planned_commands(argv: list[str], data: str = "DATA") -> list[list[str]]:
+    own, extra = split_passthrough(argv)
+    return [["fewlabels", *r["args"]] for r in plan(build_parser().parse_args(own), extra, data, "WEIGHTS.th")]
+
+
+def main() -> None:
+    from _shared_data import shared_weights, unpacked
+
+    own, extra = split_passthrough()
+    a = build_parser().parse_args(own)
+    data = a.data or str(unpacked("cifar10"))
+    weights = a.weights or str(shared_weights("resnet56"))
+    start = started()
+    rows, runs = [], []
+    for r in plan(a, extra, data, weights):
+        shutil.rmtree(r["out"], ignore_errors=True)  # a fresh run: an existing folder would be resumed
+        run = run_fewlabels(r["args"])
+        res = json.loads((r["out"] / "results.json").read_text())
+        row = {"labels": r["labels"], **{m: res[m]["test_acc"] for m in ("scratch", "probe", "finetune")},
+               **{f"{m}_minutes": res[m]["minutes"] for m in ("scratch", "probe", "finetune")},
+               "total_minutes": run["minutes"]}
         rows.append(row)
+        runs.append({"command": run["command"], **row})
         print(row, flush=True)
-    speed = probe_epoch_speedup(data, weights, n=500 if a.smoke else 4000)
-    data_out = {"source": weights.name, "target": "CIFAR-10 JPEG copy (../shared)", "rows": rows,
+    opts = run_options(plan(a, extra, data, weights)[0]["out"])
+    speed = probe_epoch_speedup(Path(data), Path(weights), n=500 if a.smoke else 4000)
+    data_out = {"source": Path(weights).name, "target": "CIFAR-10 JPEG copy (../shared)", "rows": rows,
                 "probe_epoch_speedup": speed["speedup"], "probe_epoch_timing": speed, "target_speedup": 20,
                 "finetune_beats_scratch_everywhere": all(r["finetune"] > r["scratch"] for r in rows),
-                "recipe": {"epochs": a.epochs, "min_steps_per_epoch": 10, "lr_head": 0.05, "lr_backbone": 0.005,
-                           "scratch_lr": 0.05, "probe_epochs": 100, "normalisation": "ImageNet stats (as trained)"},
-                "smoke": a.smoke}
+                "recipe": {"epochs": opts.get("epochs"), "min_steps_per_epoch": opts.get("min_steps_per_epoch"),
+                           "lr_head": opts.get("lr"), "lr_backbone": opts.get("backbone_lr"),
+                           "scratch_lr": opts.get("lr"), "probe_epochs": opts.get("probe_epochs"),
+                           "normalisation": "ImageNet stats (as trained)"},
+                "options": opts, "runs": runs, "smoke": a.smoke, **start}
     table = ("| labels | scratch | probe | finetune | minutes (s/p/f) |\n|---|---|---|---|---|\n"
              + "".join(f"| {r['labels']} | {r['scratch']:.4f} | {r['probe']:.4f} | {r['finetune']:.4f} | "
                        f"{r['scratch_minutes']:.1f}/{r['probe_minutes']:.1f}/{r['finetune_minutes']:.1f} |\n"
                        for r in rows)
              + f"\nprobe epoch on cached features vs re-running the frozen backbone: {speed['speedup']:.0f}× faster "
                f"(target ≥ 20×)\n")
-    write_results("transfer_cifar10" + ("_smoke" if a.smoke else ""), data_out, table)
+    write_results(a.results_name + ("_smoke" if a.smoke else ""), data_out, table)
     print(table)
 
 

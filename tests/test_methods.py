@@ -618,26 +618,3 @@ def test_a_saved_config_passed_back_is_not_refused_for_its_written_out_defaults(
                  "--pretrained", str(teacher_run), "--data", "digits", "--labels-per-class", "5", "--probe-epochs",
                  "2", "--out", str(tmp_path / "p"), "--quiet"]) == 0
 
-
-def test_gpu_sweep_configs_are_valid_selftrain_benchmark_commands():
-    """Each line of benchmarks/sweeps/*.txt must parse as selftrain_cifar10.py's arguments and name real models:
-    a typo there would otherwise surface only on a lent GPU, whose minutes are few."""
-    import importlib.util
-    import shlex
-    from pathlib import Path
-
-    from fewlabels.models import list_models
-
-    root = Path(__file__).resolve().parents[1]
-    script = root / "benchmarks" / "selftrain_cifar10.py"
-    spec = importlib.util.spec_from_file_location("selftrain_cifar10_bench", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    lines = [ln.split(None, 1) for f in sorted((root / "benchmarks" / "sweeps").glob("*.txt"))
-             for ln in f.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    assert lines, "no sweep configurations found"
-    known = set(list_models())
-    for name, args in lines:
-        a = bench.build_parser().parse_args(shlex.split(args))
-        assert {a.teacher, *a.students.split(",")} <= known, name
-        assert {a.teacher_augment, a.student_augment} <= {"none", "weak", "strong"}, name

@@ -1,0 +1,119 @@
+"""Benchmarks are fewlabels commands: every command line a benchmark script would run (and record in its results
+JSON) must be one that `fewlabels` accepts, so that it can be pasted as it is. Fast: nothing is trained, nothing of
+../shared is read."""
+
+from __future__ import annotations
+
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+# script → argument lists to plan with (the defaults, the smoke run, and a pass-through example)
+SCRIPTS = {
+    "cifar10_supervised": [[], ["--smoke"], ["--results-name", "x", "--", "--epochs", "19"]],
+    "selftrain_cifar10": [[], ["--smoke"], ["--", "--labels-per-class", "25", "--min-steps-per-epoch", "10"],
+                          ["--", "--recipe", "cifar-gpu"]],
+    "distill_cifar10": [[], ["--smoke"], ["--students", "cnn-tiny", "--seeds", "0", "--", "--epochs", "30"]],
+    "transfer_cifar10": [[], ["--smoke"], ["--budgets", "250", "--", "--epochs", "40"]],
+    "fixmatch_cifar10": [[], ["--smoke"], ["--", "--labels-per-class", "25"]],
+    "selftrain_user_pool": [[], ["--smoke"], ["--per-class", "10", "--", "--batch-size", "128"]],
+    "active_cifar10": [[], ["--smoke"], ["--seeds", "0", "--", "--epochs", "30"]],
+    "augment_cifar10_4000": [[], ["--smoke"], ["--presets", "weak", "--", "--epochs", "120"]],
+    "probes_mnist": [[], ["--", "--epochs", "8"]],
+    "selftrain_ablation": [[], ["--smoke"], ["--only", "0,2", "--", "--student-epochs", "12"]],
+}
+
+
+def _load(name: str):
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def parse():
+    """`fewlabels ARGS` parsed (and, where the CLI exposes it, resolved into the command's options: recipe, types and
+    ranges checked) as the command line would; raises on a command `fewlabels` would refuse."""
+    from fewlabels import cli, config
+
+    parser = cli.build_parser(cli._commands())
+
+    def _parse(cmd: list[str]):
+        assert cmd[0] == "fewlabels", cmd
+        try:
+            ns = parser.parse_args(cmd[1:])
+        except SystemExit:
+            pytest.fail(f"`{shlex.join(cmd)}` does not parse as a fewlabels command")
+        c = getattr(ns, "_cmd", None)
+        if c is not None and hasattr(config, "from_args"):
+            config.from_args(c.cls, ns, c.name)  # a bad value or an unknown recipe raises FewLabelsError
+        return ns
+
+    return _parse
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_commands_are_fewlabels_commands(script, parse):
+    mod = _load(script)
+    for argv in SCRIPTS[script]:
+        cmds = mod.planned_commands(argv, data="/tmp/cifar10")
+        assert cmds, (script, argv)
+        for cmd in cmds:
+            assert all(isinstance(a, str) for a in cmd), cmd
+            parse(cmd)
+
+
+def test_the_headline_runs_use_their_recipe(parse):
+    """The two results the issue names are the built-in recipes, with only the data, budget and output added."""
+    sup = _load("cifar10_supervised").planned_commands([], data="/tmp/cifar10")[0]
+    assert sup == ["fewlabels", "train", "--recipe", "cifar-cpu", "--data", "/tmp/cifar10", "--out",
+                   "runs/bench-cifar10-supervised"]
+    st = _load("selftrain_cifar10").planned_commands([], data="/tmp/cifar10")[0]
+    assert st == ["fewlabels", "selftrain", "--recipe", "cifar-cpu", "--data", "/tmp/cifar10", "--labels-per-class",
+                  "400", "--out", "runs/bench-selftrain_cifar10_4000"]
+    ns = parse(st)
+    assert ns.labels_per_class == "400" and ns.recipe == "cifar-cpu"
+
+
+def test_shown_commands_paste_back():
+    """The line recorded in a results file splits back into the arguments that ran (paths under ~ as ~/...)."""
+    if str(BENCH) not in sys.path:
+        sys.path.insert(0, str(BENCH))
+    from _common import flag_value, shown, split_passthrough
+
+    home = str(Path.home())
+    args = ["train", "--data", f"{home}/data dir/cifar10", "--out", str(ROOT / "runs" / "x"), "--mean", "0.5,0.5,0.5"]
+    line = shown(args)
+    assert line.startswith("fewlabels train ") and "~/" in line and str(ROOT) not in line
+    back = shlex.split(line.replace("~/", home + "/"))
+    assert back == ["fewlabels", "train", "--data", f"{home}/data dir/cifar10", "--out", "runs/x", "--mean",
+                    "0.5,0.5,0.5"]
+    assert split_passthrough(["--smoke", "--", "--epochs", "3"]) == (["--smoke"], ["--epochs", "3"])
+    assert flag_value(["--epochs", "3", "--epochs=5"], "--epochs") == "5"
+
+
+def test_gpu_sweep_configs_are_valid_selftrain_commands(parse):
+    """Each line of benchmarks/sweeps/*.txt (options of `fewlabels selftrain --recipe cifar-cpu`, run by
+    gpu_selftrain_sweep.sh through selftrain_cifar10.py) must make a command fewlabels accepts, naming real models:
+    a typo there would otherwise surface only on a lent GPU, whose minutes are few."""
+    from fewlabels.models import list_models
+
+    bench = _load("selftrain_cifar10")
+    lines = [ln.split(None, 1) for f in sorted((BENCH / "sweeps").glob("*.txt"))
+             for ln in f.read_text().splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines, "no sweep configurations found"
+    known = set(list_models())
+    for name, args in lines:
+        (cmd,) = bench.planned_commands(["--results-name", f"selftrain_cifar10_4000_{name}", "--",
+                                         *shlex.split(args)], data="/tmp/cifar10")
+        ns = parse(cmd)
+        assert {ns.teacher_model, *ns.student_models.split(",")} <= known, name
