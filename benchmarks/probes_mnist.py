@@ -122,7 +122,7 @@ def plan(extra: list[str], mnist: str) -> dict[str, list[str]]:
     """The three commands (without `fewlabels`): the FC-vs-CNN comparison, then the probe of each standard model."""
     fc = f"{OUT}/fc-vs-cnn"
     return {"fc_vs_cnn": ["probe", "fc-vs-cnn", "--data", mnist, *FC_VS_CNN, *extra, "--out", fc],
-            **{f"equivariance_{key}": ["probe", "equivariance", "--model", f"{fc}/standard-{key}", "--data", mnist,
+            **{f"equivariance_{key}": ["probe", "equivariance", f"{fc}/standard-{key}", "--data", mnist,
                                        *EQUIVARIANCE, "--out", f"{OUT}/equivariance-{key}"] for key in ("cnn", "fc")}}
 
 

@@ -40,7 +40,7 @@ def main() -> None:
         raise FewLabelsError(f"{run} is not a selftrain run folder (no config.yaml): pass the --out of a finished run")
     saved = yaml.safe_load((run / "config.yaml").read_text())
     cfg = resolve(SelfTrainCommand, overrides={k: v for k, v in saved.items()
-                                               if k in SelfTrainCommand.__dataclass_fields__})
+                                               if k in SelfTrainCommand.options})
     ds, split = prepare_data(cfg, None, lambda *_: None)
     pool = ds.train.subset(split.unlabelled)
     if not bool((pool.labels >= 0).all()):

@@ -45,7 +45,7 @@ def parse():
     ranges checked) as the command line would; raises on a command `fewlabels` would refuse."""
     from fewlabels import cli, config
 
-    parser = cli.build_parser(cli._commands())
+    parser = cli.build_parser()
 
     def _parse(cmd: list[str]):
         assert cmd[0] == "fewlabels", cmd
