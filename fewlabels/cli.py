@@ -12,15 +12,22 @@ import contextlib
 import json
 import os
 import sys
+import typing
 
 from . import config as C
 from .commands import COMMANDS, Command
 from .errors import FewLabelsError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line, `fewlabels: error: ...` (exit 2), instead of the usage and then the error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"fewlabels: error: {self.prog.removeprefix('fewlabels ')}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(cmds: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fewlabels", description="Train accurate image classifiers when labels are "
-                                "scarce.")
+    p = _Parser(prog="fewlabels", description="Train accurate image classifiers when labels are scarce.")
     from . import __version__
     p.add_argument("--version", action="version", version=f"fewlabels {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
