@@ -177,9 +177,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(e, OSError):  # a full disk, a quota, a read-only folder: one line, the old file intact
+            why = os.strerror(e.errno) if e.errno else str(e)
+            raise FewLabelsError(f"could not write {path}: {why} (it needs {len(data) / 2**20:.1f} MB); "
+                                 f"{'the old file is intact' if path.exists() else 'nothing was written'}") from None
         raise
 
 

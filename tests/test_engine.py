@@ -1,5 +1,6 @@
 """The training loop's pieces: airbench's lookahead."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -303,3 +304,51 @@ def test_cached_teacher_logits_are_a_field_of_their_own_and_mix_with_the_targets
     assert mixed, "MixUp/CutMix mixed no batch"
     for b in seen:
         torch.testing.assert_close(b.teacher_logits, b.targets * 10.0)
+
+
+def test_a_full_disk_mid_checkpoint_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """Issue 28, item 4: ENOSPC while writing a checkpoint gave an obscure traceback."""
+    import errno
+
+    from fewlabels.engine import checkpoint as ck
+    from fewlabels.engine.checkpoint import read_meta
+
+    real, calls = ck.save_file, []
+
+    def full_disk(state, path):
+        calls.append(path)
+        if len(calls) > 2:  # epoch 1 wrote best and last; epoch 2 finds the disk full
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        return real(state, path)
+
+    monkeypatch.setattr(ck, "save_file", full_disk)
+    cfg = TrainConfig(epochs=3, batch_size=16, min_steps_per_epoch=0, precision="fp32", augment="none",
+                      channels_last=False)
+    with pytest.raises(FewLabelsError, match=r"could not write the checkpoint .*: No space left on device\. It needs "
+                                             r"about \d+ MB free on that disk; the last good one .* is intact"):
+        fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path, log=_silent))
+    last = tmp_path / "checkpoints" / "last"
+    assert read_meta(last)["epoch"] == 1 and (last / "model.safetensors").is_file()
+    assert not list(tmp_path.glob("checkpoints/*.new"))
+    monkeypatch.setattr(ck, "save_file", real)  # space freed: the same call resumes after epoch 1
+    res = fit(_model(), _data(), cfg, watch=Watch(run_dir=tmp_path, log=_silent))
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_a_full_disk_for_a_small_file_is_one_message(tmp_path, monkeypatch):
+    import errno
+
+    from fewlabels.utils import write_json
+
+    target = tmp_path / "results.json"
+    write_json(target, {"old": 1})
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", full)
+    with pytest.raises(FewLabelsError, match=r"could not write .*results.json: No space left on device .*the old "
+                                             r"file is intact"):
+        write_json(target, {"new": 2})
+    monkeypatch.undo()
+    assert json.loads(target.read_text()) == {"old": 1} and not list(tmp_path.glob(".results.json.*"))

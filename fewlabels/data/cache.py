@@ -31,6 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fewlabels.data.imageset import ImageSet
+from fewlabels.errors import FewLabelsError
 from fewlabels.utils import write_json
 
 CACHE_FORMAT = 1  # bump when the entry layout changes
@@ -88,7 +89,7 @@ def save(entry: Path, splits: dict[str, ImageSet], root: Path, extra: dict[str, 
             meta["splits"][split] = {"shape": list(images.images.shape),
                                      "paths": [p.removeprefix(prefix) for p in paths]}
         write_json(entry / "meta.json", meta)  # last: its presence marks the entry complete
-    except OSError as err:
+    except (OSError, FewLabelsError) as err:  # write_json turns a failed write into a FewLabelsError
         warnings.warn(f"Could not write the decode cache {entry} ({err}); the next load will decode again. Point "
                       "cache_dir (or $FEWLABELS_CACHE) at a writable folder to cache.", stacklevel=3)
         return

@@ -36,12 +36,28 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any],
     folder = Path(folder)
     new = folder.with_name(folder.name + ".new")
     shutil.rmtree(new, ignore_errors=True)
-    new.mkdir(parents=True)
-    save_file(_state_for_save(model), str(new / "model.safetensors"))
-    write_json(new / "model.json", meta)
-    if train_state is not None:
-        torch.save(train_state, new / "train_state.pt")
+    try:
+        new.mkdir(parents=True)
+        save_file(_state_for_save(model), str(new / "model.safetensors"))
+        write_json(new / "model.json", meta)
+        if train_state is not None:
+            torch.save(train_state, new / "train_state.pt")
+    except (OSError, FewLabelsError) as e:  # a full disk, a quota, a read-only mount: the old checkpoint stays
+        shutil.rmtree(new, ignore_errors=True)
+        raise _write_error(folder, e, _bytes(model) * (3 if train_state is not None else 1)) from None
     _swap_in(new, folder)
+
+
+def _bytes(model: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _write_error(folder: Path, e: BaseException, need: int) -> FewLabelsError:
+    why = os.strerror(e.errno) if isinstance(e, OSError) and e.errno else str(e)
+    kept = f"the last good one ({folder}) is intact" if folder.exists() else "no earlier one was saved"
+    return FewLabelsError(f"could not write the checkpoint {folder}: {why}. It needs about {need / 2**20:.0f} MB free "
+                          f"on that disk; {kept}. Free space (or give --out on another disk) and rerun the same "
+                          f"command to resume")
 
 
 def copy_checkpoint(src: Path, folder: Path) -> None:
