@@ -283,3 +283,23 @@ def test_overlap_with_the_source_run_is_found_by_file_across_layouts(photos, tmp
     assert code == 0, err
     res = json.loads((tmp_path / "t2" / "results.json").read_text())
     assert res["overlap_with_source"]["validation"] > 0 and "not a held-out figure" in stdout
+
+
+def test_a_linear_probe_as_the_teacher(photos, tmp_path, capsys):
+    """The cheap pretrained start: `transfer --mode probe` (a frozen backbone, a linear head on cached features)
+    from a model trained elsewhere, then `selftrain --teacher` that run as round 0 on the user's folder."""
+    src = tmp_path / "src"
+    code, _, err = run(["train", "--data", "digits", "--model", "cnn-tiny", "--epochs", "2", "--out", src, *QUICK],
+                       capsys)
+    assert code == 0, err
+    probe = tmp_path / "probe"
+    code, stdout, err = run(["transfer", "--mode", "probe", "--pretrained", src, "--model", "cnn-tiny", "--data",
+                             photos["data"], "--probe-epochs", "5", "--out", probe, *QUICK], capsys)
+    assert code == 0, err
+    out = tmp_path / "st"
+    code, stdout, err = run(["selftrain", "--data", photos["data"], "--teacher", probe, "--rounds", "1",
+                             "--student-models", "cnn-tiny", "--student-epochs", "2", "--out", out, *QUICK], capsys)
+    assert code == 0, err
+    rounds = json.loads((out / "rounds.json").read_text())
+    assert rounds[0]["test_acc"] is not None and rounds[1]["pseudo_labels"] > 0
+    assert json.loads((out / "split.json").read_text()) == json.loads((probe / "split.json").read_text())
