@@ -513,3 +513,36 @@ def test_a_constant_channel_gets_a_std_of_one_grey_level_not_zero():
     images[:, 0] = torch.randint(0, 256, (4, 8, 8), dtype=torch.uint8)
     mean, std = channel_stats(images)
     assert std[1] == std[2] == round(1 / 255, 4) and std[0] > 0.2 and mean[2] == 0.0
+
+
+def test_a_folder_link_out_of_its_class_folder_is_reported_not_followed(tmp_path):
+    """Issue 28, item 8: `cat/all -> ..` inside a class folder labelled every other class's images as cat. It stops
+    with the link named, or with --bad-images skip is left out and reported; links inside the class tree and link
+    cycles are still fine."""
+    import warnings
+
+    from PIL import Image
+
+    from fewlabels.data.folder import list_folder
+    from fewlabels.errors import FewLabelsError
+
+    root = tmp_path / "d"
+    for c in ("cat", "dog"):
+        (root / c / "sub").mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / c / "sub" / f"{i}.png")
+    (root / "cat" / "inside").symlink_to(root / "cat" / "sub")  # the same images again: followed once
+    (root / "cat" / "sub" / "loop").symlink_to(root / "cat")  # a cycle: not followed
+    files = list_folder(root)
+    assert len(files.paths["train"]) == 6
+    (root / "cat" / "all").symlink_to(root)  # out of the class folder: dog's images would become cats
+    with pytest.raises(FewLabelsError, match=r"cat/all links to .* outside its class folder .*labelled cat.*"
+                                             r"--bad-images skip"):
+        list_folder(root)
+    files = list_folder(root, "skip")
+    assert len(files.paths["train"]) == 6 and any("cat/all" in f for f in files.ignored)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        from fewlabels.data.folder import _warn_ignored
+        _warn_ignored(files)
+    assert any("folder links out of their class folder" in str(x.message) for x in w)

@@ -99,8 +99,8 @@ def load_image_folder(
     workers: int | None = None,
 ) -> FolderData:
     """Decode an image folder, or load it from the cache. A class tree gets a stratified 20% test split."""
-    return load_files(list_folder(Path(root)), cache_dir=cache_dir, bad_images=bad_images, image_size=image_size,
-                      progress=progress, workers=workers)
+    return load_files(list_folder(Path(root), bad_images), cache_dir=cache_dir, bad_images=bad_images,
+                      image_size=image_size, progress=progress, workers=workers)
 
 
 def load_files(files: FolderFiles, *, cache_dir: str | Path | None = None, bad_images: str = "stop",
@@ -160,8 +160,10 @@ def cache_entry(files: FolderFiles, cache_dir: str | Path | None, image_size: in
 # ---------------------------------------------------------------------------------------------------- listing
 
 
-def list_folder(root: Path) -> FolderFiles:
-    """Find the layout, the classes (sorted subfolder names of train) and every image file, in sorted order."""
+def list_folder(root: Path, bad_images: str = "stop") -> FolderFiles:
+    """Find the layout, the classes (sorted subfolder names of train) and every image file, in sorted order.
+    bad_images: what to do with a folder link inside a class folder that leads out of it (its images would take that
+    class): "stop" with a message, or "skip" it (listed among the ignored files)."""
     root = root.expanduser()
     if not root.exists():
         raise FewLabelsError(f"Image folder {root} does not exist. Check the path, or pass a dataset name instead.")
@@ -182,7 +184,7 @@ def list_folder(root: Path) -> FolderFiles:
     classes = _class_names(split_dirs["train"], skip=POOL_NAMES if not present else ())
     files = FolderFiles(root, "splits" if present else "tree", classes)
     for split, split_dir in split_dirs.items():
-        _list_split(files, split, split_dir)
+        _list_split(files, split, split_dir, bad_images)
         loose = sorted(e.name for e in os.scandir(split_dir) if e.is_file() and not e.name.startswith(".")
                        and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
         if loose:
@@ -207,7 +209,7 @@ def _class_names(split_dir: Path, skip: tuple[str, ...] = ()) -> list[str]:
     return names
 
 
-def _list_split(files: FolderFiles, split: str, split_dir: Path) -> None:
+def _list_split(files: FolderFiles, split: str, split_dir: Path, bad_images: str = "stop") -> None:
     found = _class_names(split_dir, POOL_NAMES if split_dir == files.root else ())
     unknown = sorted(set(found) - set(files.classes))
     if unknown:
@@ -216,7 +218,7 @@ def _list_split(files: FolderFiles, split: str, split_dir: Path) -> None:
                              "or add training images for them.")
     paths, labels = [], []
     for name in found:
-        images, others = _list_images(split_dir / name)
+        images, others = _list_images(split_dir / name, links_out=bad_images, data_root=files.root)
         if not images:
             raise FewLabelsError(f"Class folder {split_dir / name} has no images (extensions: "
                                  f"{', '.join(sorted(e[1:] for e in IMAGE_EXTENSIONS))}). Add images or remove it.")
@@ -226,17 +228,38 @@ def _list_split(files: FolderFiles, split: str, split_dir: Path) -> None:
     files.paths[split], files.labels[split] = paths, labels
 
 
-def _list_images(class_dir: Path) -> tuple[list[str], list[str]]:
-    """Image files under class_dir (subfolders included, sorted: os.walk order differs between file systems)."""
+def _list_images(class_dir: Path, links_out: str = "follow", data_root: Path | None = None
+                 ) -> tuple[list[str], list[str]]:
+    """Image files under class_dir (subfolders included, sorted: os.walk order differs between file systems).
+
+    Folder links are followed, each real folder once (a link back up the tree would loop). links_out: what to do
+    with a folder link out of class_dir's own tree into the rest of the data (`data_root`: another class, a parent,
+    e.g. `cat/all -> ..`, whose images would all be labelled cat): "follow" (an unlabelled pool: no class to get
+    wrong), "stop" with a message naming it, or "skip" it (returned among the other files, for the caller to
+    report). A link to a folder outside the data altogether is followed: its images take the class of the folder
+    the link is in, as the user laid it out."""
     images, others = [], []
-    seen = {os.path.realpath(class_dir)}  # links are followed, but a link back up the tree would loop
+    top = os.path.realpath(class_dir)
+    data = os.path.realpath(data_root) if data_root is not None else top
+    seen = {top}
     for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
         keep = []
         for d in sorted(dirnames):
-            real = os.path.realpath(os.path.join(dirpath, d))
-            if not d.startswith(".") and real not in seen:
-                seen.add(real)
-                keep.append(d)
+            link = os.path.join(dirpath, d)
+            real = os.path.realpath(link)
+            if d.startswith(".") or real in seen:
+                continue
+            inside_class = real == top or real.startswith(top + os.sep)
+            into_data = real == data or real.startswith(data + os.sep) or top.startswith(real + os.sep)
+            if links_out != "follow" and not inside_class and into_data:
+                if links_out == "stop":
+                    raise FewLabelsError(f"{link} links to {real}, outside its class folder {class_dir}: every image "
+                                         f"there would be labelled {Path(class_dir).name}. Remove the link (or copy "
+                                         f"the images in), or pass --bad-images skip to leave such links out")
+                others.append(f"{link} (a folder link out of its class folder, left out)")
+                continue
+            seen.add(real)
+            keep.append(d)
         dirnames[:] = keep
         for name in filenames:
             if name.startswith(".") or name.lower() in _JUNK_FILES:
@@ -258,9 +281,8 @@ def _first_few(names: list[str]) -> str:
 
 def _warn_ignored(files: FolderFiles) -> None:
     if files.ignored:
-        warnings.warn(f"Ignored {len(files.ignored)} file(s) in {files.root} without an image extension: "
-                      f"{_first_few(files.ignored)}",
-                      stacklevel=3)
+        warnings.warn(f"Ignored {len(files.ignored)} file(s) in {files.root} without an image extension, or folder "
+                      f"links out of their class folder: {_first_few(files.ignored)}", stacklevel=3)
 
 
 # ---------------------------------------------------------------------------------------------------- decoding
@@ -324,7 +346,7 @@ def load_labelled_folder(folder: str | Path, classes: list[str], shape: tuple[in
                              f"the training classes are {_first_few(list(classes))}")
     paths, labels = [], []
     for name in names:
-        found = _list_images(root / name)[0]
+        found = _list_images(root / name, links_out="stop", data_root=root)[0]
         paths += found
         labels += [classes.index(name)] * len(found)
     if not paths:

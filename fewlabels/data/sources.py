@@ -241,7 +241,7 @@ def _to_imageset(ds: Any, source: _TorchvisionSource) -> ImageSet:
 
 def _load_folder(path: Path, cache_dir: str | Path | None, bad_images: str, image_size: int | None,
                  progress: bool, workers: int | None, manifest: bool = False) -> Dataset:
-    files = read_manifest(path) if manifest else list_folder(path)
+    files = read_manifest(path) if manifest else list_folder(path, bad_images)
     data = load_files(files, cache_dir=cache_dir, bad_images=bad_images, image_size=image_size, progress=progress,
                       workers=workers)
     splits = data.splits
