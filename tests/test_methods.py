@@ -618,3 +618,13 @@ def test_a_saved_config_passed_back_is_not_refused_for_its_written_out_defaults(
                  "--pretrained", str(teacher_run), "--data", "digits", "--labels-per-class", "5", "--probe-epochs",
                  "2", "--out", str(tmp_path / "p"), "--quiet"]) == 0
 
+
+
+def test_a_rounds_minutes_count_every_attempt(tmp_path):
+    """Issue 28, item 11: after a resume, selftrain's `minutes` counted the last attempt only."""
+    from fewlabels.methods.selftrain import _Clock
+
+    (tmp_path / ".elapsed").write_text("90.0\n")  # an earlier attempt, killed after 90 s
+    clock = _Clock(tmp_path / ".elapsed")
+    assert 90.0 <= clock.save() < 100.0 and float((tmp_path / ".elapsed").read_text()) >= 90.0
+    assert _Clock(tmp_path / "none" / ".elapsed").save() < 10.0  # a first attempt

@@ -10,6 +10,7 @@ Cutout), dropout and stochastic depth; the student becomes the next teacher. Eac
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -134,15 +135,16 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             row = json.loads(done.read_text())
             log(f"round {r}: already done ({model_name}), skipping")
             return row
-        t0 = time.perf_counter()
+        clock = _Clock(rdir / ".elapsed")  # every attempt's time: an interrupted round is resumed, not restarted
         model, meta = build_model(Model(model_name, drop, dpr, pretrained), ds, log, cfg.seed + r)
         log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)"
             + (f", from {pretrained}" if pretrained else ""))
         scales = lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained else None
-        res = fit(model, train, tcfg, watch=Watch(evals, rdir, meta, log), lr_scale=scales)
+        res = fit(model, train, tcfg, watch=Watch(evals, rdir, meta, log), lr_scale=scales,
+                  on_epoch_start=lambda *_: clock.save())
         last = res.final  # the checkpoint the next round loads
         row = {"round": r, "model": model_name, "val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"),
-               "train_images": int(train.images.shape[0]), "minutes": round((time.perf_counter() - t0) / 60, 3),
+               "train_images": int(train.images.shape[0]), "minutes": round(clock.save() / 60, 3),
                **extra, **({"pretrained": pretrained} if pretrained else {})}
         write_json(done, row)
         return row
@@ -262,6 +264,24 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
             "test_acc": last.get("test_acc"), "minutes": round((time.perf_counter() - t0) / 60, 3)}
 
 
+class _Clock:
+    """Seconds spent on a round over all its attempts: what earlier attempts recorded in `path` (at every epoch's
+    start, so a kill loses at most one epoch of it) plus this attempt's."""
+
+    def __init__(self, path: Path):
+        self.path, self.t0 = path, time.perf_counter()
+        try:
+            self.before = float(path.read_text())
+        except (OSError, ValueError):
+            self.before = 0.0
+
+    def save(self) -> float:
+        total = self.before + time.perf_counter() - self.t0
+        with contextlib.suppress(OSError, FewLabelsError):
+            atomic_write_text(self.path, f"{total:.3f}\n")
+        return total
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -298,7 +318,8 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log, n_v
     for r in rows:
         md.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
     table = "\n".join(md) + "\n"
-    atomic_write_text(run_dir / "rounds.md", table)
+    atomic_write_text(run_dir / "rounds.md", table + "\nminutes: each round's training over all its attempts (an "
+                      "interrupted and resumed round counts the time before the interruption too)\n")
     xs = list(range(len(rows)))
     series = {k: (xs, [r.get(k) or 0 for r in rows]) for k in ("val_acc", "test_acc") if any(r.get(k) for r in rows)}
     if series:
