@@ -1,0 +1,243 @@
+"""Peak memory of the CLI on a laptop-sized photo folder: `train`, `selftrain`, `evaluate` and `predict` at 64 px.
+
+The folder (built once, outside the repository, from the ../shared CIFAR-10 JPEGs): 10 classes, 9,469 training and
+3,925 test images, the sizes of Imagenette's train and validation splits, the 10-class photo folder of issue 26.
+../shared holds no photos larger than CIFAR's 32x32 (MNIST is 28x28 grey), so each CIFAR image is upsampled
+(bicubic) to 160x160 and saved as a JPEG (quality 90): the size of Imagenette's "160 px" edition, so decoding at
+`--image-size 64` goes through the same path as a user's photos (JPEG draft mode at 1/2 scale, then a resize), and
+the decoded set is the same 116 MB of uint8 as in the issue. The pixels are CIFAR's, blurred by the upsampling:
+accuracy here says nothing about real photos, memory and time do.
+
+Every command runs as a user runs it, `python -m fewlabels ...` in a fresh process; its peak resident set size is
+the kernel's high-water mark for that process (ru_maxrss from wait4). While it runs, the RSS of the whole process
+tree (the decode workers included) is sampled every 20 ms: `tree_peak_rss_mb` is the peak of that sum (shared pages
+of forked workers count once per process, so it overstates) and `tree_peak_pss_mb` the proportional set size, which
+splits shared pages between the processes that share them. Each command runs with a cold decode cache (a fresh
+--cache-dir: the folder is decoded) and then a warm one (the same cache: loaded from safetensors).
+
+    .venv/bin/python benchmarks/memory_folder.py [--eval-batch-sizes 1024,256] [--smoke]
+
+Needs ../shared (or FEWLABELS_SHARED). Writes results/memory_folder.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, run_main, write_results
+from _shared_data import unpacked
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+N_TRAIN, N_TEST = 9469, 3925  # Imagenette's train and validation splits
+PHOTO_SIZE = 160  # Imagenette "160 px"
+TARGET_MB = 1536  # issue 26: peak RSS ≤ 1.5 GB
+
+
+def build_folder(cifar: Path, root: Path, n_train: int, n_test: int, size: int) -> Path:
+    """root/train/<class>/*.jpg and root/test/<class>/*.jpg: the first images of each CIFAR-10 class (sorted names),
+    as even a share per class as the totals allow, upsampled to size x size. Built once (root/.complete)."""
+    from PIL import Image
+
+    if (root / ".complete").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    print(f"building {root} ({n_train} + {n_test} images at {size} px, once)", flush=True)
+    for split, total in (("train", n_train), ("test", n_test)):
+        for k, c in enumerate(CLASSES):
+            count = total // len(CLASSES) + (k < total % len(CLASSES))
+            (root / split / c).mkdir(parents=True)
+            for f in sorted((cifar / split / c).iterdir())[:count]:
+                with Image.open(f) as img:
+                    img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC).save(
+                        root / split / c / f.name, quality=90)
+    (root / ".complete").touch()
+    return root
+
+
+def _tree(pid: int) -> list[int]:
+    """pid and all its descendants (from /proc/<pid>/task/*/children)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for t in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _rss_pss_kb(pid: int) -> tuple[int, int]:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            fields = dict(line.split(":", 1) for line in f if line[0].isupper() and ":" in line)
+        return int(fields["Rss"].split()[0]), int(fields["Pss"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return 0, 0
+
+
+def measure(args: list[str], log: Path, env: dict[str, str], cwd: Path = REPO, every: float = 0.02) -> dict:
+    """Run `python -m fewlabels ARGS`; its peak RSS (wait4's ru_maxrss) and the sampled peaks of its process tree."""
+    cmd = [sys.executable, "-m", "fewlabels", *args]
+    print("$ fewlabels " + shlex.join(args), flush=True)
+    peaks = {"tree_rss": 0, "tree_pss": 0, "main_rss_sampled": 0}
+    timeline: list[tuple[float, int]] = []
+    t0 = time.perf_counter()
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+        done = threading.Event()
+
+        def sample() -> None:
+            last = -1.0
+            while not done.is_set():
+                rss = pss = 0
+                for p in _tree(proc.pid):
+                    r, s = _rss_pss_kb(p)
+                    rss, pss = rss + r, pss + s
+                    if p == proc.pid:
+                        peaks["main_rss_sampled"] = max(peaks["main_rss_sampled"], r)
+                        now = time.perf_counter() - t0
+                        if now - last >= 0.5:
+                            timeline.append((round(now, 1), r // 1024))
+                            last = now
+                peaks["tree_rss"], peaks["tree_pss"] = max(peaks["tree_rss"], rss), max(peaks["tree_pss"], pss)
+                done.wait(every)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        done.set()
+        sampler.join()
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"fewlabels {shlex.join(args)} failed (exit {proc.returncode}); see {log}")
+    return {"peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "tree_peak_rss_mb": round(peaks["tree_rss"] / 1024, 1),
+            "tree_peak_pss_mb": round(peaks["tree_pss"] / 1024, 1), "seconds": round(seconds, 1),
+            "rss_timeline_mb": timeline}
+
+
+def code_commit(repo: Path) -> str:
+    """The commit of the fewlabels code under test (+dirty when its tree has changes)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False).stdout.strip()
+    sha = git("rev-parse", "HEAD") or "unknown"
+    return sha + ("+dirty" if git("status", "--porcelain", "--", "fewlabels") else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs of train (memory peaks in the first steps)")
+    ap.add_argument("--teacher-epochs", type=int, default=2)
+    ap.add_argument("--student-epochs", type=int, default=1)
+    ap.add_argument("--student-models", default="cnn-s", help="selftrain's students (issue 26: 2 rounds of cnn-s)")
+    ap.add_argument("--eval-batch-sizes", default="",
+                    help="comma-separated --eval-batch-size values to also run warm `train` with, e.g. 1024,256")
+    ap.add_argument("--only", default="", help="comma-separated subset of: train, selftrain, evaluate, predict")
+    ap.add_argument("--code", type=Path, default=REPO,
+                    help="the fewlabels checkout to measure (its folder goes first on PYTHONPATH); default this one")
+    ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "memory_folder")
+    ap.add_argument("--results-name", default=None)
+    ap.add_argument("--note", default="", help="what the measured code is, for the results (e.g. a patch on top)")
+    ap.add_argument("--smoke", action="store_true", help="a 400 + 100 image folder: checks the pipeline only")
+    a = ap.parse_args()
+    n_train, n_test = (400, 100) if a.smoke else (N_TRAIN, N_TEST)
+    data = build_folder(unpacked("cifar10"), a.workdir / f"photos{PHOTO_SIZE}-{n_train}", n_train, n_test,
+                        PHOTO_SIZE)
+    code = a.code.resolve()
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    # run from the checkout: `python -m` puts the working folder first on sys.path
+    probe = subprocess.run([sys.executable, "-c", "import fewlabels; print(fewlabels.__file__)"], env=env, cwd=code,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    if not probe.startswith(str(code)):
+        sys.exit(f"PYTHONPATH={code} imports fewlabels from {probe}, not from the checkout to measure")
+    name = a.results_name or ("memory_folder_smoke" if a.smoke else "memory_folder")
+    work = a.workdir / f"work-{name}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    cache = work / "cache"  # fresh: the first run of each command decodes (cold), the second loads (warm)
+    size = ["--image-size", "64"]
+    st = ["--labels-per-class", "10" if a.smoke else "50", "--rounds", "2", "--teacher-model", "cnn-s",
+          "--student-models", a.student_models, "--teacher-epochs", str(a.teacher_epochs), "--student-epochs",
+          str(a.student_epochs)]
+    only = set(filter(None, a.only.split(","))) or {"train", "selftrain", "evaluate", "predict"}
+    plan: list[tuple[str, str, list[str]]] = []  # (command, cache state, args)
+    for state in ("cold", "warm"):
+        if state == "cold":
+            shutil.rmtree(cache, ignore_errors=True)
+        if "train" in only:
+            plan.append(("train", state, ["train", "--data", str(data), *size, "--epochs", str(a.epochs),
+                                          "--cache-dir", str(cache), "--out", str(work / f"train-{state}")]))
+        if "selftrain" in only:
+            plan.append(("selftrain", state, ["selftrain", "--data", str(data), *size, *st, "--cache-dir",
+                                              str(cache), "--out", str(work / f"selftrain-{state}")]))
+    if "evaluate" in only or "predict" in only:
+        if "train" not in only:
+            plan.insert(0, ("train", "cold", ["train", "--data", str(data), *size, "--epochs", str(a.epochs),
+                                              "--cache-dir", str(cache), "--out", str(work / "train-cold")]))
+        if "evaluate" in only:
+            plan.append(("evaluate", "warm", ["evaluate", str(work / "train-cold"), "--data", str(data),
+                                              "--cache-dir", str(cache), "--out", str(work / "evaluate.json")]))
+        if "predict" in only:
+            plan.append(("predict", "no cache", ["predict", str(work / "train-cold"), str(data / "test"),
+                                                 "--out", str(work / "predict.csv"), "--quiet"]))
+    for bs in filter(None, a.eval_batch_sizes.split(",")):
+        plan.append((f"train --eval-batch-size {bs}", "warm",
+                     ["train", "--data", str(data), *size, "--epochs", str(a.epochs), "--eval-batch-size", bs,
+                      "--cache-dir", str(cache), "--out", str(work / f"train-eval{bs}")]))
+    runs = []
+    t_all = time.perf_counter()
+    for i, (name, state, args) in enumerate(plan):
+        if state == "cold":
+            shutil.rmtree(cache, ignore_errors=True)
+        r = measure(args, work / f"{i:02d}-{args[0]}-{state}.log", env, cwd=code)
+        out = args[args.index("--out") + 1] if "--out" in args else None
+        acc = None
+        if out and Path(out).is_dir():
+            res = Path(out) / ("final.json" if args[0] == "selftrain" else "results.json")
+            acc = json.loads(res.read_text()).get("test_acc") if res.is_file() else None
+        elif out and out.endswith(".json"):
+            acc = json.loads(Path(out).read_text()).get("accuracy")
+        runs.append({"command": "fewlabels " + shlex.join(args), "name": name, "cache": state, **r,
+                     "test_acc": acc, "target_met": r["peak_rss_mb"] <= TARGET_MB})
+        print(f"  {name} ({state}): peak RSS {r['peak_rss_mb']:.0f} MB (tree {r['tree_peak_pss_mb']:.0f} MB PSS) "
+              f"in {r['seconds']:.0f} s", flush=True)
+    rows = ["| command | decode cache | peak RSS (MB) | process tree peak PSS (MB) | seconds | test accuracy |",
+            "|---|---|---:|---:|---:|---:|"]
+    for r in runs:
+        acc = f"{r['test_acc']:.4f}" if isinstance(r["test_acc"], float) else "–"
+        rows.append(f"| `{r['name']}` | {r['cache']} | {r['peak_rss_mb']:.0f} | {r['tree_peak_pss_mb']:.0f} | "
+                    f"{r['seconds']:.0f} | {acc} |")
+    worst = max(r["peak_rss_mb"] for r in runs if r["name"] in ("train", "selftrain")) if any(
+        r["name"] in ("train", "selftrain") for r in runs) else None
+    md = "\n".join(rows) + (
+        f"\n\nFolder: {n_train} training and {n_test} test images in 10 classes (CIFAR-10 JPEGs upsampled to "
+        f"{PHOTO_SIZE} px), decoded at 64 px. Target (issue 26): peak RSS ≤ {TARGET_MB} MB for train and selftrain"
+        + (f"; measured worst {worst:.0f} MB: {'met' if worst <= TARGET_MB else 'not met'}." if worst else ".")
+        + f"\nCode measured: {code_commit(code)}{' (' + a.note + ')' if a.note else ''}. Exact commands in the JSON "
+        "(`runs`).\n")
+    write_results(name, {
+        "runs": runs, "target_peak_rss_mb": TARGET_MB, "worst_train_selftrain_peak_rss_mb": worst,
+        "code_commit": code_commit(code), "note": a.note,
+        "folder": {"path": data, "train_images": n_train, "test_images": n_test, "classes": list(CLASSES),
+                   "photo_size": PHOTO_SIZE, "decoded_size": 64, "from": "../shared CIFAR-10 JPEGs"},
+        "minutes": round((time.perf_counter() - t_all) / 60, 2), "smoke": a.smoke,
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "FEWLABELS_"))},
+    }, md)
+    print(md)
+
+
+if __name__ == "__main__":
+    run_main(main)
