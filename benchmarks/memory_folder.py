@@ -146,6 +146,9 @@ def main() -> None:
     ap.add_argument("--eval-batch-sizes", default="",
                     help="comma-separated --eval-batch-size values to also run warm `train` with, e.g. 1024,256")
     ap.add_argument("--only", default="", help="comma-separated subset of: train, selftrain, evaluate, predict")
+    ap.add_argument("--rounds", type=int, default=2, help="selftrain's student rounds")
+    ap.add_argument("--quick", action="store_true",
+                    help="each command once: train with a cold cache (it decodes), the others with the warm one")
     ap.add_argument("--code", type=Path, default=REPO,
                     help="the fewlabels checkout to measure (its folder goes first on PYTHONPATH); default this one")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "memory_folder")
@@ -169,12 +172,21 @@ def main() -> None:
     work.mkdir(parents=True)
     cache = work / "cache"  # fresh: the first run of each command decodes (cold), the second loads (warm)
     size = ["--image-size", "64"]
-    st = ["--labels-per-class", "10" if a.smoke else "50", "--rounds", "2", "--teacher-model", "cnn-s",
+    st = ["--labels-per-class", "10" if a.smoke else "50", "--rounds", str(a.rounds), "--teacher-model", "cnn-s",
           "--student-models", a.student_models, "--teacher-epochs", str(a.teacher_epochs), "--student-epochs",
           str(a.student_epochs)]
     only = set(filter(None, a.only.split(","))) or {"train", "selftrain", "evaluate", "predict"}
     plan: list[tuple[str, str, list[str]]] = []  # (command, cache state, args)
     for state in ("cold", "warm"):
+        if a.quick and state == "cold":
+            if "train" in only:
+                plan.append(("train", state, ["train", "--data", str(data), *size, "--epochs", str(a.epochs),
+                                              "--cache-dir", str(cache), "--out", str(work / f"train-{state}")]))
+            continue
+        if a.quick and "train" in only and "selftrain" in only:
+            plan.append(("selftrain", state, ["selftrain", "--data", str(data), *size, *st, "--cache-dir",
+                                              str(cache), "--out", str(work / f"selftrain-{state}")]))
+            continue
         if state == "cold":
             shutil.rmtree(cache, ignore_errors=True)
         if "train" in only:
