@@ -88,9 +88,10 @@ def _rss_pss_kb(pid: int) -> tuple[int, int]:
         return 0, 0
 
 
-def measure(args: list[str], log: Path, env: dict[str, str], cwd: Path = REPO, every: float = 0.02) -> dict:
+def measure(args: list[str], log: Path, env: dict[str, str], cwd: Path = REPO, every: float = 0.02,
+            python: str = sys.executable) -> dict:
     """Run `python -m fewlabels ARGS`; its peak RSS (wait4's ru_maxrss) and the sampled peaks of its process tree."""
-    cmd = [sys.executable, "-m", "fewlabels", *args]
+    cmd = [python, "-m", "fewlabels", *args]
     print("$ fewlabels " + shlex.join(args), flush=True)
     peaks = {"tree_rss": 0, "tree_pss": 0, "main_rss_sampled": 0}
     timeline: list[tuple[float, int]] = []
@@ -151,6 +152,8 @@ def main() -> None:
                     help="each command once: train with a cold cache (it decodes), the others with the warm one")
     ap.add_argument("--code", type=Path, default=REPO,
                     help="the fewlabels checkout to measure (its folder goes first on PYTHONPATH); default this one")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the Python (and so the torch build) that runs the commands; default this one")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "memory_folder")
     ap.add_argument("--results-name", default=None)
     ap.add_argument("--note", default="", help="what the measured code is, for the results (e.g. a patch on top)")
@@ -162,8 +165,10 @@ def main() -> None:
     code = a.code.resolve()
     env = {**os.environ, "PYTHONPATH": str(code)}
     # run from the checkout: `python -m` puts the working folder first on sys.path
-    probe = subprocess.run([sys.executable, "-c", "import fewlabels; print(fewlabels.__file__)"], env=env, cwd=code,
-                           capture_output=True, text=True, check=True).stdout.strip()
+    probe = subprocess.run([a.python, "-c", "import fewlabels, torch; print(fewlabels.__file__, torch.__version__)"],
+                           env=env, cwd=code, capture_output=True, text=True, check=True).stdout.split()
+    torch_build = probe[1]
+    probe = probe[0]
     if not probe.startswith(str(code)):
         sys.exit(f"PYTHONPATH={code} imports fewlabels from {probe}, not from the checkout to measure")
     name = a.results_name or ("memory_folder_smoke" if a.smoke else "memory_folder")
@@ -214,7 +219,7 @@ def main() -> None:
     for i, (name, state, args) in enumerate(plan):
         if state == "cold":
             shutil.rmtree(cache, ignore_errors=True)
-        r = measure(args, work / f"{i:02d}-{args[0]}-{state}.log", env, cwd=code)
+        r = measure(args, work / f"{i:02d}-{args[0]}-{state}.log", env, cwd=code, python=a.python)
         out = args[args.index("--out") + 1] if "--out" in args else None
         acc = None
         if out and Path(out).is_dir():
@@ -238,11 +243,11 @@ def main() -> None:
         f"\n\nFolder: {n_train} training and {n_test} test images in 10 classes (CIFAR-10 JPEGs upsampled to "
         f"{PHOTO_SIZE} px), decoded at 64 px. Target (issue 26): peak RSS ≤ {TARGET_MB} MB for train and selftrain"
         + (f"; measured worst {worst:.0f} MB: {'met' if worst <= TARGET_MB else 'not met'}." if worst else ".")
-        + f"\nCode measured: {code_commit(code)}{' (' + a.note + ')' if a.note else ''}. Exact commands in the JSON "
-        "(`runs`).\n")
+        + f"\nCode measured: {code_commit(code)}{' (' + a.note + ')' if a.note else ''}, run by torch {torch_build}. "
+        "Exact commands in the JSON (`runs`).\n")
     write_results(name, {
         "runs": runs, "target_peak_rss_mb": TARGET_MB, "worst_train_selftrain_peak_rss_mb": worst,
-        "code_commit": code_commit(code), "note": a.note,
+        "code_commit": code_commit(code), "note": a.note, "torch_running_the_commands": torch_build,
         "folder": {"path": data, "train_images": n_train, "test_images": n_test, "classes": list(CLASSES),
                    "photo_size": PHOTO_SIZE, "decoded_size": 64, "from": "../shared CIFAR-10 JPEGs"},
         "minutes": round((time.perf_counter() - t_all) / 60, 2), "smoke": a.smoke,
