@@ -130,6 +130,47 @@ def measure(args: list[str], log: Path, env: dict[str, str], cwd: Path = REPO, e
             "rss_timeline_mb": timeline}
 
 
+EVAL_PROBE = """
+import sys, time, torch
+from fewlabels.models import create_model
+from fewlabels.eval import predict_logits
+from fewlabels.utils import pick_dtype
+def status(key):
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key + ":")) / 1024
+name, bs, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+model = create_model(name, num_classes=10).to(memory_format=torch.channels_last)
+x = torch.randint(0, 256, (n, 3, 64, 64), dtype=torch.uint8)
+dtype, norm = pick_dtype("auto", torch.device("cpu")), ((0.5,) * 3, (0.25,) * 3)
+predict_logits(model, x[:bs], *norm, batch_size=bs, dtype=dtype)  # warm-up: oneDNN primitives, first pages
+base = status("VmRSS")
+open("/proc/self/clear_refs", "w").write("5")  # restart VmHWM, the peak RSS, from here
+t, c = time.perf_counter(), time.process_time()
+predict_logits(model, x, *norm, batch_size=bs, dtype=dtype)
+print(status("VmHWM") - base, time.perf_counter() - t, time.process_time() - c)
+"""
+
+
+def eval_batch_probe(python: str, env: dict[str, str], cwd: Path, models: list[str], sizes: list[int],
+                     n: int = 2048, rounds: int = 2) -> list[dict]:
+    """What one evaluation pass adds to the RSS, and its time, per model and batch size: predict_logits on n random
+    64 px images in a fresh process each time (alternating batch sizes; medians of `rounds`)."""
+    out = []
+    for model in models:
+        got: dict[int, list[list[float]]] = {bs: [] for bs in sizes}
+        for _ in range(rounds):
+            for bs in sizes:
+                r = subprocess.run([python, "-c", EVAL_PROBE, model, str(bs), str(n)], env=env, cwd=cwd,
+                                   capture_output=True, text=True, check=True)
+                got[bs].append([float(v) for v in r.stdout.split()[-3:]])
+        for bs in sizes:
+            rss, wall, cpu = (sorted(col)[len(col) // 2] for col in zip(*got[bs]))
+            out.append({"model": model, "eval_batch_size": bs, "images": n, "added_peak_rss_mb": round(rss),
+                        "wall_s": round(wall, 2), "cpu_s": round(cpu, 2)})
+            print(f"  eval probe {model} batch {bs}: +{rss:.0f} MB, {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+    return out
+
+
 def code_commit(repo: Path) -> str:
     """The commit of the fewlabels code under test (+dirty when its tree has changes)."""
     def git(*args: str) -> str:
@@ -148,6 +189,9 @@ def main() -> None:
                     help="comma-separated --eval-batch-size values to also run warm `train` with, e.g. 1024,256")
     ap.add_argument("--only", default="", help="comma-separated subset of: train, selftrain, evaluate, predict")
     ap.add_argument("--rounds", type=int, default=2, help="selftrain's student rounds")
+    ap.add_argument("--eval-probe", default="",
+                    help="comma-separated evaluation batch sizes to probe with predict_logits alone (cnn-s, cnn-m), "
+                    "e.g. 1024,256; with --only probe nothing else runs")
     ap.add_argument("--quick", action="store_true",
                     help="each command once: train with a cold cache (it decodes), the others with the warm one")
     ap.add_argument("--code", type=Path, default=REPO,
@@ -214,8 +258,12 @@ def main() -> None:
         plan.append((f"train --eval-batch-size {bs}", "warm",
                      ["train", "--data", str(data), *size, "--epochs", str(a.epochs), "--eval-batch-size", bs,
                       "--cache-dir", str(cache), "--out", str(work / f"train-eval{bs}")]))
+    if only == {"probe"}:
+        plan = []
     runs = []
     t_all = time.perf_counter()
+    probe_sizes = [int(v) for v in a.eval_probe.split(",") if v]
+    eval_batch = eval_batch_probe(a.python, env, code, ["cnn-s", "cnn-m"], probe_sizes) if probe_sizes else []
     for i, (name, state, args) in enumerate(plan):
         if state == "cold":
             shutil.rmtree(cache, ignore_errors=True)
@@ -237,6 +285,11 @@ def main() -> None:
         acc = f"{r['test_acc']:.4f}" if isinstance(r["test_acc"], float) else "–"
         rows.append(f"| `{r['name']}` | {r['cache']} | {r['peak_rss_mb']:.0f} | {r['tree_peak_pss_mb']:.0f} | "
                     f"{r['seconds']:.0f} | {acc} |")
+    if eval_batch:
+        rows += ["", "One evaluation pass (predict_logits on 2,048 random 64 px images, fresh process, median of 2):",
+                 "", "| model | eval batch size | added peak RSS (MB) | wall s | CPU s |", "|---|---:|---:|---:|---:|"]
+        rows += [f"| {e['model']} | {e['eval_batch_size']} | {e['added_peak_rss_mb']} | {e['wall_s']} | {e['cpu_s']} |"
+                 for e in eval_batch]
     worst = max(r["peak_rss_mb"] for r in runs if r["name"] in ("train", "selftrain")) if any(
         r["name"] in ("train", "selftrain") for r in runs) else None
     md = "\n".join(rows) + (
@@ -246,7 +299,8 @@ def main() -> None:
         + f"\nCode measured: {code_commit(code)}{' (' + a.note + ')' if a.note else ''}, run by torch {torch_build}. "
         "Exact commands in the JSON (`runs`).\n")
     write_results(name, {
-        "runs": runs, "target_peak_rss_mb": TARGET_MB, "worst_train_selftrain_peak_rss_mb": worst,
+        "runs": runs, "eval_batch_probe": eval_batch, "target_peak_rss_mb": TARGET_MB,
+        "worst_train_selftrain_peak_rss_mb": worst,
         "code_commit": code_commit(code), "note": a.note, "torch_running_the_commands": torch_build,
         "folder": {"path": data, "train_images": n_train, "test_images": n_test, "classes": list(CLASSES),
                    "photo_size": PHOTO_SIZE, "decoded_size": 64, "from": "../shared CIFAR-10 JPEGs"},
