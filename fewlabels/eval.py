@@ -35,11 +35,19 @@ def check_tta_translate(t: int, size: tuple[int, ...] | torch.Size) -> None:
         raise FewLabelsError(f"--tta-translate must be between 0 and {min(h, w) - 1} for {h}x{w} images, got {t}")
 
 
+# Images per forward pass when the caller does not say. Memory, not speed, sets it: a batch's activations dominate
+# (cnn-s at 64 px: ~0.3 GB for 256 images, ~1.1 GB for 1,024), the logits are the same at any batch size, and on CPU
+# larger batches are no faster (benchmarks/results/memory_folder.md).
+EVAL_BATCH_SIZE = 256
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
-                   batch_size: int = 1024, device: torch.device | None = None, dtype: torch.dtype | None = None,
-                   tta_flip: bool = False, tta_translate: int = 0, channels_last: bool = True) -> torch.Tensor:
-    """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W), in eval mode, large batches, autocast.
+                   batch_size: int = EVAL_BATCH_SIZE, device: torch.device | None = None,
+                   dtype: torch.dtype | None = None, tta_flip: bool = False, tta_translate: int = 0,
+                   channels_last: bool = True) -> torch.Tensor:
+    """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W), in eval mode, batch by batch, autocast: only one
+    batch is ever converted to float, so memory stays at the model's activations for `batch_size` images.
 
     With tta_flip the logits of the image and its mirror are averaged. With tta_translate = t > 0 (airbench's
     multi-crop TTA) the result is 1/2 · (unshifted) + 1/4 · (shifted by (-t, -t)) + 1/4 · (shifted by (+t, +t)),
@@ -112,7 +120,7 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
 
 
 def final_report(model: nn.Module, sets: dict[str, ImageSet], norm: tuple[Sequence[float], Sequence[float]], *,
-                 device: torch.device | None = None, batch_size: int = 1024, precision: str = "auto",
+                 device: torch.device | None = None, batch_size: int = EVAL_BATCH_SIZE, precision: str = "auto",
                  tta_flip: bool = False, tta_translate: int = 0, channels_last: bool = True) -> dict | None:
     """The classification report of a run's final model on its test images, else its validation images: {"on":
     "test" | "val", **classification_report(...)}, plain JSON types; None when `sets` (name → ImageSet, as fit's

@@ -352,3 +352,21 @@ def test_a_full_disk_for_a_small_file_is_one_message(tmp_path, monkeypatch):
         write_json(target, {"new": 2})
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"old": 1} and not list(tmp_path.glob(".results.json.*"))
+
+
+def test_predict_logits_batch_size_changes_memory_not_results():
+    """The evaluation batch only bounds memory (one batch of activations at a time): the logits are the same image
+    for image at the default batch size, a large one and an odd one, in bf16 autocast as in fp32."""
+    from fewlabels.eval import EVAL_BATCH_SIZE, predict_logits
+
+    torch.manual_seed(0)
+    model = create_model("cnn-tiny", 4).train()
+    with torch.no_grad():  # BatchNorm statistics that are not the identity
+        model(torch.randn(32, 3, 16, 16))
+    images = torch.randint(0, 256, (2 * EVAL_BATCH_SIZE + 37, 3, 16, 16), dtype=torch.uint8)
+    norm = ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    for dtype in (None, torch.bfloat16):
+        ref = predict_logits(model, images, *norm, dtype=dtype)
+        for bs in (1024, 100):
+            assert torch.equal(predict_logits(model, images, *norm, batch_size=bs, dtype=dtype), ref)
+    assert model.training  # left in the mode it came in

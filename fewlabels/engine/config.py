@@ -103,7 +103,8 @@ class Compute:
     precision: str = opt("auto", "auto (bf16 where the hardware has it), bf16, fp16, fp32",
                          choices=("auto", "bf16", "fp16", "fp32"))
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
-    eval_batch_size: int = opt(1024, "images per step at evaluation", ge=1, resume="change")
+    eval_batch_size: int = opt(256, "images per step at evaluation (memory only: the predictions are the same at "
+                               "any batch size)", ge=1, resume="change")
 
 
 @group
