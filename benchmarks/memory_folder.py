@@ -264,7 +264,7 @@ def main() -> None:
     t_all = time.perf_counter()
     probe_sizes = [int(v) for v in a.eval_probe.split(",") if v]
     eval_batch = eval_batch_probe(a.python, env, code, ["cnn-s", "cnn-m"], probe_sizes) if probe_sizes else []
-    for i, (name, state, args) in enumerate(plan):
+    for i, (label, state, args) in enumerate(plan):
         if state == "cold":
             shutil.rmtree(cache, ignore_errors=True)
         r = measure(args, work / f"{i:02d}-{args[0]}-{state}.log", env, cwd=code, python=a.python)
@@ -275,9 +275,9 @@ def main() -> None:
             acc = json.loads(res.read_text()).get("test_acc") if res.is_file() else None
         elif out and out.endswith(".json"):
             acc = json.loads(Path(out).read_text()).get("accuracy")
-        runs.append({"command": "fewlabels " + shlex.join(args), "name": name, "cache": state, **r,
+        runs.append({"command": "fewlabels " + shlex.join(args), "name": label, "cache": state, **r,
                      "test_acc": acc, "target_met": r["peak_rss_mb"] <= TARGET_MB})
-        print(f"  {name} ({state}): peak RSS {r['peak_rss_mb']:.0f} MB (tree {r['tree_peak_pss_mb']:.0f} MB PSS) "
+        print(f"  {label} ({state}): peak RSS {r['peak_rss_mb']:.0f} MB (tree {r['tree_peak_pss_mb']:.0f} MB PSS) "
               f"in {r['seconds']:.0f} s", flush=True)
     rows = ["| command | decode cache | peak RSS (MB) | process tree peak PSS (MB) | seconds | test accuracy |",
             "|---|---|---:|---:|---:|---:|"]

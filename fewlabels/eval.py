@@ -35,9 +35,9 @@ def check_tta_translate(t: int, size: tuple[int, ...] | torch.Size) -> None:
         raise FewLabelsError(f"--tta-translate must be between 0 and {min(h, w) - 1} for {h}x{w} images, got {t}")
 
 
-# Images per forward pass when the caller does not say. Memory, not speed, sets it: a batch's activations dominate
-# (cnn-s at 64 px: ~0.3 GB for 256 images, ~1.1 GB for 1,024), the logits are the same at any batch size, and on CPU
-# larger batches are no faster (benchmarks/results/memory_folder.md).
+# Images per forward pass when the caller does not say. Memory sets it: a batch's activations are what evaluation
+# adds (at 64 px: cnn-s +0.26 GB for 256 images, +0.94 GB for 1,024; cnn-m +0.43 / +1.6 GB), the logits are the same
+# at any batch size, and on a 2-core CPU 1,024 was no faster (benchmarks/results/memory_folder_eval_batch.md).
 EVAL_BATCH_SIZE = 256
 
 
