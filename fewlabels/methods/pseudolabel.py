@@ -23,7 +23,7 @@ from ..data.imageset import ImageSet
 from ..engine.checkpoint import load_model
 from ..engine.config import Device
 from ..errors import FewLabelsError
-from ..eval import predict_logits
+from ..eval import EVAL_BATCH_SIZE, predict_logits
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     EMPTY_POOL,
@@ -167,8 +167,10 @@ def _first_label(pl: PseudoLabels, uniq: torch.Tensor) -> torch.Tensor:
 
 
 def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_flip: bool = False,
-                tta_translate: int = 0, batch_size: int = 1024, device: torch.device | None = None) -> torch.Tensor:
-    """The teacher's logits (N, K) on the clean pool: no grad, big batches, bf16 where the hardware has it."""
+                tta_translate: int = 0, batch_size: int = EVAL_BATCH_SIZE,
+                device: torch.device | None = None) -> torch.Tensor:
+    """The teacher's logits (N, K) on the clean pool: no grad, bf16 where the hardware has it; the batch only bounds
+    memory (the logits are the same at any batch size)."""
     device = device or next(teacher.parameters()).device
     return predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
                           dtype=pick_dtype("auto", device), tta_flip=tta_flip, tta_translate=tta_translate)
