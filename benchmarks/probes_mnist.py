@@ -6,7 +6,7 @@ An MLP and cnn-tiny of matched parameter counts, trained and tested three ways (
 pixels). Training images: a stratified subsample of MNIST's 60,000 (the `--labels` budget of the command), all 10,000
 test images. No augmentation, bf16 autocast where the CPU has it (fit's default).
 
-    .venv/bin/python benchmarks/probes_mnist.py [-- FC-VS-CNN OPTIONS]
+    .venv/bin/python benchmarks/probes_mnist.py [--smoke] [-- FC-VS-CNN OPTIONS]
 
 Options after `--` go verbatim to `fewlabels probe fc-vs-cnn`, e.g. `-- --epochs 8 --labels 20000`.
 
@@ -37,6 +37,8 @@ from fewlabels.probes.fc_vs_cnn import fc_vs_cnn_markdown
 OUT = "runs/probes_mnist"  # the run folders (outside git)
 FC_VS_CNN = ["--labels", "12000", "--epochs", "4", "--cnn", "cnn-tiny"]
 EQUIVARIANCE = ["--shifts", "1,2,4,8", "--num-images", "1000"]
+SMOKE_FC_VS_CNN = ["--labels", "1000", "--epochs", "1"]  # checks the script, not the figures
+SMOKE_EQUIVARIANCE = ["--num-images", "100"]
 
 
 def _nan(v):
@@ -118,35 +120,46 @@ def _table(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plan(extra: list[str], mnist: str) -> dict[str, list[str]]:
+def _out(smoke: bool) -> str:
+    return OUT + ("_smoke" if smoke else "")
+
+
+def plan(extra: list[str], mnist: str, smoke: bool = False) -> dict[str, list[str]]:
     """The three commands (without `fewlabels`): the FC-vs-CNN comparison, then the probe of each standard model."""
-    fc = f"{OUT}/fc-vs-cnn"
-    return {"fc_vs_cnn": ["probe", "fc-vs-cnn", "--data", mnist, *FC_VS_CNN, *extra, "--out", fc],
+    out = _out(smoke)
+    fc = f"{out}/fc-vs-cnn"
+    return {"fc_vs_cnn": ["probe", "fc-vs-cnn", "--data", mnist, *FC_VS_CNN, *extra,
+                          *(SMOKE_FC_VS_CNN if smoke else []), "--out", fc],
             **{f"equivariance_{key}": ["probe", "equivariance", f"{fc}/standard-{key}", "--data", mnist,
-                                       *EQUIVARIANCE, "--out", f"{OUT}/equivariance-{key}"] for key in ("cnn", "fc")}}
+                                       *EQUIVARIANCE, *(SMOKE_EQUIVARIANCE if smoke else []), "--out",
+                                       f"{out}/equivariance-{key}"] for key in ("cnn", "fc")}}
 
 
 def planned_commands(argv: list[str], data: str = "MNIST") -> list[list[str]]:
     own, extra = split_passthrough(argv)
-    build_parser().parse_args(own)
-    return [["fewlabels", *args] for args in plan(extra, data).values()]
+    a = build_parser().parse_args(own)
+    return [["fewlabels", *args] for args in plan(extra, data, a.smoke).values()]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   epilog="options after -- are passed verbatim to `fewlabels probe fc-vs-cnn`")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="options after -- are passed verbatim to `fewlabels probe fc-vs-cnn`")
+    ap.add_argument("--smoke", action="store_true", help="1,000 training images, 1 epoch, 100 probe images: checks "
+                    "the script (results/probes_mnist_smoke.*)")
+    return ap
 
 
 def main() -> None:
     from _shared_data import unpacked
 
     own, extra = split_passthrough()
-    build_parser().parse_args(own)
+    a = build_parser().parse_args(own)
+    name = "probes_mnist" + ("_smoke" if a.smoke else "")
     mnist = unpacked("mnist")  # train/<digit>/*.png, test/<digit>/*.png (+ csv files the folder loader ignores)
     start = started()  # the cores are shared: other processes slow the run down, see the minutes
-    shutil.rmtree(OUT, ignore_errors=True)  # fresh runs: an existing folder would be resumed
+    shutil.rmtree(_out(a.smoke), ignore_errors=True)  # fresh runs: an existing folder would be resumed
     runs, results = [], {}
-    for key, args in plan(extra, str(mnist)).items():
+    for key, args in plan(extra, str(mnist), a.smoke).items():
         run = run_fewlabels(args)
         out = Path(args[args.index("--out") + 1])
         results[key] = json.loads((out / ("fc_vs_cnn.json" if key == "fc_vs_cnn" else "equivariance.json")).read_text())
@@ -170,9 +183,10 @@ def main() -> None:
     }
     table_md = _table(data)
     print(table_md)
-    write_results("probes_mnist", {**data, "machine": machine_info()}, table_md)
-    _plot(data, RESULTS / "probes_mnist.png")
-    print(f"written: {RESULTS / 'probes_mnist.json'}, .md, .png ({data['minutes']['total']:.1f} minutes)")
+    data["smoke"] = a.smoke
+    write_results(name, {**data, "machine": machine_info()}, table_md)
+    _plot(data, RESULTS / f"{name}.png")
+    print(f"written: {RESULTS / name}.json, .md, .png ({data['minutes']['total']:.1f} minutes)")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ SCRIPTS = {
     "selftrain_user_pool": [[], ["--smoke"], ["--per-class", "10", "--", "--batch-size", "128"]],
     "active_cifar10": [[], ["--smoke"], ["--seeds", "0", "--", "--epochs", "30"]],
     "augment_cifar10_4000": [[], ["--smoke"], ["--presets", "weak", "--", "--epochs", "120"]],
-    "probes_mnist": [[], ["--", "--epochs", "8"]],
+    "probes_mnist": [[], ["--smoke"], ["--", "--epochs", "8"]],
     "selftrain_ablation": [[], ["--smoke"], ["--only", "0,2", "--", "--student-epochs", "12"]],
 }
 
