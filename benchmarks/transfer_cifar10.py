@@ -35,6 +35,10 @@ OPTIONS = ["--mode", "compare", "--val", "0", "--model", "resnet56", "--epochs",
            "--warmup-epochs", "1", "--probe-epochs", "100", "--seed", "0", "--split-seed", "0", "--eval-every", "10",
            "--mean", ",".join(map(str, IMAGENET["mean"])), "--std", ",".join(map(str, IMAGENET["std"]))]
 SMOKE = ["--epochs", "1"]
+# --mode probe: the linear probe alone, with the probe options of the same commands
+PROBE_OPTIONS = ["--mode", "probe", "--val", "0", "--model", "resnet56", "--batch-size", "128", "--probe-epochs",
+                 "100", "--seed", "0", "--split-seed", "0",
+                 "--mean", ",".join(map(str, IMAGENET["mean"])), "--std", ",".join(map(str, IMAGENET["std"]))]
 
 
 def probe_epoch_speedup(data: Path, weights: Path, n: int = 4000, repeats: int = 3) -> dict:
@@ -74,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--budgets", default="250,1000,4000", help="label budgets: one command each")
     ap.add_argument("--data", default=None, help="the CIFAR-10 folder (default: ../shared's JPEG copy, unpacked)")
     ap.add_argument("--weights", default=None, help="the source model (default: ../shared/weights/resnet56-*.th)")
-    ap.add_argument("--results-name", default="transfer_cifar10")
+    ap.add_argument("--mode", default="compare", choices=("compare", "probe"),
+                    help="compare: scratch, probe and fine-tune per budget; probe: the linear probe alone")
+    ap.add_argument("--results-name", default=None, help="default: transfer_cifar10 (transfer_cifar10_probe)")
     ap.add_argument("--smoke", action="store_true", help="100 labels, 1 epoch")
     return ap
 
@@ -83,10 +89,11 @@ def plan(a: argparse.Namespace, extra: list[str], data: str, weights: str) -> li
     budgets = [100] if a.smoke else [int(b) for b in a.budgets.split(",")]
     runs = []
     for labels in budgets:
-        out = f"runs/bench-transfer-{labels}{'-smoke' if a.smoke else ''}"
+        out = f"runs/bench-transfer-{a.mode}-{labels}{'-smoke' if a.smoke else ''}"
+        options, smoke = (OPTIONS, SMOKE) if a.mode == "compare" else (PROBE_OPTIONS, ["--probe-epochs", "10"])
         runs.append({"labels": labels, "out": Path(out),
-                     "args": ["transfer", "--data", data, "--labels", str(labels), "--pretrained", weights, *OPTIONS,
-                              *extra, *(SMOKE if a.smoke else []), "--out", out]})
+                     "args": ["transfer", "--data", data, "--labels", str(labels), "--pretrained", weights, *options,
+                              *extra, *(smoke if a.smoke else []), "--out", out]})
     return runs
 
 
@@ -103,13 +110,15 @@ def main() -> None:
     data = a.data or str(unpacked("cifar10"))
     weights = a.weights or str(shared_weights("resnet56"))
     start = started()
+    name = a.results_name or ("transfer_cifar10" if a.mode == "compare" else "transfer_cifar10_probe")
+    methods = ("scratch", "probe", "finetune") if a.mode == "compare" else ("probe",)
     rows, runs = [], []
     for r in plan(a, extra, data, weights):
         shutil.rmtree(r["out"], ignore_errors=True)  # a fresh run: an existing folder would be resumed
         run = run_fewlabels(r["args"])
         res = json.loads((r["out"] / "results.json").read_text())
-        row = {"labels": r["labels"], **{m: res[m]["test_acc"] for m in ("scratch", "probe", "finetune")},
-               **{f"{m}_minutes": res[m]["minutes"] for m in ("scratch", "probe", "finetune")},
+        row = {"labels": r["labels"], **{m: res[m]["test_acc"] for m in methods},
+               **{f"{m}_minutes": res[m]["minutes"] for m in methods},
                "total_minutes": run["minutes"]}
         rows.append(row)
         runs.append({"command": run["command"], **row})
@@ -118,19 +127,19 @@ def main() -> None:
     speed = probe_epoch_speedup(Path(data), Path(weights), n=500 if a.smoke else 4000)
     data_out = {"source": Path(weights).name, "target": "CIFAR-10 JPEG copy (../shared)", "rows": rows,
                 "probe_epoch_speedup": speed["speedup"], "probe_epoch_timing": speed, "target_speedup": 20,
-                "finetune_beats_scratch_everywhere": all(r["finetune"] > r["scratch"] for r in rows),
+                **({"finetune_beats_scratch_everywhere": all(r["finetune"] > r["scratch"] for r in rows)}
+                   if a.mode == "compare" else {}),
                 "recipe": {"epochs": opts.get("epochs"), "min_steps_per_epoch": opts.get("min_steps_per_epoch"),
                            "lr_head": opts.get("lr"), "lr_backbone": opts.get("backbone_lr"),
                            "scratch_lr": opts.get("lr"), "probe_epochs": opts.get("probe_epochs"),
                            "normalisation": "ImageNet stats (as trained)"},
                 "options": opts, "runs": runs, "smoke": a.smoke, **start}
-    table = ("| labels | scratch | probe | finetune | minutes (s/p/f) |\n|---|---|---|---|---|\n"
-             + "".join(f"| {r['labels']} | {r['scratch']:.4f} | {r['probe']:.4f} | {r['finetune']:.4f} | "
-                       f"{r['scratch_minutes']:.1f}/{r['probe_minutes']:.1f}/{r['finetune_minutes']:.1f} |\n"
-                       for r in rows)
+    table = (f"| labels | {' | '.join(methods)} | minutes |\n|---|{'---|' * len(methods)}---|\n"
+             + "".join(f"| {r['labels']} | " + " | ".join(f"{r[m]:.4f}" for m in methods) + " | "
+                       + "/".join(f"{r[m + '_minutes']:.1f}" for m in methods) + " |\n" for r in rows)
              + f"\nprobe epoch on cached features vs re-running the frozen backbone: {speed['speedup']:.0f}× faster "
                f"(target ≥ 20×)\n")
-    write_results(a.results_name + ("_smoke" if a.smoke else ""), data_out, table)
+    write_results(name + ("_smoke" if a.smoke else ""), data_out, table)
     print(table)
 
 

@@ -20,7 +20,7 @@ SCRIPTS = {
     "selftrain_cifar10": [[], ["--smoke"], ["--", "--labels-per-class", "25", "--min-steps-per-epoch", "10"],
                           ["--", "--recipe", "cifar-gpu"]],
     "distill_cifar10": [[], ["--smoke"], ["--students", "cnn-tiny", "--seeds", "0", "--", "--epochs", "30"]],
-    "transfer_cifar10": [[], ["--smoke"], ["--budgets", "250", "--", "--epochs", "40"]],
+    "transfer_cifar10": [[], ["--smoke"], ["--budgets", "250", "--", "--epochs", "40"], ["--mode", "probe"]],
     "fixmatch_cifar10": [[], ["--smoke"], ["--", "--labels-per-class", "25"]],
     "selftrain_user_pool": [[], ["--smoke"], ["--per-class", "10", "--", "--batch-size", "128"]],
     "active_cifar10": [[], ["--smoke"], ["--seeds", "0", "--", "--epochs", "30"]],

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from fewlabels.engine.config import TrainConfig
-from fewlabels.engine.loop import TrainSet, Watch, fit
+from fewlabels.engine.loop import FeatureSet, TrainSet, Watch, fit
 from fewlabels.engine.optim import Lookahead, build_optimizer, norm_bias_names, set_lr
 from fewlabels.errors import FewLabelsError
 from fewlabels.models import create_model
@@ -370,3 +370,20 @@ def test_predict_logits_batch_size_changes_memory_not_results():
         for bs in (1024, 100):
             assert torch.equal(predict_logits(model, images, *norm, batch_size=bs, dtype=dtype), ref)
     assert model.training  # left in the mode it came in
+
+
+def test_fit_trains_a_linear_head_on_feature_rows():
+    """The linear probe's path: float (N, D) rows, no augmentation or normalisation, evaluated on feature sets."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 8, generator=g)
+    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
+    rows = TrainSet(x[:200], nn.functional.one_hot(y[:200], 3).float(), torch.ones(200, dtype=torch.bool))
+    cfg = TrainConfig(epochs=40, batch_size=50, lr=0.05, optimizer="adamw", warmup_epochs=0, precision="fp32",
+                      augment="none", channels_last=False, min_steps_per_epoch=0, eval_every=20, device="cpu")
+    res = fit(nn.Linear(8, 3), rows, cfg, watch=Watch(evals={"val": FeatureSet(x[200:], y[200:])}, log=lambda *_: None))
+    assert [h["epoch"] for h in res.history if "val_acc" in h] == [20, 40]
+    assert res.history[-1]["val_acc"] > 0.9 and res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    with pytest.raises(ValueError, match="feature rows"):
+        fit(nn.Linear(8, 3), rows, TrainConfig(epochs=1, augment="weak", device="cpu"), watch=QUIET)
+    with pytest.raises(ValueError, match="normalisation"):
+        TrainSet(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, 3), torch.ones(4, dtype=torch.bool))

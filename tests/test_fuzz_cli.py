@@ -29,8 +29,7 @@ from fewlabels.commands import COMMANDS  # noqa: E402
 from fewlabels.config import _base_type  # noqa: E402
 
 EXAMPLES = int(os.environ.get("FEWLABELS_FUZZ_EXAMPLES", "300"))
-TRAINING = [f"fewlabels.methods.{m}.fit" for m in ("supervised", "selftrain", "transfer", "distill", "probes")] + [
-    "fewlabels.methods.transfer.train_probe_head"]
+TRAINING = [f"fewlabels.methods.{m}.fit" for m in ("supervised", "selftrain", "transfer", "distill", "probes")]
 
 
 class ReachedTraining(Exception):

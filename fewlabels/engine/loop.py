@@ -55,7 +55,8 @@ LossFn = Callable[[nn.Module, torch.Tensor, Batch], torch.Tensor]
 @dataclass
 class TrainSet:
     """What a model trains on: uint8 images (N, C, H, W) and their normalisation `norm` (per-channel (mean, std) on
-    [0, 1]); soft target rows (N, K) (all-zero where an image has no target, e.g. unlabelled images under
+    [0, 1]), or float feature rows (N, D) of a frozen backbone (the linear probe: no augmentation, no normalisation,
+    no `norm`); soft target rows (N, K) (all-zero where an image has no target, e.g. unlabelled images under
     distillation); `has_label` (N,); `pseudo` (N,) marking pseudo-labelled images for the labelled:pseudo batch
     ratio; `teacher_logits` (N, K), a teacher's cached outputs for distillation."""
 
@@ -64,7 +65,7 @@ class TrainSet:
     has_label: torch.Tensor
     pseudo: torch.Tensor | None = None
     teacher_logits: torch.Tensor | None = None
-    norm: tuple[tuple[float, ...], tuple[float, ...]] = field(kw_only=True)
+    norm: tuple[tuple[float, ...], tuple[float, ...]] | None = field(default=None, kw_only=True)
 
     def __post_init__(self) -> None:
         n = self.images.shape[0]
@@ -74,6 +75,21 @@ class TrainSet:
             raise ValueError("images, targets and has_label must have the same length")
         if self.teacher_logits is not None and self.teacher_logits.shape != self.targets.shape:
             raise ValueError("teacher_logits must have the targets' shape (N, K)")
+        if self.norm is None and not self.features:
+            raise ValueError("uint8 images need their normalisation: TrainSet(..., norm=(mean, std))")
+
+    @property
+    def features(self) -> bool:
+        """Float feature rows (N, D) rather than uint8 images."""
+        return self.images.is_floating_point()
+
+
+@dataclass
+class FeatureSet:
+    """Cached features (N, D) float and their labels (N,): an evaluation set of the linear probe (Watch.evals)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
 
 
 @dataclass
@@ -199,10 +215,16 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
 
 
-def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple, cfg: TrainConfig,
+def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple | None, cfg: TrainConfig,
               device: torch.device, dtype: torch.dtype | None) -> dict[str, float]:
     out = {}
     for name, s in sets.items():
+        if s.images.is_floating_point():  # feature rows (an object with .images (N, D) and .labels): no TTA
+            with torch.no_grad(), autocast(device, dtype):
+                logits = torch.cat([model(s.images[i:i + cfg.eval_batch_size].to(device)).float()
+                                    for i in range(0, s.images.shape[0], cfg.eval_batch_size)])
+            out[f"{name}_acc"] = accuracy(logits, s.labels)
+            continue
         logits = predict_logits(model, s.images, *norm, batch_size=cfg.eval_batch_size, device=device, dtype=dtype,
                                 tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate,
                                 channels_last=cfg.channels_last)
@@ -252,6 +274,10 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         raise FewLabelsError(f"--class-weights {cfg.class_weights} weights the cross-entropy through its targets, "
                              f"which this method's loss ({name}) does not read as weights: balance the classes with "
                              f"--sampler balanced instead")
+    features = train.features
+    if features and (cfg.augment != "none" or cfg.mixup > 0 or cfg.cutmix > 0 or cfg.whiten_stem or cfg.tta_flip
+                     or cfg.tta_translate > 0):
+        raise ValueError("feature rows train without augmentation, MixUp/CutMix, whitening or TTA")
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
@@ -262,7 +288,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images = train.images.to(device)  # (N, C, H, W) uint8, lives on the device for the whole run
+    images = train.images.to(device)  # (N, C, H, W) uint8 (or (N, D) features), on the device for the whole run
     classes = (row_classes(train.targets, train.has_label).cpu()
                if cfg.class_weights != "none" or cfg.sampler != "uniform" else None)
     targets = train.targets.to(device, torch.float32)
@@ -276,17 +302,15 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     draw_by = classes if cfg.sampler == "balanced" else None
     has_label = train.has_label.to(device)
     teacher_logits = train.teacher_logits.to(device, torch.float32) if train.teacher_logits is not None else None
-    mean, std = stats_tensors(*norm, device)
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    _, _, h, w = images.shape
-    augment = build_augment(cfg.augment, image_size=h, ra_num_ops=cfg.ra_num_ops, ra_magnitude=cfg.ra_magnitude,
-                            hflip=cfg.hflip is not False, padding=cfg.padding, cutout=cfg.cutout,
-                            alternating_flip=cfg.alternating_flip)
+    augment = None if features else build_augment(
+        cfg.augment, image_size=images.shape[2], ra_num_ops=cfg.ra_num_ops, ra_magnitude=cfg.ra_magnitude,
+        hflip=cfg.hflip is not False, padding=cfg.padding, cutout=cfg.cutout, alternating_flip=cfg.alternating_flip)
     mixer = (Mixer(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob, per_image=cfg.mix_per_image)
              if cfg.mixup > 0 or cfg.cutmix > 0 else None)
 
     if cfg.whiten_stem:
-        _init_from_data(model, images, mean, std, cfg, log)
+        _init_from_data(model, images, *stats_tensors(*norm, device), cfg, log)
     opt = build_optimizer(model, cfg, lr_scale)
     g0 = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = len(_batches(train, cfg.batch_size, cfg.unlabelled_ratio, g0, cfg.min_steps_per_epoch,
@@ -349,8 +373,9 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             idx_cpu, idx = idx, to_device(idx, device)  # the alternating flip hashes CPU indices: no round trip
             # augmented and normalised in one pass over the batch (fused on CPU), straight into the step's layout
             xb = images[idx]
-            x = augment.normalized(xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
-                                   out=torch.empty(xb.shape, device=device, memory_format=memory_format))
+            x = xb if augment is None else augment.normalized(
+                xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
+                out=torch.empty(xb.shape, device=device, memory_format=memory_format))
             y, tl = targets[idx], teacher_logits[idx] if teacher_logits is not None else None
             if mixer is not None:
                 x, y, lam = mixer.mix(x, y, generator=g)

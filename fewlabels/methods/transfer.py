@@ -23,9 +23,10 @@ from ..config import Options, group, opt
 from ..data.imageset import ImageSet
 from ..engine.checkpoint import read_meta, save_checkpoint
 from ..engine.config import TRAINING
-from ..engine.loop import Watch, fit
+from ..engine.loop import FeatureSet, TrainSet, Watch, fit
 from ..errors import FewLabelsError
-from ..eval import accuracy, normalize, stats_tensors
+from ..eval import normalize, stats_tensors
+from ..targets import one_hot
 from ..utils import atomic_write_text, autocast, pick_device, pick_dtype, seed_everything, write_json
 from .common import (
     Budget,
@@ -119,40 +120,6 @@ def extract_features(model: nn.Module, images: torch.Tensor, mean, std, *, devic
     return torch.cat(out)
 
 
-def train_probe_head(head: nn.Linear, feats: torch.Tensor, labels: torch.Tensor, *, epochs: int, lr: float,
-                     weight_decay: float, batch_size: int, label_smoothing: float = 0.0,
-                     evals: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None, seed: int = 0
-                     ) -> list[dict[str, Any]]:
-    """Train a linear head on cached features (N, D) with AdamW + cosine; returns per-epoch metrics."""
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    bs = min(batch_size, feats.shape[0])
-    steps = -(-feats.shape[0] // bs)  # features are cheap: keep the last partial batch
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps)
-    dev = head.weight.device
-    feats, labels = feats.to(dev), labels.to(dev)
-    history = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(feats.shape[0], generator=g).to(dev)
-        total = 0.0
-        for i in range(steps):
-            idx = perm[i * bs:(i + 1) * bs]
-            loss = nn.functional.cross_entropy(head(feats[idx]), labels[idx], label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item()
-        row = {"epoch": epoch + 1, "train_loss": total / steps, "epoch_seconds": time.perf_counter() - t0}
-        if evals and (epoch + 1 == epochs or (epoch + 1) % 10 == 0):
-            with torch.no_grad():
-                for name, (f, y) in evals.items():
-                    row[f"{name}_acc"] = accuracy(head(f.to(dev)), y.to(dev))
-        history.append(row)
-    return history
-
-
 def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir: Path, log) -> dict[str, Any]:
     """Linear probe: frozen backbone, features cached once, a new linear head trained on them."""
     from ..augment import build_augment
@@ -170,7 +137,7 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
             feats.append(extract_features(model, lab.images, ds.mean, ds.std, device=device, augment=aug,
                                           generator=g))
             labels.append(lab.labels)
-    evals = {n: (extract_features(model, s.images, ds.mean, ds.std, device=device), s.labels)
+    evals = {n: FeatureSet(extract_features(model, s.images, ds.mean, ds.std, device=device), s.labels)
              for n, s in eval_sets(ds, split).items()}
     feature_seconds = time.perf_counter() - t0
     head = model.get_classifier()
@@ -182,10 +149,18 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
     nn.init.zeros_(head.weight)
     if head.bias is not None:
         nn.init.zeros_(head.bias)
+    # the head trains through fit() on the cached rows: AdamW, cosine without warm-up, fp32, no augmentation
+    hcfg = train_config(cfg, ds, epochs=cfg.probe_epochs, lr=cfg.probe_lr, weight_decay=cfg.probe_weight_decay,
+                        optimizer="adamw", momentum=0.9, schedule="cosine", warmup_epochs=0.0, ema=0.0,
+                        lookahead=0.0, norm_bias_lr=1.0, min_steps_per_epoch=0, eval_every=10, precision="fp32",
+                        channels_last=False, augment="none", mixup=0.0, cutmix=0.0, whiten_stem=False,
+                        tta_flip=False, tta_translate=0)
+    rows = torch.cat(feats)
     t1 = time.perf_counter()
-    hist = train_probe_head(head, torch.cat(feats), torch.cat(labels), epochs=cfg.probe_epochs, lr=cfg.probe_lr,
-                            weight_decay=cfg.probe_weight_decay, batch_size=cfg.batch_size,
-                            label_smoothing=cfg.label_smoothing, evals=evals, seed=cfg.seed)
+    res = fit(head, TrainSet(rows, one_hot(torch.cat(labels), head.out_features, cfg.label_smoothing),
+                             torch.ones(rows.shape[0], dtype=torch.bool)),
+              hcfg, watch=Watch(evals=evals, log=lambda *_: None, select=""))
+    hist = res.history
     head_seconds = time.perf_counter() - t1
     m = {**meta, "epoch": cfg.probe_epochs, "metrics": {k: v for k, v in hist[-1].items() if k.endswith("_acc")},
          "transfer": "probe"}
