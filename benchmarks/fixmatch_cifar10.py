@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, flag_value, has_flag, run_fewlabels, split_passthrough, started, write_results
 
 from fewlabels.augment import build_augment
+from fewlabels.data.prepare import DataConfig, prepare_data
 from fewlabels.engine.checkpoint import load_model
 from fewlabels.engine.config import TrainConfig
 from fewlabels.engine.optim import build_optimizer, lr_factor, set_lr
 from fewlabels.eval import accuracy, predict_logits
-from fewlabels.methods.common import DataConfig, prepare_data
 from fewlabels.utils import autocast, pick_device, pick_dtype, tune_cpu_allocator
 
 # the round-0 teacher of `selftrain --recipe cifar-cpu` (cnn-s-p2, 60 epochs, flip + translate TTA), alone

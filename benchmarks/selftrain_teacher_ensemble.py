@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import write_results
 
 from fewlabels.config import resolve
+from fewlabels.data.prepare import prepare_data
 from fewlabels.engine.checkpoint import load_model
 from fewlabels.errors import FewLabelsError
-from fewlabels.methods.common import prepare_data
 from fewlabels.methods.pseudolabel import labels_from_logits, pool_logits, quality
 from fewlabels.methods.selftrain import SelfTrainCommand
 

@@ -14,7 +14,7 @@ LAYERS = [
     {"engine"},
     {"eval"},
     {"data", "augment", "models", "probes"},
-    {"config", "losses", "targets", "report", "utils"},
+    {"config", "losses", "runs", "targets", "report", "utils"},
     {"errors"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

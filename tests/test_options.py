@@ -13,7 +13,7 @@ from fewlabels.cli import build_parser, main
 from fewlabels.commands import COMMANDS
 from fewlabels.config import GROUPS, Options, declarations, resolve
 from fewlabels.errors import FewLabelsError
-from fewlabels.methods.common import resume
+from fewlabels.runs import resume
 
 CONFIGS = {c.name: c.cls for c in COMMANDS}  # imports every command module, so every group is declared
 

@@ -47,14 +47,14 @@ def test_a_second_process_on_the_same_run_folder_is_refused_and_kill_9_releases_
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=60)
     # kill -9 releases the lock: the folder can be locked (and the run resumed) again
-    again = subprocess.run([sys.executable, "-c", "import sys; from fewlabels.methods.common import run_folder; "
+    again = subprocess.run([sys.executable, "-c", "import sys; from fewlabels.runs import run_folder; "
                             "run_folder(sys.argv[1], 'train'); print('locked')", str(out)],
                            capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.strip() == "locked", again.stderr
 
 
 def test_one_process_may_run_two_commands_on_one_folder(tmp_path):
-    from fewlabels.methods.common import lock_run
+    from fewlabels.runs import lock_run
 
     lock_run(tmp_path)
     lock_run(tmp_path)  # a second command from the same Python session: its own lock, no error

@@ -23,34 +23,17 @@ import torch
 from torch import nn
 
 from ..config import Options, group, opt
+from ..data.prepare import Budget, Pool, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING
 from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
 from ..losses import kd_loss, soft_cross_entropy
+from ..runs import run_folder, save_config, source_split
 from ..targets import Batch, one_hot
 from ..utils import autocast, pick_device, pick_dtype, synchronize, to_device, write_json
-from .common import (
-    Budget,
-    Model,
-    Pool,
-    Run,
-    Source,
-    Teacher,
-    Temperature,
-    build_model,
-    check_classes,
-    eval_sets,
-    overlap_note,
-    prepare_data,
-    run_folder,
-    save_config,
-    scored,
-    source_split,
-    train_config,
-    with_report,
-)
+from .common import Model, Run, Teacher, Temperature, build_model, check_classes, scored, train_config, with_report
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,

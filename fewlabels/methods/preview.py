@@ -8,8 +8,10 @@ import torch
 
 from ..config import Options, group, opt
 from ..data import load_dataset
+from ..data.prepare import Source
 from ..engine.config import Augment, Seed
-from .common import NO_FLIP_SOURCES, Run, Source, output_file
+from ..runs import output_file
+from .common import NO_FLIP_SOURCES, Run
 
 
 @group

@@ -14,6 +14,7 @@ import yaml
 
 from ..config import Options, group, opt
 from ..data import load_dataset
+from ..data.prepare import Budget, Source, prepare_data, val_set
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING, Device, Seed, TrainConfig
 from ..engine.loop import TrainSet, Watch, fit
@@ -21,9 +22,10 @@ from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, predict_logits
 from ..probes.equivariance import equivariance_markdown, equivariance_probe, plot_equivariance
 from ..probes.fc_vs_cnn import CONDITIONS, conditions, fc_vs_cnn_markdown, matched_pair, plot_fc_vs_cnn
+from ..runs import run_folder, run_of, save_config
 from ..targets import one_hot
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import Budget, Run, Source, check_classes, prepare_data, run_folder, run_of, save_config, val_set
+from .common import Run, check_classes
 from .supervised import Trained
 
 # ---------------------------------------------------------------------------------------------------- equivariance

@@ -20,26 +20,14 @@ from safetensors.torch import load_file, save_file
 from .. import targets as T
 from ..config import Options, group, opt
 from ..data.imageset import ImageSet
+from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, overlap_note, prepare_data
 from ..engine.checkpoint import load_model
 from ..engine.config import Device
 from ..errors import FewLabelsError
 from ..eval import EVAL_BATCH_SIZE, predict_logits
+from ..runs import run_folder, save_config, source_split
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import (
-    EMPTY_POOL,
-    Budget,
-    Pool,
-    Run,
-    Source,
-    Teacher,
-    Temperature,
-    check_classes,
-    overlap_note,
-    prepare_data,
-    run_folder,
-    save_config,
-    source_split,
-)
+from .common import Run, Teacher, Temperature, check_classes
 
 
 @dataclass
@@ -226,11 +214,11 @@ class PseudoLabel:
 
 def check_label_options(cfg: Any) -> None:
     """Refuse pseudo-label options that another option switches off (they would be ignored)."""
-    from .common import flags, options_given
+    from .common import flags
 
     for name, needs, on in (("per_class", "balance", cfg.balance), ("temperature", "soft", cfg.soft),
                             ("balance_to", "balance", cfg.balance)):
-        if not on and options_given(cfg, [name]):
+        if not on and cfg.set_by_user([name]):
             raise FewLabelsError(f"{flags([name])} only applies with {flags([needs])}: add it, or drop {flags([name])}")
 
 

@@ -20,32 +20,23 @@ import torch
 
 from .. import targets as T
 from ..config import Options, group, opt
+from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
 from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
+from ..runs import run_folder, save_config, source_split
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
-    EMPTY_POOL,
-    Budget,
     Model,
-    Pool,
     Run,
-    Source,
     Teacher,
     Temperature,
     build_model,
     check_classes,
-    eval_sets,
     flags,
     labelled_trainset,
-    options_given,
-    overlap_note,
-    prepare_data,
-    run_folder,
-    save_config,
-    source_split,
     train_config,
     with_report,
 )
@@ -105,15 +96,15 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     which round was handed over as RUN/checkpoints/best (`final_round`, also RUN/final.json)."""
     cfg = SelfTrainCommand.build(cfg, kwargs)
     check_label_options(cfg)
-    if cfg.teacher and options_given(cfg, ["teacher_pretrained", "teacher_epochs", "teacher_model"]):
+    if cfg.teacher and cfg.set_by_user(["teacher_pretrained", "teacher_epochs", "teacher_model"]):
         raise FewLabelsError(f"--teacher {cfg.teacher} is round 0 as it is, so "
-                             f"{flags(options_given(cfg, ['teacher_pretrained', 'teacher_epochs', 'teacher_model']))}"
+                             f"{flags(cfg.set_by_user(['teacher_pretrained', 'teacher_epochs', 'teacher_model']))}"
                              " would not be used: drop them, or drop --teacher to train a teacher")
     if cfg.teacher:
         find_checkpoint(cfg.teacher)  # a clear error before any work
     log = (lambda *_: None) if cfg.quiet else print
-    teacher_model = _model_of(cfg.teacher_pretrained, cfg.teacher_model, "teacher_model" in options_given(
-        cfg, ["teacher_model"]))
+    teacher_model = _model_of(cfg.teacher_pretrained, cfg.teacher_model, "teacher_model" in cfg.set_by_user(
+        ["teacher_model"]))
     run_dir = run_folder(cfg.out, "selftrain")
     cfg = save_config(run_dir, cfg, "selftrain")
     start = cfg.teacher or cfg.teacher_pretrained
@@ -157,7 +148,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         rows.append(run_round(0, teacher_model, labelled, tcfg, 0.0, 0.0, {"pseudo_labels": 0},
                               cfg.teacher_pretrained))
     models = cfg.student_models or [rows[0]["model"]]
-    student_given = "student_models" in options_given(cfg, ["student_models"])
+    student_given = "student_models" in cfg.set_by_user(["student_models"])
     for r in range(1, cfg.rounds + 1):
         rdir = run_dir / f"round{r}"
         name = _model_of(cfg.student_pretrained, models[min(r - 1, len(models) - 1)], student_given)

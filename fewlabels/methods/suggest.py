@@ -37,12 +37,14 @@ import yaml
 
 from ..config import Options, group, opt
 from ..data.pool import list_pool, load_pool
+from ..data.prepare import DataConfig, Pool, Source, prepare_data
 from ..engine.checkpoint import load_model
 from ..engine.config import Compute, Device, Seed
 from ..errors import FewLabelsError
 from ..eval import predict_logits
+from ..runs import output_file, run_of
 from ..utils import atomic_write_text, pick_device, pick_dtype
-from .common import DataConfig, Pool, Run, Source, check_classes, options_given, output_file, prepare_data, run_of
+from .common import Run, check_classes
 from .supervised import Trained
 
 STRATEGIES = ("margin", "entropy", "random", "kcenter")
@@ -87,7 +89,7 @@ def suggest(cfg: SuggestCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         raise FewLabelsError("suggest needs the unlabelled images: pass --unlabelled FOLDER (or a CSV/TSV list)")
     if cfg.budget is None:
         raise FewLabelsError("suggest needs --budget N: how many images you will label next")
-    if cfg.strategy != "random" and options_given(cfg, ["seed"]):
+    if cfg.strategy != "random" and cfg.set_by_user(["seed"]):
         raise FewLabelsError(f"--seed only seeds --strategy random; --strategy {cfg.strategy} is deterministic: "
                              "drop --seed")
     run = Path(cfg.model_path).expanduser()

@@ -15,29 +15,15 @@ import torch
 from ..config import Options, group, opt
 from ..data import Split, load_dataset
 from ..data.folder import decode_files
+from ..data.prepare import Budget, Source, eval_sets, prepare_data
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING, TTA, Device
 from ..engine.loop import Watch, fit
 from ..errors import FewLabelsError
 from ..eval import classification_report, predict_logits
+from ..runs import output_file, run_folder, save_config
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import (
-    Budget,
-    Model,
-    Run,
-    Source,
-    build_model,
-    check_classes,
-    eval_sets,
-    labelled_trainset,
-    output_file,
-    prepare_data,
-    run_folder,
-    save_config,
-    scored,
-    train_config,
-    with_report,
-)
+from .common import Model, Run, build_model, check_classes, labelled_trainset, scored, train_config, with_report
 
 
 class TrainCommand(Options):

@@ -21,32 +21,16 @@ from torch import nn
 
 from ..config import Options, group, opt
 from ..data.imageset import ImageSet
+from ..data.prepare import Budget, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import read_meta, save_checkpoint
 from ..engine.config import TRAINING
 from ..engine.loop import FeatureSet, TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import normalize, stats_tensors
+from ..runs import run_folder, save_config, source_split
 from ..targets import one_hot
 from ..utils import atomic_write_text, autocast, pick_device, pick_dtype, seed_everything, write_json
-from .common import (
-    Budget,
-    Model,
-    Run,
-    Source,
-    build_model,
-    eval_sets,
-    flags,
-    labelled_trainset,
-    options_given,
-    overlap_note,
-    prepare_data,
-    run_folder,
-    save_config,
-    scored,
-    source_split,
-    train_config,
-    with_report,
-)
+from .common import Model, Run, build_model, flags, labelled_trainset, scored, train_config, with_report
 
 
 @group
@@ -197,7 +181,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         raise FewLabelsError("transfer needs --pretrained: a weights file (.pth/.pt/.th/.safetensors), a fewlabels run "
                              "folder, or 'true' for a model's own pretrained weights (e.g. --model timm:resnet18)")
     if cfg.mode == "probe":
-        unused = options_given(cfg, ["epochs", "lr", "backbone_lr", "layer_decay", "freeze_epochs"])
+        unused = cfg.set_by_user(["epochs", "lr", "backbone_lr", "layer_decay", "freeze_epochs"])
         if unused:
             raise FewLabelsError(f"--mode probe trains a linear head on cached features and does not use "
                                  f"{flags(unused)}: its options are --probe-epochs, --probe-lr and "
