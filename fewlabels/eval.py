@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -90,6 +91,54 @@ def confusion_matrix(pred: torch.Tensor, labels: torch.Tensor, num_classes: int)
     return torch.bincount(labels * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
 
 
+ECE_BINS = 15  # Guo et al. (2017) and most papers since: 15 equal-width confidence bins
+
+
+def calibration(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> dict:
+    """How far the confidence (top softmax probability) is from the accuracy: the expected calibration error
+    ECE = Σ_b n_b/N · |accuracy_b − confidence_b| over `bins` equal-width confidence bins (lo, hi] (Guo et al.,
+    2017), the negative log-likelihood (mean cross-entropy in nats) and, for a reliability diagram, each bin's
+    count, accuracy and mean confidence (None where a bin is empty). NaN without images."""
+    if labels.numel() == 0:
+        return {"ece": float("nan"), "nll": float("nan"), "bins": bins, "reliability": []}
+    logits = logits.float()
+    conf, pred = logits.softmax(1).max(1)
+    correct = (pred == labels).double()
+    idx = torch.bucketize(conf.double(), torch.linspace(0, 1, bins + 1, dtype=torch.float64)[1:-1])
+    count = torch.bincount(idx, minlength=bins).double()
+    hits = torch.bincount(idx, weights=correct, minlength=bins)
+    confs = torch.bincount(idx, weights=conf.double(), minlength=bins)
+    rows = [{"lo": i / bins, "hi": (i + 1) / bins, "count": int(count[i]),
+             "accuracy": float(hits[i] / count[i]) if count[i] else None,
+             "confidence": float(confs[i] / count[i]) if count[i] else None} for i in range(bins)]
+    return {"ece": float((hits - confs).abs().sum() / labels.numel()),
+            "nll": float(F.cross_entropy(logits, labels)), "bins": bins, "reliability": rows}
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Temperature scaling (Guo et al., 2017): the T > 0 that minimises the NLL of softmax(logits / T) on held-out
+    labelled images, found by L-BFGS on log T (as their reference code). Dividing by T leaves every prediction as it
+    is and only changes how sure the model says it is."""
+    if labels.numel() == 0:
+        raise FewLabelsError("temperature scaling needs labelled validation images, and there are none")
+    logits = logits.detach().float().clone()  # a normal tensor: predict_logits returns inference-mode ones
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    t = float(log_t.detach().exp())
+    if not math.isfinite(t):  # pragma: no cover - L-BFGS on a convex 1-D problem; kept as a guard
+        raise FewLabelsError("temperature scaling did not converge on these validation images")
+    return t
+
+
 def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict:
     """Accuracy, per-class accuracy, the confusion matrix and, for imbalanced classes, per-class precision, recall,
     F1 and support with their macro-F1 and balanced accuracy, all from the confusion matrix (float64 counts: exact).
@@ -99,7 +148,7 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
     predictions (scikit-learn's f1_score(average="macro") without `labels=`: a class absent from both says nothing
     about the model). `balanced_accuracy` is the mean recall over the classes that have images
     (balanced_accuracy_score): on a 9:1 set, always predicting the large class scores accuracy 0.9 but 0.5 here.
-    Both are NaN without images (JSON null).
+    Both are NaN without images (JSON null). `ece`, `nll` and `reliability`: see calibration().
     """
     pred = logits.argmax(1)
     cm = confusion_matrix(pred, labels, len(classes))
@@ -116,16 +165,18 @@ def classification_report(logits: torch.Tensor, labels: torch.Tensor, classes: l
             "per_class_accuracy": dict(zip(classes, per_class)), "confusion_matrix": cm.tolist(), "classes": classes,
             "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                                  "support": int(support[i])} for i, name in enumerate(classes)},
-            "macro_f1": macro_f1, "balanced_accuracy": balanced}
+            "macro_f1": macro_f1, "balanced_accuracy": balanced, **calibration(logits, labels)}
 
 
 def final_report(model: nn.Module, sets: dict[str, ImageSet], norm: tuple[Sequence[float], Sequence[float]], *,
                  device: torch.device | None = None, batch_size: int = EVAL_BATCH_SIZE, precision: str = "auto",
-                 tta_flip: bool = False, tta_translate: int = 0, channels_last: bool = True) -> dict | None:
+                 tta_flip: bool = False, tta_translate: int = 0, channels_last: bool = True,
+                 temperature: float = 1.0) -> dict | None:
     """The classification report of a run's final model on its test images, else its validation images: {"on":
     "test" | "val", **classification_report(...)}, plain JSON types; None when `sets` (name → ImageSet, as fit's
     evals) has neither. Evaluate as the run evaluated (its precision, TTA and memory format) and the report's
-    accuracy is the run's own test_acc / val_acc of that model to the image.
+    accuracy is the run's own test_acc / val_acc of that model to the image. `temperature`: the model's calibration
+    (logits / T; the accuracy is the same, the ECE and NLL are those of the calibrated probabilities).
     """
     name = "test" if "test" in sets else "val" if "val" in sets else None
     if name is None:
@@ -135,4 +186,5 @@ def final_report(model: nn.Module, sets: dict[str, ImageSet], norm: tuple[Sequen
     logits = predict_logits(model, s.images, *norm, batch_size=batch_size, device=device,
                             dtype=pick_dtype(precision, device), tta_flip=tta_flip, tta_translate=tta_translate,
                             channels_last=channels_last)
-    return {"on": name, **classification_report(logits, s.labels, list(s.classes))}
+    return {"on": name, "temperature": temperature,
+            **classification_report(logits / temperature, s.labels, list(s.classes))}

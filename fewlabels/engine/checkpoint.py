@@ -2,7 +2,8 @@
 
 Layout of one checkpoint folder (`RUN/checkpoints/last/`, `RUN/checkpoints/best/`):
     model.safetensors   the weights a user gets (the EMA weights when EMA is on)
-    model.json          model name and settings, class names, normalisation, image size, metrics
+    model.json          model name and settings, class names, normalisation, image size, metrics, and the
+                        calibration `temperature` once fitted (fewlabels calibrate / --calibrate)
     train_state.pt      (last/ only) optimizer, raw weights, RNG states, epoch: what `resume` needs. Plain tensors and
                         numbers, loaded with weights_only=True.
 
@@ -138,6 +139,14 @@ def read_meta(path: str | Path) -> dict[str, Any]:
         return json.loads((folder / "model.json").read_text())
     except (OSError, ValueError) as e:
         raise FewLabelsError(f"checkpoint metadata {folder / 'model.json'} is unreadable ({e})") from None
+
+
+def update_meta(path: str | Path, **changes: Any) -> Path:
+    """Change a checkpoint's model.json (atomically; the weights stay as they are), e.g. its calibration
+    temperature; returns the checkpoint folder."""
+    folder = find_checkpoint(path)
+    write_json(folder / "model.json", {**read_meta(folder), **changes})
+    return folder
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", prefer: str = "best"

@@ -3,6 +3,7 @@ checking a model against the data, and the final report."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,8 +13,9 @@ from ..data import Dataset, ImageSet, Split
 from ..engine.config import Augment, TrainConfig
 from ..engine.loop import TrainSet
 from ..errors import FewLabelsError
+from ..eval import ECE_BINS
 from ..targets import one_hot
-from ..utils import seed_everything
+from ..utils import pick_dtype, seed_everything
 
 
 @group
@@ -152,17 +154,62 @@ def _names(names: list[str], limit: int = 8) -> str:
     return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+@group
+class Calibration:
+    """Whether a training command calibrates its final model."""
+
+    calibrate: bool = opt(False, "after training, fit temperature scaling on the validation images and store the "
+                          "temperature with the model: predict, pseudolabel and selftrain's next round then use "
+                          "calibrated probabilities (as `fewlabels calibrate RUN` does afterwards)")
+
+
+def calibrate_checkpoint(folder: Path, model: torch.nn.Module, evals: dict[str, ImageSet], norm: tuple,
+                         tc: Options, log=print) -> dict[str, Any]:
+    """Fit temperature scaling to the model's logits on the validation images (evals["val"]) and store the
+    temperature in the checkpoint's model.json; returns {"temperature", "val": {ece/nll before and after}, and the
+    same on "test" when there are test images (held out from the fit: the honest figure)}."""
+    from ..engine.checkpoint import update_meta
+    from ..eval import calibration, fit_temperature, predict_logits
+
+    if "val" not in evals:
+        raise FewLabelsError("calibration fits a temperature on validation images and this run has none (--val 0): "
+                             "train with --val (e.g. 0.1), or pass --val DIR")
+    logits = {name: predict_logits(model, s.images, *norm, batch_size=tc.eval_batch_size,
+                                   dtype=pick_dtype(tc.precision, next(model.parameters()).device),
+                                   tta_flip=tc.tta_flip, tta_translate=tc.tta_translate)
+              for name, s in evals.items() if name in ("val", "test")}
+    t = fit_temperature(logits["val"], evals["val"].labels)
+    out: dict[str, Any] = {"temperature": t, "bins": ECE_BINS}
+    for name, z in logits.items():
+        before, after = calibration(z, evals[name].labels), calibration(z / t, evals[name].labels)
+        out[name] = {"n": len(evals[name]), "ece_before": before["ece"], "ece_after": after["ece"],
+                     "nll_before": before["nll"], "nll_after": after["nll"]}
+    update_meta(folder, temperature=t, calibration=out)
+    held = out.get("test", out["val"])
+    log(f"calibrated: temperature {t:.3f}; ECE {held['ece_before']:.4f} → {held['ece_after']:.4f}, NLL "
+        f"{held['nll_before']:.4f} → {held['nll_after']:.4f} on the {'test' if 'test' in out else 'validation'} "
+        f"images")
+    return out
+
+
 def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, ImageSet], norm: tuple,
-                tc: TrainConfig) -> dict[str, Any]:
+                tc: TrainConfig, calibrate: Path | None = None, log=print, temperature: float = 1.0) -> dict[str, Any]:
     """`out` with the per-class report of a run's final model on its test images, else its validation images, as
     `report` ({"on", **eval.classification_report}), and its macro_f1 and balanced_accuracy at the top; evaluated
-    as fit() evaluated (the run's precision, TTA and memory format)."""
+    as fit() evaluated (the run's precision, TTA and memory format). calibrate: the checkpoint folder of that model,
+    to calibrate it first (calibrate_checkpoint; `out["calibration"]`, and the report's ECE and NLL are then those of
+    the calibrated probabilities); temperature: the model's own, when it was calibrated before."""
     from ..eval import final_report
 
+    if calibrate is not None:
+        out["calibration"] = calibrate_checkpoint(calibrate, model, evals, norm, tc, log)
+        temperature = out["calibration"]["temperature"]
     report = final_report(model, evals, norm, batch_size=tc.eval_batch_size, precision=tc.precision,
-                          tta_flip=tc.tta_flip, tta_translate=tc.tta_translate, channels_last=tc.channels_last)
+                          tta_flip=tc.tta_flip, tta_translate=tc.tta_translate, channels_last=tc.channels_last,
+                          temperature=temperature)
     if report is not None:
-        out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], report=report)
+        out.update(macro_f1=report["macro_f1"], balanced_accuracy=report["balanced_accuracy"], ece=report["ece"],
+                   nll=report["nll"], report=report)
     return out
 
 

@@ -33,7 +33,18 @@ from ..losses import kd_loss, soft_cross_entropy
 from ..runs import run_folder, save_config, source_split
 from ..targets import Batch, one_hot
 from ..utils import autocast, pick_device, pick_dtype, synchronize, to_device, write_json
-from .common import Model, Run, Teacher, Temperature, build_model, check_classes, scored, train_config, with_report
+from .common import (
+    Calibration,
+    Model,
+    Run,
+    Teacher,
+    Temperature,
+    build_model,
+    check_classes,
+    scored,
+    train_config,
+    with_report,
+)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, target: torch.Tensor,
@@ -89,7 +100,7 @@ class Distill:
 class DistillCommand(Options):
     """Train a student on a frozen teacher's temperature-softened outputs plus the true labels."""
 
-    groups = (Run, Teacher, Distill, Temperature, Source, Budget, Pool, Model, *TRAINING)
+    groups = (Run, Teacher, Distill, Temperature, Source, Budget, Pool, Model, *TRAINING, Calibration)
     hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
     defaults = {"temperature": 4.0}
 
@@ -135,7 +146,8 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
               train_config(cfg, ds), loss, Watch(eval_sets(ds, split), run_dir, {**meta, "teacher": cfg.teacher}, log))
     out = {"run_dir": str(run_dir), "train_minutes": (time.perf_counter() - t0) / 60,
            **res.final, **overlap_note(ds)}
-    with_report(out, res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), train_config(cfg, ds))
+    with_report(out, res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), train_config(cfg, ds),
+                run_dir / "checkpoints" / "best" if cfg.calibrate else None, log)
     if ds.test is not None:
         out["compression"] = compression_report({"teacher": (teacher, tmeta), "student": (res.model, meta)},
                                                 ds.test, device)

@@ -183,9 +183,10 @@ def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool 
 def teach(teacher: torch.nn.Module, meta: dict, pool: ImageSet, cfg: Any, device: torch.device,
           prior: torch.Tensor) -> PseudoLabels:
     """The teacher labels the clean pool with a command's PseudoLabel and Temperature options (`prior`: the labelled
-    images' class frequencies, used with --balance-to labelled)."""
+    images' class frequencies, used with --balance-to labelled). A calibrated teacher's logits are divided by its
+    temperature first (model.json), so that --threshold reads calibrated confidences."""
     logits = pool_logits(teacher, meta, pool, tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                         device=device)
+                         device=device) / float(meta.get("temperature", 1.0))
     return labels_from_logits(logits, hard=not cfg.soft, temperature=cfg.temperature, threshold=cfg.threshold,
                               balance=cfg.balance, per_class=cfg.per_class,
                               prior=prior if cfg.balance_to == "labelled" else None)

@@ -29,11 +29,13 @@ from ..eval import accuracy, predict_logits
 from ..runs import run_folder, save_config, source_split
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
+    Calibration,
     Model,
     Run,
     Teacher,
     Temperature,
     build_model,
+    calibrate_checkpoint,
     check_classes,
     flags,
     labelled_trainset,
@@ -72,7 +74,7 @@ class Rounds:
 class SelfTrainCommand(Options):
     """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
 
-    groups = (Run, Teacher, Rounds, LayerRates, PseudoLabel, Temperature, Source, Budget, Pool, *TRAINING)
+    groups = (Run, Teacher, Rounds, LayerRates, PseudoLabel, Temperature, Source, Budget, Pool, *TRAINING, Calibration)
     hide = ("overwrite", "epochs", "augment")  # set per round: --teacher-epochs/--student-epochs and their augments
 
 
@@ -134,6 +136,9 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         res = fit(model, train, tcfg, watch=Watch(evals, rdir, meta, log), lr_scale=scales,
                   on_epoch_start=lambda *_: clock.save())
         last = res.final  # the checkpoint the next round loads
+        if cfg.calibrate:  # the next round's teacher labels the pool with calibrated probabilities
+            extra = {**extra, "temperature": calibrate_checkpoint(rdir / "checkpoints" / "best", res.best_model(),
+                                                                  evals, (ds.mean, ds.std), tcfg, log)["temperature"]}
         row = {"round": r, "model": model_name, "val_acc": last.get("val_acc"), "test_acc": last.get("test_acc"),
                "train_images": int(train.images.shape[0]), "minutes": round(clock.save() / 60, 3),
                **extra, **({"pretrained": pretrained} if pretrained else {})}
@@ -182,7 +187,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     chosen = _finish(run_dir, final_dir, rows, log, len(evals["val"]) if "val" in evals else 0)
     final, fmeta = load_model(run_dir / "checkpoints" / "best", device)
     summary = with_report({**json.loads((run_dir / "final.json").read_text()), **overlap_note(ds)}, final, evals,
-                          (fmeta["mean"], fmeta["std"]), base)
+                          (fmeta["mean"], fmeta["std"]), base, temperature=fmeta.get("temperature", 1.0))
     write_json(run_dir / "final.json", summary)  # the final model's per-class report too
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
             "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc"),
@@ -251,8 +256,10 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
     fcfg = base.replace(epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0)
     res = fit(model, labelled, fcfg, watch=Watch(evals, rdir, meta, log))
     last = res.final
+    cal = ({"temperature": calibrate_checkpoint(rdir / "checkpoints" / "best", res.best_model(), evals,
+                                                (ds.mean, ds.std), fcfg, log)["temperature"]} if cfg.calibrate else {})
     return {"round": "finetune", "model": meta["model"], "val_acc": last.get("val_acc"),
-            "test_acc": last.get("test_acc"), "minutes": round((time.perf_counter() - t0) / 60, 3)}
+            "test_acc": last.get("test_acc"), "minutes": round((time.perf_counter() - t0) / 60, 3), **cal}
 
 
 class _Clock:

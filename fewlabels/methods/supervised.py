@@ -23,13 +23,23 @@ from ..errors import FewLabelsError
 from ..eval import classification_report, predict_logits
 from ..runs import output_file, run_folder, save_config
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import Model, Run, build_model, check_classes, labelled_trainset, scored, train_config, with_report
+from .common import (
+    Calibration,
+    Model,
+    Run,
+    build_model,
+    check_classes,
+    labelled_trainset,
+    scored,
+    train_config,
+    with_report,
+)
 
 
 class TrainCommand(Options):
     """Train a classifier on the labelled images of a dataset."""
 
-    groups = (Run, Source, Budget, Model, *TRAINING)
+    groups = (Run, Source, Budget, Model, *TRAINING, Calibration)
     hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
 
 
@@ -60,7 +70,8 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
            "last_epoch": result.history[-1] if result.history else {}}
     if "test_acc" in out:
         out["test_accuracy"] = out["test_acc"]
-    with_report(out, result.best_model(), evals, (ds.mean, ds.std), tc)  # checkpoints/best's, not the last epoch's
+    with_report(out, result.best_model(), evals, (ds.mean, ds.std), tc,  # checkpoints/best's, not the last epoch's
+                run_dir / "checkpoints" / "best" if cfg.calibrate else None, log)
     write_json(run_dir / "results.json", out)
     log(f"done: {run_dir}  {scored(out)}")
     return out
@@ -107,8 +118,9 @@ def evaluate(cfg: EvaluateCommand | None = None, **kwargs: Any) -> dict[str, Any
     logits = predict_logits(model, s.images, meta["mean"], meta["std"], device=device,
                             dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
                             tta_translate=cfg.tta_translate)
-    report = classification_report(logits, s.labels, ds.train.classes)
-    report.update({"model": cfg.model_path, "data": cfg.data, "on": cfg.on})
+    temperature = float(meta.get("temperature", 1.0))  # calibrated: the ECE and NLL of the calibrated probabilities
+    report = classification_report(logits / temperature, s.labels, ds.train.classes)
+    report.update({"model": cfg.model_path, "data": cfg.data, "on": cfg.on, "temperature": temperature})
     if out is not None:
         write_json(out, report)
     return report
@@ -177,7 +189,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
             logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
                                     dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
                                     tta_translate=cfg.tta_translate)
-            tops.append(logits.softmax(1).topk(k, dim=1))
+            tops.append(logits.div(float(meta.get("temperature", 1.0))).softmax(1).topk(k, dim=1))  # calibrated
     found = iter(zip(torch.cat([t.values for t in tops]).tolist() if tops else [],
                      torch.cat([t.indices for t in tops]).tolist() if tops else []))
     rows = []
@@ -226,6 +238,10 @@ def show_evaluation(report: dict) -> None:
     else:  # a report written before per-class precision/recall
         for c, a in report["per_class_accuracy"].items():
             print(f"  {c:>16s}  {a:.4f}")
+    if report.get("ece") is not None:
+        t = report.get("temperature", 1.0)
+        print(f"calibration: ECE {num(report['ece'])} ({report.get('bins', 15)} bins), NLL {num(report.get('nll'))}, "
+              + (f"temperature {t:.3f}" if t != 1.0 else "uncalibrated (`fewlabels calibrate` fits a temperature)"))
     cm, classes = report.get("confusion_matrix"), report.get("classes", [])
     if not cm:
         return

@@ -30,7 +30,18 @@ from ..eval import normalize, stats_tensors
 from ..runs import run_folder, save_config, source_split
 from ..targets import one_hot
 from ..utils import atomic_write_text, autocast, pick_device, pick_dtype, seed_everything, write_json
-from .common import Model, Run, build_model, flags, labelled_trainset, scored, train_config, with_report
+from .common import (
+    Calibration,
+    Model,
+    Run,
+    build_model,
+    calibrate_checkpoint,
+    flags,
+    labelled_trainset,
+    scored,
+    train_config,
+    with_report,
+)
 
 
 @group
@@ -60,7 +71,7 @@ class Transfer:
 class TransferCommand(Options):
     """Transfer learning from a pretrained model: linear probe on cached features, or fine-tuning."""
 
-    groups = (Run, Transfer, LayerRates, Source, Budget, Model, *TRAINING)
+    groups = (Run, Transfer, LayerRates, Source, Budget, Model, *TRAINING, Calibration)
     hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
 
 
@@ -121,8 +132,9 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
             feats.append(extract_features(model, lab.images, ds.mean, ds.std, device=device, augment=aug,
                                           generator=g))
             labels.append(lab.labels)
+    evals_images = eval_sets(ds, split)
     evals = {n: FeatureSet(extract_features(model, s.images, ds.mean, ds.std, device=device), s.labels)
-             for n, s in eval_sets(ds, split).items()}
+             for n, s in evals_images.items()}
     feature_seconds = time.perf_counter() - t0
     head = model.get_classifier()
     if not isinstance(head, nn.Linear):
@@ -151,10 +163,13 @@ def probe(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir
     save_checkpoint(run_dir / "checkpoints" / "best", model, m)
     save_checkpoint(run_dir / "checkpoints" / "last", model, m)
     write_json(run_dir / "metrics.json", hist)
+    cal = ({"calibration": calibrate_checkpoint(run_dir / "checkpoints" / "best", model, evals_images,
+                                                (ds.mean, ds.std), hcfg.replace(precision="auto"), log)}
+           if cfg.calibrate else {})
     log(f"probe: features {feature_seconds:.1f}s, head {head_seconds:.1f}s ({cfg.probe_epochs} epochs): "
         + " ".join(f"{k}={v:.4f}" for k, v in hist[-1].items() if k.endswith("_acc")))
     return {**hist[-1], "feature_seconds": feature_seconds, "head_seconds": head_seconds,
-            "probe_epoch_seconds": head_seconds / max(1, cfg.probe_epochs)}
+            "probe_epoch_seconds": head_seconds / max(1, cfg.probe_epochs), **cal}
 
 
 def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_dir: Path, log,
@@ -169,7 +184,8 @@ def finetune(model: nn.Module, meta: dict, ds, split, cfg: TransferCommand, run_
     meta = {**meta, "transfer": "scratch" if scratch else "finetune"}
     res = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tcfg,
               watch=Watch(eval_sets(ds, split), run_dir, meta, log), lr_scale=scales, on_epoch_start=phase)
-    return with_report(dict(res.final), res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), tcfg)
+    return with_report(dict(res.final), res.best_model(), eval_sets(ds, split), (ds.mean, ds.std), tcfg,
+                       run_dir / "checkpoints" / "best" if cfg.calibrate else None, log)
 
 
 def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any]:
