@@ -37,13 +37,16 @@ _BOUNDS = {"ge": ("≥", lambda v, b: v >= b), "gt": (">", lambda v, b: v > b),
 
 
 def opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None, gt: float | None = None,
-        le: float | None = None, lt: float | None = None, resume: str = "same", **kw: Any) -> Any:
+        le: float | None = None, lt: float | None = None, resume: str = "same", short: str | None = None,
+        **kw: Any) -> Any:
     """An option: its default, help text, allowed values (choices), numeric bounds (ge/gt/le/lt, as pydantic's) and
     what a resumed run may do with it: "same" (must equal the run's own value), "change" (may differ: where the run
     lives, what it prints, where it runs) or "extend" (may differ, and keeps the run's value unless given again: how
-    far a run goes)."""
+    far a run goes). short: a one-letter flag besides the long one (e.g. "-v")."""
     assert resume in ("same", "change", "extend"), resume
     md: dict[str, Any] = {"help": help, "resume": resume}
+    if short is not None:
+        md["short"] = short
     if choices is not None:
         md["choices"] = choices
     bounds = {k: b for k, b in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if b is not None}
@@ -157,6 +160,7 @@ class Declared:
     choices: tuple | None
     bounds: dict[str, float] | None
     resume: str
+    short: str | None = None
 
     @property
     def flag(self) -> str:
@@ -172,7 +176,7 @@ def declarations(g: type) -> list[Declared]:
     for f in fields(g):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         out.append(Declared(f.name, g, hints[f.name], default, f.metadata.get("help", ""), f.metadata.get("choices"),
-                            f.metadata.get("bounds"), f.metadata.get("resume", "same")))
+                            f.metadata.get("bounds"), f.metadata.get("resume", "same"), f.metadata.get("short")))
     return out
 
 
@@ -415,7 +419,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type[Options]) -> None:
         help_ = f"{d.help}{shown}"
         if base is bool:
             # --flag, --flag true/false, or --no-flag
-            parser.add_argument(d.flag, dest=d.name, nargs="?", const=True, default=None, metavar="BOOL", help=help_)
+            parser.add_argument(d.flag, dest=d.name, nargs="?", const=True, default=None, metavar="BOOL",
+                                help=help_ if d.short is None else f"{help_} (also {d.short})")
+            if d.short is not None:  # takes no value: `-v RUN` must not read RUN as the flag's value
+                parser.add_argument(d.short, dest=d.name, action="store_const", const=True, help=argparse.SUPPRESS)
             parser.add_argument("--no-" + d.flag[2:], dest=d.name, action="store_const", const=False,
                                 help=argparse.SUPPRESS)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -46,9 +47,10 @@ EVAL_BATCH_SIZE = 256
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | None = None,
                    dtype: torch.dtype | None = None, tta_flip: bool = False, tta_translate: int = 0,
-                   channels_last: bool = True) -> torch.Tensor:
+                   channels_last: bool = True, progress: str | None = None) -> torch.Tensor:
     """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W), in eval mode, batch by batch, autocast: only one
     batch is ever converted to float, so memory stays at the model's activations for `batch_size` images.
+    progress: a progress bar's title (images/s and ETA on stderr), shown on a terminal only.
 
     With tta_flip the logits of the image and its mirror are averaged. With tta_translate = t > 0 (airbench's
     multi-crop TTA) the result is 1/2 · (unshifted) + 1/4 · (shifted by (-t, -t)) + 1/4 · (shifted by (+t, +t)),
@@ -62,6 +64,10 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
     model.eval()
     m, s = stats_tensors(mean, std, device)
     out = []
+    bar = None
+    if progress is not None and sys.stderr.isatty():
+        from tqdm.auto import tqdm
+        bar = tqdm(total=images.shape[0], desc=progress, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
     for i in range(0, images.shape[0], batch_size):
         x = normalize(images[i:i + batch_size].to(device, non_blocking=True), m, s, channels_last)
         with autocast(device, dtype):
@@ -71,6 +77,10 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
                 shifted = [p[:, :, :-2 * t, :-2 * t], p[:, :, 2 * t:, 2 * t:]]
                 z = 0.5 * z + 0.25 * sum(_views(model, v.contiguous(memory_format=fmt), tta_flip) for v in shifted)
         out.append(z.cpu())
+        if bar is not None:
+            bar.update(min(batch_size, images.shape[0] - i))
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 

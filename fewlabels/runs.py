@@ -119,6 +119,9 @@ def save_config(run_dir: Path, cfg: Options, command: str) -> Options:
     """Save the resolved config in the run folder, resuming the run there (see `resume`); returns the config the run
     goes on with. A folder in which a run stopped before doing any work (it holds only config.yaml, environment.json
     and split.json, e.g. after a typo in --data) is reused: its split is derived from the options and made again."""
+    if getattr(cfg, "tensorboard", False):  # a missing optional package is said before any work
+        from .tensorboard_events import check_available
+        check_available()
     path = run_dir / "config.yaml"
     header = f"# fewlabels {command}\n" + (f"# from the built-in recipe {cfg.recipe}, then --config and flags\n"
                                            if cfg.recipe else "")

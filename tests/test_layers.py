@@ -1,6 +1,6 @@
 """The package reads top to bottom: cli → methods → engine → eval → data/augment/models/probes →
-config/losses/targets/utils → errors. Every import (at the top of a file or inside a function) goes down a layer or
-stays in its own, and no file imports itself back through others."""
+config/console/losses/runs/targets/report/tensorboard_events/utils → errors. Every import (at the top of a file or
+inside a function) goes down a layer or stays in its own, and no file imports itself back through others."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ LAYERS = [
     {"engine"},
     {"eval"},
     {"data", "augment", "models", "probes"},
-    {"config", "losses", "runs", "targets", "report", "utils"},
+    {"config", "console", "losses", "runs", "targets", "report", "tensorboard_events", "utils"},
     {"errors"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -114,7 +114,18 @@ class Seed:
     seed: int = opt(0, "random seed (model init, batches, augmentation)")
 
 
-TRAINING = (Steps, Optim, Loss, Augment, TTA, Device, Compute, Seed)
+@group
+class Logs:
+    """What a training run shows while it runs (fewlabels/console.py)."""
+
+    verbose: bool = opt(False, "print every epoch's line (default: a progress bar on a terminal, and one epoch line at "
+                        "most every 30 s plus each phase's last)", short="-v", resume="change")
+    tensorboard: bool = opt(False, "also write TensorBoard event files into RUN/tensorboard (losses, accuracies, "
+                            "learning rate, per round for selftrain, augmented and pseudo-labelled image grids); "
+                            "needs `pip install fewlabels[tensorboard]`", resume="change")
+
+
+TRAINING = (Steps, Optim, Loss, Augment, TTA, Device, Compute, Seed, Logs)
 
 
 class TrainConfig(Options):

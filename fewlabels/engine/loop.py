@@ -207,12 +207,12 @@ def _batches(ts: TrainSet, batch_size: int, ratio: float, g: torch.Generator, mi
     return [torch.cat([lab[i * b_lab:(i + 1) * b_lab], ps[i * b_ps:(i + 1) * b_ps]]) for i in range(steps)]
 
 
-def _progress(total: int, desc: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover
+def _progress(total: int, desc: str, log: Callable[[str], None]):
+    """An epoch's progress bar in images (images/s and ETA), on a terminal only and never under --quiet."""
+    if not getattr(log, "bars", sys.stderr.isatty()):
         return None
-    return tqdm(total=total, desc=desc, leave=False, disable=not sys.stderr.isatty(), dynamic_ncols=True)
+    from tqdm.auto import tqdm
+    return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
 
 
 def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple | None, cfg: TrainConfig,
@@ -278,6 +278,9 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     if features and (cfg.augment != "none" or cfg.mixup > 0 or cfg.cutmix > 0 or cfg.whiten_stem or cfg.tta_flip
                      or cfg.tta_translate > 0):
         raise ValueError("feature rows train without augmentation, MixUp/CutMix, whitening or TTA")
+    if cfg.tensorboard:
+        from .. import tensorboard_events as tb
+        tb.check_available()  # before any work
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
@@ -353,6 +356,9 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     meta = dict(watch.meta or {})
     meta.setdefault("environment", environment_info())
     meta["train_config"] = cfg.asdict()
+    # a resumed run's events from its first replayed step on are dropped (purge_step), so curves have no doubles
+    events = (tb.writer(run_dir, purge_step=start_epoch * steps_per_epoch + 1 if start_epoch else None)
+              if cfg.tensorboard and run_dir is not None else None)
 
     for epoch in range(start_epoch, cfg.epochs):
         if on_epoch_start is not None:
@@ -365,7 +371,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         loss_sum = torch.zeros((), device=device)
         step_losses = torch.zeros(len(batches), device=device)  # to name the first bad step, without a sync per step
         seen = 0
-        bar = _progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}")
+        bar = _progress(sum(b.numel() for b in batches), f"epoch {epoch + 1}/{cfg.epochs}", log)
         for i, idx in enumerate(batches):
             step = epoch * steps_per_epoch + i
             factor = lr_factor(step, total_steps, warmup, cfg.schedule)
@@ -380,6 +386,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             if mixer is not None:
                 x, y, lam = mixer.mix(x, y, generator=g)
                 tl = mix_rows(tl, lam) if tl is not None and lam is not None else tl
+            if events is not None and epoch == 0 and i == 0 and not features:  # what the model sees, once
+                tb.log_images(events, "train/augmented", tb.denormalize(x[:32], *norm))
             with autocast(device, dtype):
                 loss = loss_fn(model, x, Batch(y, has_label[idx], tl))
             opt.zero_grad(set_to_none=True)
@@ -398,7 +406,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             step_losses[i] = loss.detach()
             seen += idx.numel()
             if bar is not None:
-                bar.update(1)
+                bar.update(idx.numel())
         if bar is not None:
             bar.close()
         if lookahead is not None and epoch + 1 == cfg.epochs:
@@ -415,7 +423,13 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
                "epoch_seconds": round(seconds, 3),
                "images_per_s": round(seen / max(seconds, 1e-9), 1), **metrics}
         history.append(row)
-        log(" ".join(f"{k}={_fmt(v)}" for k, v in row.items()))
+        if events is not None:
+            tb.log_epoch(events, row)
+        line = " ".join(f"{k}={_fmt(v)}" for k, v in row.items())
+        if hasattr(log, "epoch"):  # a Console: every epoch with -v, else at most one line every 30 s and the last
+            log.epoch(line, last=epoch + 1 == cfg.epochs)
+        else:
+            log(line)
         sel = metrics.get(f"{select}_acc")
         improved = sel is not None and (best is None or sel > best)
         if improved:
@@ -438,6 +452,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
                 save_checkpoint(run_dir / "checkpoints" / "best", eval_model, m)
             save_checkpoint(last_dir, eval_model, m, state)
             _write_metrics(run_dir, history)
+    if events is not None:
+        events.close()
     final = ema.module if ema is not None else model
     if run_dir is not None and history:
         from ..report import plot_history

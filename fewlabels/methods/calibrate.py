@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..config import Options
+from ..console import Console
 from ..data.prepare import DataConfig, eval_sets, prepare_data
 from ..engine.checkpoint import find_checkpoint, load_model
 from ..engine.config import TTA, Compute, Device
@@ -39,7 +40,7 @@ def calibrate(cfg: CalibrateCommand | None = None, **kwargs: Any) -> dict[str, A
     "ece_after", "nll_before", "nll_after", "n"}, "test": {...} when there are test images, "checkpoint"} (also
     RUN/calibration.json). E.g. `calibrate(model_path="runs/digits")`."""
     cfg = CalibrateCommand.build(cfg, kwargs)
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     if not cfg.model_path:
         raise FewLabelsError("calibrate needs a model: pass the run folder it was trained in")
     folder = find_checkpoint(cfg.model_path)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..config import Options, group, opt
+from ..console import Console
 from ..data.prepare import Budget, Pool, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING
@@ -112,7 +113,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     cfg = DistillCommand.build(cfg, kwargs)
     if not cfg.teacher:
         raise FewLabelsError("distill needs --teacher RUN_FOLDER (a trained fewlabels model)")
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     device = pick_device(cfg.device)
     teacher, tmeta = load_model(cfg.teacher, device)
     run_dir = run_folder(cfg.out, "distill")

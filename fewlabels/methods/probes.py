@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from ..config import Options, group, opt
+from ..console import Console
 from ..data import load_dataset
 from ..data.prepare import Budget, Source, prepare_data, val_set
 from ..engine.checkpoint import load_model
@@ -82,7 +83,7 @@ def probe_equivariance(cfg: ProbeEquivarianceCommand | None = None, **kwargs: An
     RUN/equivariance.{json,md,png}). Keyword arguments are the command-line options, e.g.
     `probe_equivariance(model_path="runs/train-1", shifts=[2, 4])`."""
     cfg = ProbeEquivarianceCommand.build(cfg, kwargs)
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     if not cfg.model_path:
         raise FewLabelsError("probe equivariance needs a model: pass a run folder or checkpoint (model_path)")
     if cfg.on == "val":
@@ -170,7 +171,7 @@ def probe_fc_vs_cnn(cfg: ProbeFcVsCnnCommand | None = None, **kwargs: Any) -> di
     RUN/fc_vs_cnn.{json,md,png}). Keyword arguments are the command-line options, e.g.
     `probe_fc_vs_cnn(data="digits", epochs=5)`."""
     cfg = ProbeFcVsCnnCommand.build(cfg, kwargs)
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     unknown = [c for c in cfg.conditions if c not in CONDITIONS]
     if unknown or not cfg.conditions:
         raise FewLabelsError(f"unknown condition {', '.join(unknown) or '(none given)'}: choose from "

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from .. import targets as T
 from ..config import Options, group, opt
+from ..console import Console
 from ..data.imageset import ImageSet
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, overlap_note, prepare_data
 from ..engine.checkpoint import load_model
@@ -156,12 +157,13 @@ def _first_label(pl: PseudoLabels, uniq: torch.Tensor) -> torch.Tensor:
 
 def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_flip: bool = False,
                 tta_translate: int = 0, batch_size: int = EVAL_BATCH_SIZE,
-                device: torch.device | None = None) -> torch.Tensor:
+                device: torch.device | None = None, progress: bool = False) -> torch.Tensor:
     """The teacher's logits (N, K) on the clean pool: no grad, bf16 where the hardware has it; the batch only bounds
-    memory (the logits are the same at any batch size)."""
+    memory (the logits are the same at any batch size). progress: a progress bar on a terminal."""
     device = device or next(teacher.parameters()).device
     return predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
-                          dtype=pick_dtype("auto", device), tta_flip=tta_flip, tta_translate=tta_translate)
+                          dtype=pick_dtype("auto", device), tta_flip=tta_flip, tta_translate=tta_translate,
+                          progress="pseudo-labelling" if progress else None)
 
 
 def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool = True, temperature: float = 1.0,
@@ -186,7 +188,7 @@ def teach(teacher: torch.nn.Module, meta: dict, pool: ImageSet, cfg: Any, device
     images' class frequencies, used with --balance-to labelled). A calibrated teacher's logits are divided by its
     temperature first (model.json), so that --threshold reads calibrated confidences."""
     logits = pool_logits(teacher, meta, pool, tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                         device=device) / float(meta.get("temperature", 1.0))
+                         device=device, progress=Console.of(cfg).bars) / float(meta.get("temperature", 1.0))
     return labels_from_logits(logits, hard=not cfg.soft, temperature=cfg.temperature, threshold=cfg.threshold,
                               balance=cfg.balance, per_class=cfg.per_class,
                               prior=prior if cfg.balance_to == "labelled" else None)
@@ -238,7 +240,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     if not cfg.teacher:
         raise FewLabelsError("pseudolabel needs --teacher RUN_FOLDER")
     check_label_options(cfg)
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     device = pick_device(cfg.device)
     teacher, meta = load_model(cfg.teacher, device)
     budget = {"labels", "labels_per_class", "split"} & cfg.given

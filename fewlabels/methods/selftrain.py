@@ -19,7 +19,9 @@ from typing import Any
 import torch
 
 from .. import targets as T
+from .. import tensorboard_events as tb
 from ..config import Options, group, opt
+from ..console import Console
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
@@ -104,7 +106,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
                              " would not be used: drop them, or drop --teacher to train a teacher")
     if cfg.teacher:
         find_checkpoint(cfg.teacher)  # a clear error before any work
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     teacher_model = _model_of(cfg.teacher_pretrained, cfg.teacher_model, "teacher_model" in cfg.set_by_user(
         ["teacher_model"]))
     run_dir = run_folder(cfg.out, "selftrain")
@@ -152,6 +154,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     else:
         rows.append(run_round(0, teacher_model, labelled, tcfg, 0.0, 0.0, {"pseudo_labels": 0},
                               cfg.teacher_pretrained))
+    if cfg.tensorboard:
+        tb.log_round(run_dir, rows[0])
     models = cfg.student_models or [rows[0]["model"]]
     student_given = "student_models" in cfg.set_by_user(["student_models"])
     for r in range(1, cfg.rounds + 1):
@@ -180,6 +184,9 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
                                "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)},
                               cfg.student_pretrained))
+        if cfg.tensorboard:
+            tb.log_round(run_dir, rows[-1], tb.pseudo_label_grid(pool.images[pl.indices], pl.labels, pl.confidence,
+                                                                 len(ds.train.classes)))
     final_dir = run_dir / f"round{cfg.rounds}"
     if cfg.finetune_epochs > 0:
         rows.append(_finetune(cfg, ds, split, labelled, evals, run_dir, final_dir, base, log))

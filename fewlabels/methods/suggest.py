@@ -36,6 +36,7 @@ import torch.nn.functional as F
 import yaml
 
 from ..config import Options, group, opt
+from ..console import Console
 from ..data.pool import list_pool, load_pool
 from ..data.prepare import DataConfig, Pool, Source, prepare_data
 from ..engine.checkpoint import load_model
@@ -82,7 +83,7 @@ def suggest(cfg: SuggestCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     "budget", "suggested", "pool", "excluded", "rows" (the first few, as dicts), "info"}. E.g.
     `suggest(model_path="runs/pets", unlabelled="photos/", budget=100, strategy="kcenter")`."""
     cfg = SuggestCommand.build(cfg, kwargs)
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     if not cfg.model_path:
         raise FewLabelsError("suggest needs a model: pass a run folder or checkpoint (model_path)")
     if not cfg.unlabelled:

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..config import Options, group, opt
+from ..console import Console
 from ..data import Split, load_dataset
 from ..data.folder import decode_files
 from ..data.prepare import Budget, Source, eval_sets, prepare_data
@@ -58,7 +59,7 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     ({"on", **classification_report}) with its `macro_f1` and `balanced_accuracy` also at the top. Keyword arguments
     are the same options as the command line (e.g. `train(data="digits", model="cnn-s", epochs=10)`)."""
     cfg = TrainCommand.build(cfg, kwargs)
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     run_dir = run_folder(cfg.out, "train")
     cfg = save_config(run_dir, cfg, "train")
     ds, split = prepare_data(cfg, run_dir, log)

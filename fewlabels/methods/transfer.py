@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..config import Options, group, opt
+from ..console import Console
 from ..data.imageset import ImageSet
 from ..data.prepare import Budget, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import read_meta, save_checkpoint
@@ -205,7 +206,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
     elif cfg.freeze_epochs >= cfg.epochs:
         raise FewLabelsError(f"--freeze-epochs {cfg.freeze_epochs} keeps the backbone frozen for all {cfg.epochs} "
                              f"epochs: give fewer (or more --epochs), or use --mode probe for a frozen backbone")
-    log = (lambda *_: None) if cfg.quiet else print
+    log = Console.of(cfg)
     inherited = None
     if cfg.mean is None and cfg.std is None and Path(cfg.pretrained).exists():
         try:  # a fewlabels checkpoint knows the normalisation it was trained with: keep it
@@ -237,7 +238,13 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
             r = finetune(model, meta, ds, split, cfg, sub, log, scratch=mode == "scratch")
         r["minutes"] = (time.perf_counter() - t0) / 60
         results[mode] = r
-    out = {"run_dir": str(run_dir), "labels": len(split.labelled), **results, **overlap_note(ds)}
+    # the model a user gets, at the top like every command's results: the one mode's, or in a comparison the mode
+    # with the best validation accuracy (its run folder is RUN/<mode>)
+    chosen = max(results, key=lambda k: results[k].get("val_acc", float("-inf"))) if len(results) > 1 else modes[0]
+    top = {k: v for k, v in results[chosen].items() if k in ("val_acc", "test_acc", "macro_f1", "balanced_accuracy",
+                                                             "ece", "nll")}
+    out = {"run_dir": str(run_dir), "labels": len(split.labelled), "mode": chosen, **top, **results,
+           **overlap_note(ds)}
     write_json(run_dir / "results.json", out)
     for mode, r in results.items():
         log(f"done: {run_dir}  {mode} {scored(r)}")
@@ -248,6 +255,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
                          f"{r['minutes']:.2f} |")
         atomic_write_text(run_dir / "compare.md", "\n".join(lines) + "\n")
         log("\n".join(lines))
+        log(f"best on validation: {chosen} ({run_dir / chosen}); the table is in {run_dir / 'compare.md'}")
     return out
 
 
