@@ -40,7 +40,7 @@ from ..errors import FewLabelsError
 from ..eval import EVAL_BATCH_SIZE, check_tta_translate
 from ..runs import output_file, run_of
 from ..utils import atomic_write_bytes, write_json
-from .common import Run
+from .common import Format, Run
 from .supervised import Trained
 
 SUFFIXES = {"onnx": (".onnx",), "torchscript": (".pt", ".ts")}
@@ -53,12 +53,10 @@ CHECK_TOLERANCE = 1e-3  # largest |logit difference| of the exported file agains
 class Export:
     """What `export` writes."""
 
-    format: str = opt("onnx", "onnx (opset --opset, dynamic batch) or torchscript (torch.jit trace, dynamic batch)",
-                      choices=("onnx", "torchscript"))
     input_dtype: str = opt("uint8", "what the file takes, (N, C, H, W) at the training size: uint8 = raw 0-255 pixels, "
                            "float = float32 pixels in 0-1 (image / 255); normalised inside the graph either way",
                            choices=("uint8", "float"))
-    opset: int = opt(17, "ONNX opset (onnx only)", ge=17, le=TORCHSCRIPT_MAX_OPSET)
+    opset: int = opt(17, "ONNX opset, 17 to 20 (onnx only)", ge=17, le=TORCHSCRIPT_MAX_OPSET)
     checkpoint: str = opt("best", "which checkpoint of a run folder: best or last", choices=("best", "last"))
 
 
@@ -68,8 +66,10 @@ class ExportCommand(Options):
     RUN/export/model.onnx (model.pt for torchscript); the graph returns raw logits (divide by the sidecar's
     temperature for calibrated probabilities)."""
 
-    groups = (Trained, Export, Run)
+    groups = (Trained, Format, Export, Run)
     hide = ("on",)
+    defaults = {"format": "onnx"}
+    allowed = {"format": ("onnx", "torchscript")}
 
 
 class Normalised(nn.Module):

@@ -25,6 +25,7 @@ from ..runs import output_file, run_folder, save_config
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     Calibration,
+    Format,
     Model,
     Run,
     build_model,
@@ -132,14 +133,14 @@ class Predict:
 
     inputs: list[str] = opt([], "image files or folders")
     top_k: int = opt(3, "classes per image", ge=1)
-    format: str = opt("csv", "output format", choices=("csv", "json"))
 
 
 class PredictCommand(Options):
     """Predict the classes of image files."""
 
-    groups = (Trained, Predict, TTA, Device, Run, Source)
+    groups = (Trained, Predict, Format, TTA, Device, Run, Source)
     hide = ("on", "data", "data_root", "cache_dir", "image_size", "mean", "std")
+    allowed = {"format": ("csv", "json")}
 
 
 def _collect(inputs: list[str]) -> list[str]:
