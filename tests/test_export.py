@@ -184,7 +184,7 @@ def test_cli_export_and_predict_on_the_onnx_file(tmp_path, capsys):
     # test-time augmentation is done on the raw pixels for ONNX: the same views, the same logits (float32)
     from fewlabels.engine.checkpoint import load_model
     from fewlabels.eval import predict_logits
-    from fewlabels.methods.export import OnnxClassifier
+    from fewlabels.methods.exported import OnnxClassifier
 
     model, meta = load_model(run, "cpu")
     x = test.images[:32]

@@ -175,7 +175,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
     if not cfg.inputs:
         raise FewLabelsError("predict needs images: pass image files or folders (inputs)")
     if str(cfg.model_path).lower().endswith(".onnx"):  # a file of `fewlabels export`, run with onnxruntime
-        from .export import OnnxClassifier
+        from .exported import OnnxClassifier
 
         onnx_model = OnnxClassifier(cfg.model_path, cfg.device)
         meta = onnx_model.meta
