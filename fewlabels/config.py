@@ -4,7 +4,8 @@ An option is a field of a small *group* (a frozen dataclass made with `@group`):
 values, bounds, resume rule and help are that one declaration (`opt(...)`). A command's config is an `Options`
 subclass that *holds* the groups it uses (composition): its CLI flags, YAML keys, Python keywords, `--help`, range
 checks and saved `config.yaml` are all derived from those declarations; `hide` leaves out the options of a held group
-that the command does not use, `defaults` gives a command its own default where it needs one.
+that the command does not use, `defaults` gives a command its own default where it needs one, `allowed` its own part of
+an option's choices (one `--format` option: csv or json for predict, onnx or torchscript for export).
 
 Values come from defaults ← a built-in recipe (`--recipe NAME`, fewlabels/recipes/<command>/NAME.yaml) ← a `--config`
 YAML file ← flags or keywords; every value is checked as it is read. A config never changes after it is made
@@ -188,6 +189,7 @@ class Options:
     groups: ClassVar[tuple[type, ...]] = ()
     hide: ClassVar[tuple[str, ...]] = ()  # options of the held groups that this config does not offer
     defaults: ClassVar[dict[str, Any]] = {}  # this config's own defaults
+    allowed: ClassVar[dict[str, tuple]] = {}  # this config's own choices, a part of the option's (e.g. --format)
     renamed: ClassVar[dict[str, str]] = {}  # old option name → new one, for a message
     options: ClassVar[dict[str, Declared]] = {}
     _owner: ClassVar[dict[str, type]] = {}
@@ -205,9 +207,15 @@ class Options:
                 owner[d.name] = g
                 if d.name not in cls.hide:
                     opts[d.name] = dataclasses.replace(d, default=cls.defaults[d.name]) if d.name in cls.defaults else d
-        stray = (set(cls.hide) | set(cls.defaults)) - set(owner)
+                if d.name in cls.allowed and d.name not in cls.hide:
+                    d = opts[d.name]
+                    if not set(cls.allowed[d.name]) <= set(d.choices or ()) or d.default not in cls.allowed[d.name]:
+                        raise TypeError(f"{cls.__name__}: allowed[{d.name!r}] must be some of its choices and hold "
+                                        f"its default")
+                    opts[d.name] = dataclasses.replace(d, choices=tuple(cls.allowed[d.name]))
+        stray = (set(cls.hide) | set(cls.defaults) | set(cls.allowed)) - set(owner)
         if stray:
-            raise TypeError(f"{cls.__name__}: hide/defaults name options it does not hold: {sorted(stray)}")
+            raise TypeError(f"{cls.__name__}: hide/defaults/allowed name options it does not hold: {sorted(stray)}")
         for d in opts.values():
             _check_bounds(d.name, d.default, d.bounds)
         cls.options, cls._owner = opts, owner

@@ -6,7 +6,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import fewlabels, torch, torchvision, timm, pytest, hypothesis, tensorboard" 2>/dev/null; then
+if ! .venv/bin/python -c "import fewlabels, torch, torchvision, timm, pytest, hypothesis, onnx, onnxruntime, tensorboard" \
+    2>/dev/null; then
   .venv/bin/pip install --quiet --upgrade pip >/dev/null 2>&1 || true
   .venv/bin/pip install --quiet -e ".[test]"
 fi

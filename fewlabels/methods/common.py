@@ -58,6 +58,14 @@ class Run:
     overwrite: bool = opt(False, "replace --out when it exists", resume="change")
 
 
+@group
+class Format:
+    """The format of the file a command writes (each command allows its own part of the choices)."""
+
+    format: str = opt("csv", "format of the output: csv or json (predict); onnx (ONNX at --opset) or torchscript "
+                      "(torch.jit trace) (export)", choices=("csv", "json", "onnx", "torchscript"), resume="change")
+
+
 NO_FLIP_SOURCES = ("digits", "mnist", "svhn")  # a mirrored digit is not the same digit
 
 

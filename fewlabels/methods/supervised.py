@@ -26,6 +26,7 @@ from ..runs import output_file, run_folder, save_config
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
     Calibration,
+    Format,
     Model,
     Run,
     build_model,
@@ -133,14 +134,14 @@ class Predict:
 
     inputs: list[str] = opt([], "image files or folders")
     top_k: int = opt(3, "classes per image", ge=1)
-    format: str = opt("csv", "output format", choices=("csv", "json"))
 
 
 class PredictCommand(Options):
     """Predict the classes of image files."""
 
-    groups = (Trained, Predict, TTA, Device, Run, Source)
+    groups = (Trained, Predict, Format, TTA, Device, Run, Source)
     hide = ("on", "data", "data_root", "cache_dir", "image_size", "mean", "std")
+    allowed = {"format": ("csv", "json")}
 
 
 def _collect(inputs: list[str]) -> list[str]:
@@ -165,7 +166,8 @@ PREDICT_CHUNK_BYTES = 256 << 20  # decoded pixels held at once by predict, so a 
 
 def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     """Top-k classes of image files or folders; returns one {"file", "top": [{"class", "prob"}, ...]} per image and
-    prints them as CSV or JSON (unless quiet, or written to --out). E.g.
+    prints them as CSV or JSON (unless quiet, or written to --out). The model is a run folder, a checkpoint, or an
+    .onnx file of `fewlabels export` (run with onnxruntime; classes and size from its sidecar JSON). E.g.
     `predict(model_path="runs/digits", inputs=["a.png", "folder/"], top_k=3, quiet=True)`."""
     cfg = PredictCommand.build(cfg, kwargs)
     out = output_file(cfg.out, cfg.overwrite) if cfg.out else None
@@ -173,8 +175,18 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
         raise FewLabelsError("predict needs a model: pass a run folder or checkpoint (model_path)")
     if not cfg.inputs:
         raise FewLabelsError("predict needs images: pass image files or folders (inputs)")
-    device = pick_device(cfg.device)
-    model, meta = load_model(cfg.model_path, device)
+    if str(cfg.model_path).lower().endswith(".onnx"):  # a file of `fewlabels export`, run with onnxruntime
+        from .exported import OnnxClassifier
+
+        onnx_model = OnnxClassifier(cfg.model_path, cfg.device)
+        meta = onnx_model.meta
+        run = lambda images: onnx_model.logits(images, cfg.tta_flip, cfg.tta_translate)  # noqa: E731
+    else:
+        device = pick_device(cfg.device)
+        model, meta = load_model(cfg.model_path, device)
+        run = lambda images: predict_logits(model, images, meta["mean"], meta["std"], device=device,  # noqa: E731
+                                            dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
+                                            tta_translate=cfg.tta_translate)
     files = _collect(cfg.inputs)
     shape = (meta["in_chans"], *meta["image_size"])
     chunk = max(1, PREDICT_CHUNK_BYTES // math.prod(shape))
@@ -187,9 +199,7 @@ def predict(cfg: PredictCommand | None = None, **kwargs: Any) -> list[dict[str, 
                               skipped=bad if cfg.bad_images == "skip" else None)
         skipped.update({start + i: why for i, why in bad.items()})
         if len(images):
-            logits = predict_logits(model, images, meta["mean"], meta["std"], device=device,
-                                    dtype=pick_dtype("auto", device), tta_flip=cfg.tta_flip,
-                                    tta_translate=cfg.tta_translate)
+            logits = run(images)
             tops.append(logits.div(float(meta.get("temperature", 1.0))).softmax(1).topk(k, dim=1))  # calibrated
     found = iter(zip(torch.cat([t.values for t in tops]).tolist() if tops else [],
                      torch.cat([t.indices for t in tops]).tolist() if tops else []))

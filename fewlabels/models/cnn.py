@@ -156,9 +156,10 @@ class Stage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Pool before BN as airbench does: BN and GELU then run on a quarter of the pixels. Floor mode (airbench's,
-        # 31 → 15 → 7 → 3) still rounds up a side of 1, so that small inputs keep a pixel.
+        # 31 → 15 → 7 → 3) still rounds up a side of 1, so that small inputs keep a pixel. The sizes are read as
+        # Python ints: a trace (torch.jit.trace, the ONNX export) records them as tensors, which max_pool2d refuses.
         x = self.conv(x)
-        x = F.max_pool2d(x, 2, ceil_mode=self.ceil_mode or min(x.shape[-2:]) < 2)
+        x = F.max_pool2d(x, 2, ceil_mode=self.ceil_mode or min(int(x.shape[-2]), int(x.shape[-1])) < 2)
         return self.residual(F.gelu(self.norm(x)))
 
 
