@@ -14,6 +14,7 @@ line is due.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Any
@@ -28,8 +29,10 @@ class Console:
 
     @classmethod
     def of(cls, cfg: Any) -> Console:
-        """The console a command's options ask for (`quiet`, `verbose`; both off when the command has neither)."""
-        return cls(quiet=bool(getattr(cfg, "quiet", False)), verbose=bool(getattr(cfg, "verbose", False)))
+        """The console a command's options ask for (`quiet`, `verbose`; both off when the command has neither). Under
+        torchrun only rank 0 prints."""
+        quiet = bool(getattr(cfg, "quiet", False)) or int(os.environ.get("RANK", "0")) != 0
+        return cls(quiet=quiet, verbose=bool(getattr(cfg, "verbose", False)))
 
     def __call__(self, message: str = "") -> None:
         if not self.quiet:

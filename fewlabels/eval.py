@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import distributed
 from .errors import FewLabelsError
 from .utils import autocast, pick_dtype
 
@@ -47,10 +48,14 @@ EVAL_BATCH_SIZE = 256
 def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float], std: Sequence[float], *,
                    batch_size: int = EVAL_BATCH_SIZE, device: torch.device | None = None,
                    dtype: torch.dtype | None = None, tta_flip: bool = False, tta_translate: int = 0,
-                   channels_last: bool = True, progress: str | None = None) -> torch.Tensor:
+                   channels_last: bool = True, progress: str | None = None, gather: bool = True) -> torch.Tensor:
     """Logits (N, K) float32 on CPU for uint8 images (N, C, H, W), in eval mode, batch by batch, autocast: only one
     batch is ever converted to float, so memory stays at the model's activations for `batch_size` images.
     progress: a progress bar's title (images/s and ETA on stderr), shown on a terminal only.
+
+    Under torchrun (gather=True) each rank predicts its contiguous share of the images and every rank gets all the
+    logits, in dataset order: every rank must make the same call. gather=False: this process predicts them all (code
+    that runs on one rank only).
 
     With tta_flip the logits of the image and its mirror are averaged. With tta_translate = t > 0 (airbench's
     multi-crop TTA) the result is 1/2 · (unshifted) + 1/4 · (shifted by (-t, -t)) + 1/4 · (shifted by (+t, +t)),
@@ -64,12 +69,17 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
     model.eval()
     m, s = stats_tensors(mean, std, device)
     out = []
+    n = images.shape[0]
+    start, stop = distributed.shard(n) if gather else (0, n)  # under torchrun: this rank's share, gathered below
     bar = None
-    if progress is not None and sys.stderr.isatty():
+    if progress is not None and sys.stderr.isatty() and distributed.rank() == 0:
         from tqdm.auto import tqdm
-        bar = tqdm(total=images.shape[0], desc=progress, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
-    for i in range(0, images.shape[0], batch_size):
-        x = normalize(images[i:i + batch_size].to(device, non_blocking=True), m, s, channels_last)
+        bar = tqdm(total=stop - start, desc=progress, unit="img", unit_scale=True, leave=False, dynamic_ncols=True)
+    if start == stop and n > 0:  # a rank with no share still says how many classes there are
+        start, stop = 0, 0
+        out.append(_views(model, normalize(images[:1].to(device), m, s, channels_last), False)[:0].cpu())
+    for i in range(start, stop, batch_size):
+        x = normalize(images[i:min(i + batch_size, stop)].to(device, non_blocking=True), m, s, channels_last)
         with autocast(device, dtype):
             z = _views(model, x, tta_flip)
             if t > 0:
@@ -78,11 +88,12 @@ def predict_logits(model: nn.Module, images: torch.Tensor, mean: Sequence[float]
                 z = 0.5 * z + 0.25 * sum(_views(model, v.contiguous(memory_format=fmt), tta_flip) for v in shifted)
         out.append(z.cpu())
         if bar is not None:
-            bar.update(min(batch_size, images.shape[0] - i))
+            bar.update(min(batch_size, stop - i))
     if bar is not None:
         bar.close()
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    logits = torch.cat(out) if out else torch.empty(0)
+    return distributed.gather_rows(logits, n) if gather and n > 0 else logits
 
 
 def _views(model: nn.Module, x: torch.Tensor, flip: bool) -> torch.Tensor:

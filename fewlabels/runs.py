@@ -16,13 +16,18 @@ from .utils import atomic_write_text, environment_info, write_json
 
 
 def run_folder(out: str | None, command: str) -> Path:
-    """The run folder (made if need be), locked for this process: one run per folder (see lock_run)."""
-    p = Path(out) if out else Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """The run folder (made if need be), locked for this process: one run per folder (see lock_run). Under torchrun
+    the folder is rank 0's, and the one returned to another rank is its private copy (distributed.shadow)."""
+    from . import distributed
+
+    default = Path("runs") / f"{command}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    p = Path(out) if out else Path(distributed.broadcast_object(str(default)))  # one name on every rank
     if p.exists() and not p.is_dir():
         raise FewLabelsError(f"--out {p} is a file; a run needs a folder: give a new --out")
-    p.mkdir(parents=True, exist_ok=True)
-    lock_run(p)
-    return p
+    if distributed.rank() == 0:
+        p.mkdir(parents=True, exist_ok=True)
+        lock_run(p)
+    return distributed.shadow(p)
 
 
 LOCK_FILE = ".fewlabels.lock"

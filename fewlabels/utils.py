@@ -21,7 +21,10 @@ from .errors import FewLabelsError
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU (MPS is opt-in: its bf16 support varies)."""
+    """'auto' → CUDA when available, else CPU (MPS is opt-in: its bf16 support varies). Under torchrun, 'auto' and
+    'cuda' mean this process's own GPU, cuda:LOCAL_RANK."""
+    if name in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -247,6 +250,7 @@ def environment_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "malloc_tuned": bool(_malloc_tuned),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),  # processes of this run (torchrun), 1 in a plain run
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)

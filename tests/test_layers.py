@@ -14,7 +14,7 @@ LAYERS = [
     {"engine"},
     {"eval"},
     {"data", "augment", "models", "probes"},
-    {"config", "console", "losses", "runs", "targets", "report", "tensorboard_events", "utils"},
+    {"config", "console", "distributed", "losses", "runs", "targets", "report", "tensorboard_events", "utils"},
     {"errors"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

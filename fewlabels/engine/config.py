@@ -10,7 +10,9 @@ class Steps:
     """How long a run is and what a step sees."""
 
     epochs: int = opt(30, "passes over the training images", ge=1)
-    batch_size: int = opt(256, "images per step", ge=1)
+    batch_size: int = opt(256, "images per step (the global batch: under torchrun each of the N processes trains on "
+                          "1/N of every batch and the gradients are averaged, so --batch-size and --lr mean what they "
+                          "mean in one process)", ge=1)
     min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
                                    "(reshuffled) per epoch, so that tiny labelled sets still get enough steps (200 "
                                    "labels at batch size 256 are one step otherwise); 0 = one pass", ge=0)
@@ -125,7 +127,15 @@ class Logs:
                             "needs `pip install fewlabels[tensorboard]`", resume="change")
 
 
-TRAINING = (Steps, Optim, Loss, Augment, TTA, Device, Compute, Seed, Logs)
+@group
+class Parallel:
+    """Several processes (torchrun; fewlabels/distributed.py)."""
+
+    sync_bn: bool = opt(False, "under torchrun: BatchNorm statistics over the whole batch, synchronised across the "
+                        "processes (default: each process's share of it)")
+
+
+TRAINING = (Steps, Optim, Loss, Augment, TTA, Device, Compute, Seed, Logs, Parallel)
 
 
 class TrainConfig(Options):

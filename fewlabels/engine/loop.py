@@ -27,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..config import checked
+from ..console import Console
 from ..data.imageset import ImageSet
 from ..errors import FewLabelsError
 from ..eval import accuracy, check_tta_translate, normalize, predict_logits, stats_tensors
@@ -285,10 +287,14 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     dtype = pick_dtype(cfg.precision, device)
     if device.type == "cpu":
         tune_cpu_allocator()  # fewer page faults per step (benchmarks/results/cpu_allocator.md)
-    if not is_main_process():  # under torchrun only rank 0 logs and writes the run folder
-        log, run_dir = (lambda *_: None), None
+    if not is_main_process():  # under torchrun only rank 0 prints; run_dir is this rank's own (distributed.shadow)
+        log = Console(quiet=True)
     run_dir = Path(run_dir) if run_dir is not None else None
+    ddp = distributed.active()  # one of several torchrun processes: DDP (see fewlabels/distributed.py)
+    world, rank = distributed.world_size() if ddp else 1, distributed.rank() if ddp else 0
     model = model.to(device)
+    if ddp and cfg.sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     images = train.images.to(device)  # (N, C, H, W) uint8 (or (N, D) features), on the device for the whole run
@@ -360,12 +366,24 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     events = (tb.writer(run_dir, purge_step=start_epoch * steps_per_epoch + 1 if start_epoch else None)
               if cfg.tensorboard and run_dir is not None else None)
 
+    net, wrapped_for = model, None  # what the loss calls: model, or its DDP wrapper under torchrun
     for epoch in range(start_epoch, cfg.epochs):
         if on_epoch_start is not None:
             on_epoch_start(model, epoch)
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout / drop-path, replayable on resume
         batches = _batches(train, cfg.batch_size, cfg.unlabelled_ratio, g, cfg.min_steps_per_epoch, draw_by)
+        if ddp:
+            # every rank drew the same global batches; each trains on its strided share of each, with its own
+            # augmentation and dropout streams (seed, epoch, rank); DDP averages the gradients over the ranks
+            batches = [b[:b.numel() - b.numel() % world][rank::world] for b in batches]
+            g = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) * 4_099 + rank)
+            torch.manual_seed((cfg.seed * 100_003 + epoch) * 4_099 + rank)
+            trainable = tuple(p.requires_grad for p in model.parameters())
+            if trainable != wrapped_for:  # (re)wrapped when a phase freezes or unfreezes parameters
+                from torch.nn.parallel import DistributedDataParallel
+                net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+                wrapped_for = trainable
         model.train()
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
@@ -389,7 +407,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             if events is not None and epoch == 0 and i == 0 and not features:  # what the model sees, once
                 tb.log_images(events, "train/augmented", tb.denormalize(x[:32], *norm))
             with autocast(device, dtype):
-                loss = loss_fn(model, x, Batch(y, has_label[idx], tl))
+                loss = loss_fn(net, x, Batch(y, has_label[idx], tl))
             opt.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
@@ -413,6 +431,10 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             lookahead.finish(model)  # the run ends on the slow weights
         synchronize(device)  # time the work, not the queueing
         seconds = time.perf_counter() - t0
+        if ddp:  # the same loss, decisions and BatchNorm statistics on every rank: the same model everywhere
+            loss_sum, step_losses = distributed.all_mean(loss_sum), distributed.all_mean(step_losses)
+            seen *= world
+            distributed.broadcast_(list(model.buffers()) + (list(ema.module.buffers()) if ema is not None else []))
         if not math.isfinite(loss_sum.item()):
             _diverged(step_losses, epoch, steps_per_epoch, total_steps, cfg, last_dir)
         eval_model = ema.module if ema is not None else model
