@@ -213,6 +213,14 @@ def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, Im
     return out
 
 
+def report_run(run_dir: Path, log=print, ds: Dataset | None = None, split: Split | None = None) -> None:
+    """RUN/report.html at the end of a run (fewlabels.report.page), from the run's data when given (not loaded
+    again); a report that cannot be made logs one warning line and never fails the finished run."""
+    from ..report import write_run_report
+
+    write_run_report(run_dir, log, (ds, split) if ds is not None and split is not None else None)
+
+
 def scored(metrics: dict[str, Any]) -> str:
     """'test accuracy 0.9, validation accuracy 0.8' for the splits a run's final metrics have."""
     parts = [f"{name} accuracy {metrics[f'{key}_acc']:.4f}" for key, name in (("test", "test"), ("val", "validation"))

@@ -38,6 +38,7 @@ from .common import (
     calibrate_checkpoint,
     flags,
     labelled_trainset,
+    report_run,
     scored,
     train_config,
     with_report,
@@ -248,6 +249,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
                          f"{r['minutes']:.2f} |")
         atomic_write_text(run_dir / "compare.md", "\n".join(lines) + "\n")
         log("\n".join(lines))
+    report_run(run_dir, log, ds, split)
     return out
 
 

@@ -1,4 +1,4 @@
-"""Plots for run folders (matplotlib, headless)."""
+"""Plots for run folders (matplotlib, headless) and the HTML run report (report.page, `fewlabels report`)."""
 
 from __future__ import annotations
 
@@ -44,3 +44,17 @@ def plot_lines(series: dict[str, tuple[list, list]], path: Path, xlabel: str, yl
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_run_report(run_dir: Path, log=print, data: tuple | None = None) -> Path | None:
+    """RUN/report.html at the end of a run (see report.page); `data`: the run's (dataset, split), already loaded,
+    so that they are not loaded again. A report that cannot be built never fails the finished run: one warning line
+    instead, and None."""
+    try:
+        from .page import write_report
+
+        return write_report(Path(run_dir), data=data, device="auto")
+    except Exception as e:  # noqa: BLE001 - the run is done; its report is a convenience
+        log(f"warning: the run's report was not written ({type(e).__name__}: {e}); `fewlabels report {run_dir}` "
+            f"tries again")
+        return None
