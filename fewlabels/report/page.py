@@ -252,7 +252,7 @@ class _Report:
     # ----------------------------------------------------------------------------------------------- sections
 
     def sections(self) -> list[Section]:
-        out = [self.summary(), self.options(), self.curves()]
+        out = [self.summary(), self.curves()]
         if self.command == "selftrain":
             out.append(self.rounds())
         if self.command == "transfer" and self.mode == "compare":
@@ -263,7 +263,7 @@ class _Report:
             out += [self.per_class(), self.confusion(), self.calibration(), self.wrong()]
         if self.command in ("pseudolabel", "selftrain"):
             out.append(self.pseudo_labels())
-        out.append(self.environment())
+        out += [self.options(), self.environment()]
         return [s for s in out if s is not None]
 
     def _part(self, id: str, title: str, make) -> Section:
