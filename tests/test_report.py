@@ -83,7 +83,7 @@ def test_missing_parts_leave_their_section_out_with_a_note(runs, tmp_path):
 
 
 def test_a_report_that_fails_never_fails_the_run(tmp_path, monkeypatch, capsys):
-    import fewlabels.report.page as page
+    import fewlabels.methods.report_page as page
 
     def boom(*a, **k):
         raise RuntimeError("disk on fire")

@@ -1,4 +1,4 @@
-"""`fewlabels report RUN`: one self-contained HTML page of a run folder (fewlabels/report/page.py), the page every
+"""`fewlabels report RUN`: one self-contained HTML page of a run folder (methods/report_page.py), the page every
 training command also writes as RUN/report.html when it ends."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class ReportCommand(Options):
 def html_report(cfg: ReportCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     """The HTML report of a run folder; returns {"report": the file written, "run_dir"}. E.g.
     `html_report(run="runs/digits")` writes runs/digits/report.html (`out="report.html"` writes there instead)."""
-    from ..report.page import write_report
+    from .report_page import write_report
 
     cfg = ReportCommand.build(cfg, kwargs)
     log = (lambda *_: None) if cfg.quiet else print

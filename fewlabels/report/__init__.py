@@ -1,4 +1,5 @@
-"""Plots for run folders (matplotlib, headless) and the HTML run report (report.page, `fewlabels report`)."""
+"""Plots for run folders (matplotlib, headless) and the figures of the HTML run report
+(report.figures; the page: methods/report_page.py)."""
 
 from __future__ import annotations
 
@@ -45,16 +46,3 @@ def plot_lines(series: dict[str, tuple[list, list]], path: Path, xlabel: str, yl
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
-
-def write_run_report(run_dir: Path, log=print, data: tuple | None = None) -> Path | None:
-    """RUN/report.html at the end of a run (see report.page); `data`: the run's (dataset, split), already loaded,
-    so that they are not loaded again. A report that cannot be built never fails the finished run: one warning line
-    instead, and None."""
-    try:
-        from .page import write_report
-
-        return write_report(Path(run_dir), data=data, device="auto")
-    except Exception as e:  # noqa: BLE001 - the run is done; its report is a convenience
-        log(f"warning: the run's report was not written ({type(e).__name__}: {e}); `fewlabels report {run_dir}` "
-            f"tries again")
-        return None

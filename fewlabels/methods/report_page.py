@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from ..report import figures
 from ..utils import atomic_write_text
 
 WRONG_IMAGES = 24  # most confidently wrong test images shown
@@ -318,8 +319,6 @@ class _Report:
 
     def curves(self) -> Section:
         def make() -> str:
-            from .figures import learning_curves
-
             if self.command == "selftrain":
                 names = sorted((p for p in self.run.glob("round*") if p.is_dir() and p.name[5:].isdigit()),
                                key=lambda p: int(p.name[5:]))
@@ -333,7 +332,7 @@ class _Report:
             hist = {k: v for k, v in hist.items() if v}
             if not hist:
                 raise Missing("the run has no metrics.jsonl or metrics.json")
-            return img(learning_curves(hist), "learning curves")
+            return img(figures.learning_curves(hist), "learning curves")
         return self._part("learning-curves", "Learning curves", make)
 
     def _report(self) -> dict:
@@ -358,13 +357,11 @@ class _Report:
 
     def confusion(self) -> Section:
         def make() -> str:
-            from .figures import confusion_heatmap
-
             rep = self._report()
             if not rep.get("confusion_matrix"):
                 raise Missing("the results hold no confusion matrix")
             classes = rep.get("classes") or [str(i) for i in range(len(rep["confusion_matrix"]))]
-            return ('<div class="confusion-matrix">' + img(confusion_heatmap(rep["confusion_matrix"], classes),
+            return ('<div class="confusion-matrix">' + img(figures.confusion_heatmap(rep["confusion_matrix"], classes),
                                                         "confusion matrix") + "</div>"
                     + "<p class=\"small\">Rows: true class; columns: predicted class. Colour: share of the true "
                       "class's images.</p>")
@@ -372,8 +369,6 @@ class _Report:
 
     def calibration(self) -> Section:
         def make() -> str:
-            from .figures import reliability_diagram
-
             rep = self._report()
             if not rep.get("reliability"):
                 raise Missing("the results hold no calibration figures (a run of an older version)")
@@ -381,21 +376,19 @@ class _Report:
             text = (f"<p>ECE <b>{fmt(rep.get('ece'))}</b> ({rep.get('bins', 15)} bins), NLL {fmt(rep.get('nll'))}; "
                     + (f"temperature {t:.3f} (calibrated)" if t not in (None, 1.0) else
                        "uncalibrated (<code>fewlabels calibrate RUN</code> fits a temperature)") + ".</p>")
-            return text + img(reliability_diagram(rep["reliability"], rep.get("ece"), int(rep.get("bins", 15))),
+            return text + img(figures.reliability_diagram(rep["reliability"], rep.get("ece"), int(rep.get("bins", 15))),
                               "reliability diagram", "half")
         return self._part("calibration", "Calibration: reliability diagram", make)
 
     def wrong(self) -> Section:
         def make() -> str:
-            from .figures import thumbnail
-
             o = self.outputs()
             conf, pred = o.probs.max(1)
             wrong = (pred != o.labels).nonzero().squeeze(1)
             if wrong.numel() == 0:
                 return "<p>No mistakes on these images.</p>"
             order = wrong[conf[wrong].argsort(descending=True)][:WRONG_IMAGES]
-            items = [_figure(thumbnail(o.images[i]), f"true {o.classes[int(o.labels[i])]}",
+            items = [_figure(figures.thumbnail(o.images[i]), f"true {o.classes[int(o.labels[i])]}",
                              _Raw(f'<span class="bad">→ {esc(o.classes[int(pred[i])])}</span> {float(conf[i]):.3f}'))
                      for i in order.tolist()]
             on = "test" if o.on == "test" else "validation"
@@ -460,8 +453,6 @@ class _Report:
         return self._part("pseudo-labels", "Pseudo-labels", make)
 
     def _pseudo_round(self, folder: Path) -> str:
-        from .figures import thumbnail
-
         q = _read_json(folder / "pseudo_labels_report.json") or {}
         opts = (f"threshold {fmt(self.cfg.get('threshold'), 2)}, "
                 + ("soft" if self.cfg.get("soft") else "hard") + " labels, "
@@ -506,7 +497,8 @@ class _Report:
                 cap = (_Raw(f"{c:.3f} ✓") if true == lab else
                        _Raw(f'{c:.3f} <span class="bad">true {esc(classes[true])}</span>') if true >= 0 else
                        _Raw(f"{c:.3f}"))
-                items.append(_figure(thumbnail(ds.train.images[ti]), "", cap, "wrong" if 0 <= true != lab else ""))
+                frame = "wrong" if 0 <= true != lab else ""
+                items.append(_figure(figures.thumbnail(ds.train.images[ti]), "", cap, frame))
             name = classes[lab] if 0 <= lab < len(classes) else str(lab)
             pc = per.get(name) or {}
             stats = f"{n} images" + (f", precision {_pct(pc['precision'])}" if pc.get("precision") is not None else "")
@@ -540,4 +532,4 @@ def _figure(png: bytes, top: str, caption: Any, cls: str = "") -> str:
 
 
 def TEMPLATE() -> Template:  # noqa: N802 - read on use: the file ships in the package
-    return Template((Path(__file__).parent / "template.html").read_text(encoding="utf-8"))
+    return Template((Path(figures.__file__).parent / "template.html").read_text(encoding="utf-8"))
