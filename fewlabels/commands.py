@@ -61,6 +61,9 @@ COMMANDS = (
     Command("suggest", M + "suggest", "suggest", "SuggestCommand",
             "which unlabelled images to label next (margin, entropy, random, kcenter): a CSV to fill in",
             (("model_path", "?", "run folder or checkpoint of the trained model"),)),
+    Command("report", M + "report", "html_report", "ReportCommand",
+            "one self-contained HTML page of a run: curves, per-class scores, confusion matrix, calibration, "
+            "mistakes, pseudo-labels", (("run", "?", "run folder"),)),
     Command("augment preview", M + "preview", "augment_preview", "PreviewCommand",
             "PNG grid of augmented views of a dataset"),
     Command("probe equivariance", M + "probes", "probe_equivariance", "ProbeEquivarianceCommand",

@@ -70,7 +70,8 @@ RUN_FILES = ("results.json", "metrics.jsonl", "metrics.json", "learning_curve.pn
 # Files a run folder owns besides RUN_FILES: an output file (--out of evaluate, predict, suggest, augment preview)
 # never replaces one of them, nor anything in a run's own subfolders.
 RUN_OWNED = (*RUN_FILES, "config.yaml", "split.json", "environment.json", ".fewlabels.lock", "final.json",
-             "rounds.md", "compare.md", "pseudo_labels_report.json", "equivariance.json", "fc_vs_cnn.json")
+             "rounds.md", "compare.md", "pseudo_labels_report.json", "equivariance.json", "fc_vs_cnn.json",
+             "report.html")
 
 
 RUN_SUBFOLDERS = ("checkpoints", "scratch", "probe", "finetune")

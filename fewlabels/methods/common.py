@@ -221,6 +221,18 @@ def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, Im
     return out
 
 
+def report_run(run_dir: Path, log=print, ds: Dataset | None = None, split: Split | None = None) -> None:
+    """RUN/report.html at the end of a run (fewlabels.report.page), from the run's data when given (not loaded
+    again); a report that cannot be made logs one warning line and never fails the finished run."""
+    from .report_page import write_report
+
+    try:
+        write_report(Path(run_dir), data=(ds, split) if ds is not None and split is not None else None, device="auto")
+    except Exception as e:  # noqa: BLE001 - the run is done; its report is a convenience
+        log(f"warning: the run's report was not written ({type(e).__name__}: {e}); `fewlabels report {run_dir}` "
+            f"tries again")
+
+
 def scored(metrics: dict[str, Any]) -> str:
     """'test accuracy 0.9, validation accuracy 0.8' for the splits a run's final metrics have."""
     parts = [f"{name} accuracy {metrics[f'{key}_acc']:.4f}" for key, name in (("test", "test"), ("val", "validation"))

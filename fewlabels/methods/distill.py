@@ -42,6 +42,7 @@ from .common import (
     Temperature,
     build_model,
     check_classes,
+    report_run,
     scored,
     train_config,
     with_report,
@@ -153,6 +154,7 @@ def distill(cfg: DistillCommand | None = None, **kwargs: Any) -> dict[str, Any]:
         out["compression"] = compression_report({"teacher": (teacher, tmeta), "student": (res.model, meta)},
                                                 ds.test, device)
     write_json(run_dir / "results.json", out)
+    report_run(run_dir, log, ds, split)
     log(f"done: {run_dir}  student {scored(out)}")
     return out
 

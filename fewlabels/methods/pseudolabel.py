@@ -28,7 +28,7 @@ from ..errors import FewLabelsError
 from ..eval import EVAL_BATCH_SIZE, predict_logits
 from ..runs import run_folder, save_config, source_split
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
-from .common import Run, Teacher, Temperature, check_classes
+from .common import Run, Teacher, Temperature, check_classes, report_run
 
 
 @dataclass
@@ -264,6 +264,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {"selected": len(pl)}
     q.update(overlap_note(ds))
     write_json(run_dir / "pseudo_labels_report.json", q)
+    report_run(run_dir, log, ds, split)
     log(f"{len(pl)} pseudo-labels ({q.get('unique', len(pl))} unique images) from {len(pool)} unlabelled; "
         + (f"precision {q['precision']:.4f}, coverage {q['coverage']:.4f}" if "precision" in q else ""))
     return {"run_dir": str(run_dir), **q}

@@ -41,6 +41,7 @@ from .common import (
     check_classes,
     flags,
     labelled_trainset,
+    report_run,
     train_config,
     with_report,
 )
@@ -196,6 +197,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     summary = with_report({**json.loads((run_dir / "final.json").read_text()), **overlap_note(ds)}, final, evals,
                           (fmeta["mean"], fmeta["std"]), base, temperature=fmeta.get("temperature", 1.0))
     write_json(run_dir / "final.json", summary)  # the final model's per-class report too
+    report_run(run_dir, log, ds, split)
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
             "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc"),
             **{k: summary[k] for k in ("macro_f1", "balanced_accuracy", "report") if k in summary}}

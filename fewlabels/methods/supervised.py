@@ -32,6 +32,7 @@ from .common import (
     build_model,
     check_classes,
     labelled_trainset,
+    report_run,
     scored,
     train_config,
     with_report,
@@ -75,6 +76,7 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     with_report(out, result.best_model(), evals, (ds.mean, ds.std), tc,  # checkpoints/best's, not the last epoch's
                 run_dir / "checkpoints" / "best" if cfg.calibrate else None, log)
     write_json(run_dir / "results.json", out)
+    report_run(run_dir, log, ds, split)
     log(f"done: {run_dir}  {scored(out)}")
     return out
 

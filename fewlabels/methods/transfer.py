@@ -39,6 +39,7 @@ from .common import (
     calibrate_checkpoint,
     flags,
     labelled_trainset,
+    report_run,
     scored,
     train_config,
     with_report,
@@ -256,6 +257,7 @@ def transfer(cfg: TransferCommand | None = None, **kwargs: Any) -> dict[str, Any
         atomic_write_text(run_dir / "compare.md", "\n".join(lines) + "\n")
         log("\n".join(lines))
         log(f"best on validation: {chosen} ({run_dir / chosen}); the table is in {run_dir / 'compare.md'}")
+    report_run(run_dir, log, ds, split)
     return out
 
 

@@ -1,4 +1,5 @@
-"""Plots for run folders (matplotlib, headless)."""
+"""Plots for run folders (matplotlib, headless) and the figures of the HTML run report
+(report.figures; the page: methods/report_page.py)."""
 
 from __future__ import annotations
 
@@ -44,3 +45,4 @@ def plot_lines(series: dict[str, tuple[list, list]], path: Path, xlabel: str, yl
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
