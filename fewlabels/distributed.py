@@ -13,10 +13,10 @@ evaluation and pseudo-labelling) line up without any coordination in the command
 - evaluation and pseudo-labelling: each rank predicts a contiguous shard of the images and the logits are gathered
   in dataset order on every rank (eval.predict_logits), so every rank takes the same decisions (best epoch,
   pseudo-labels, which round is final);
-- files: only rank 0 writes the run folder. Rank k > 0 copies it, as it is when the run starts, into a private
-  temporary folder (mode 0700) and writes there, so what it reads back (a round's checkpoint, a results file) is what
-  rank 0 reads; the copy is removed when the process ends. A resumed run therefore resumes on every rank from rank 0's
-  files, whatever rank was killed and whatever the world size was before.
+- files: only rank 0 writes the run folder. Rank k > 0 copies it, as it is when the run starts, into `RUN/.rank<k>/`
+  and writes there, so what it reads back (a round's checkpoint, a results file) is what rank 0 reads; the copy is
+  removed when the process ends (and replaced at the next start if a kill left it). A resumed run therefore resumes
+  on every rank from rank 0's files, whatever rank was killed and whatever the world size was before.
 
 A plain `fewlabels ...` (no WORLD_SIZE, or WORLD_SIZE=1) never touches torch.distributed.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -151,11 +150,13 @@ def gather_rows(part: torch.Tensor, n: int) -> torch.Tensor:
 
 
 _SHADOWS: dict[str, Path] = {}
+SHADOW_PREFIX = ".rank"  # RUN/.rank1/, ...: another rank's copy of the run folder while the run lasts
 
 
 def shadow(folder: Path) -> Path:
     """The folder this rank writes for the run folder `folder` (made and locked by rank 0): the folder itself on rank
-    0, a private copy of it, as it was before any rank went on, on every other rank (removed at exit)."""
+    0; on rank k > 0 `folder/.rank<k>/`, a copy of the folder as it was before any rank went on (made again at each
+    start, so a copy left by a killed process is replaced; removed when the process ends)."""
     if not active():
         return folder
     key = os.path.realpath(folder)
@@ -165,10 +166,11 @@ def shadow(folder: Path) -> Path:
     if rank() == 0:
         own = folder
     else:
-        base = Path(tempfile.mkdtemp(prefix=f"fewlabels-rank{rank()}-"))  # 0700, this user's
-        atexit.register(shutil.rmtree, base, True)
-        own = base / folder.name
-        shutil.copytree(folder, own, symlinks=True, ignore=shutil.ignore_patterns(".fewlabels.lock"))
+        own = folder / f"{SHADOW_PREFIX}{rank()}"
+        shutil.rmtree(own, ignore_errors=True)
+        shutil.copytree(folder, own, symlinks=True,
+                        ignore=shutil.ignore_patterns(".fewlabels.lock", f"{SHADOW_PREFIX}*"))
+        atexit.register(shutil.rmtree, own, True)
     barrier()  # every copy is made before rank 0 writes anything
     _SHADOWS[key] = own
     return own

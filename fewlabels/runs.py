@@ -138,7 +138,7 @@ def save_config(run_dir: Path, cfg: Options, command: str) -> Options:
                                  f"{', '.join(theirs)}, which a run would write over: give a new --out")
     else:
         started = any(e.name not in ("config.yaml", "environment.json", "split.json", LOCK_FILE)
-                      for e in run_dir.iterdir())
+                      and not e.name.startswith(".rank") for e in run_dir.iterdir())  # .rank<k>: torchrun's copies
         text = path.read_text()
         first, *rest = text.split("\n", 2)
         if not cfg.recipe and rest and rest[0].startswith("# from the built-in recipe "):  # resumed without --recipe

@@ -294,6 +294,9 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     world, rank = distributed.world_size() if ddp else 1, distributed.rank() if ddp else 0
     model = model.to(device)
     if ddp and cfg.sync_bn:
+        if device.type != "cuda":
+            raise FewLabelsError("--sync-bn needs CUDA GPUs (PyTorch's SyncBatchNorm runs on GPUs only): on the CPU "
+                                 "drop it, and each process uses the BatchNorm statistics of its share of the batch")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

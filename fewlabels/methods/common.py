@@ -224,8 +224,11 @@ def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, Im
 def report_run(run_dir: Path, log=print, ds: Dataset | None = None, split: Split | None = None) -> None:
     """RUN/report.html at the end of a run (fewlabels.report.page), from the run's data when given (not loaded
     again); a report that cannot be made logs one warning line and never fails the finished run."""
+    from ..utils import is_main_process
     from .report_page import write_report
 
+    if not is_main_process():  # under torchrun rank 0 writes the report (and its model runs on rank 0 alone)
+        return
     try:
         write_report(Path(run_dir), data=(ds, split) if ds is not None and split is not None else None, device="auto")
     except Exception as e:  # noqa: BLE001 - the run is done; its report is a convenience

@@ -241,7 +241,8 @@ class _Report:
                                 dtype=pick_dtype(str(self.cfg.get("precision", "auto")), dev),
                                 tta_flip=bool(self.cfg.get("tta_flip", False)),
                                 tta_translate=int(self.cfg.get("tta_translate", 0) or 0),
-                                channels_last=bool(self.cfg.get("channels_last", True)))
+                                channels_last=bool(self.cfg.get("channels_last", True)),
+                                gather=False)  # under torchrun only rank 0 writes a report
         probs = (logits / float(meta.get("temperature", 1.0))).softmax(1)
         if self.report is None:  # e.g. a probe, or a run of an older version: the report from these outputs
             from ..eval import classification_report
