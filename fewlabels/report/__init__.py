@@ -37,6 +37,9 @@ def plot_lines(series: dict[str, tuple[list, list]], path: Path, xlabel: str, yl
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=name)
+    if all(isinstance(x, int) for xs, _ in series.values() for x in xs):  # rounds, epochs: no 0.25 ticks
+        from matplotlib.ticker import MaxNLocator
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
