@@ -11,6 +11,11 @@ a new entry. Other entries under the same parent are stale versions of the same 
 Each file is written under a temporary name in the entry folder and renamed with os.replace, meta.json last, so a
 crash leaves either a complete entry or one without meta.json, which counts as missing. An entry that fails to
 load (truncated, edited) is deleted and rebuilt, with a warning.
+
+Larger than memory: a split is written in chunks of ~32 MB (its rows may be picked from a larger array, e.g. the
+held-out test rows of a decoded folder), and loaded memory-mapped (copy-on-write): its images are paged in from the
+file as batches read them and can be dropped again by the kernel, so a split is never read whole into RAM. A folder
+being decoded goes into a memory-mapped scratch file in the entry folder (`scratch`), not into RAM.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -27,8 +33,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
 from fewlabels.data.imageset import ImageSet
 from fewlabels.errors import FewLabelsError
@@ -72,28 +78,51 @@ def load(entry: Path, root: Path) -> tuple[dict[str, ImageSet], dict[str, Any]] 
         return None
 
 
-def save(entry: Path, splits: dict[str, ImageSet], root: Path, extra: dict[str, Any]) -> None:
-    """Write the entry atomically, then delete stale entries of the same folder; a write failure only warns.
+def save(entry: Path, splits: dict[str, ImageSet], root: Path, extra: dict[str, Any],
+         rows: dict[str, torch.Tensor] | None = None) -> bool:
+    """Write the entry atomically, then delete stale entries of the same folder; a write failure only warns (and
+    returns False).
 
     extra: small JSON-able facts derived from the images (e.g. normalisation statistics) to keep beside them.
+    rows: for a split, which rows of its ImageSet to write, in that order (default: all), streamed without a copy.
     """
     prefix = str(root) + os.sep
     meta: dict[str, Any] = {"format": CACHE_FORMAT, "root": str(root), "classes": [], "splits": {}, "extra": extra}
     try:
         entry.mkdir(parents=True, exist_ok=True)
         for split, images in splits.items():
-            _save_tensors(entry / f"{split}.safetensors",
-                          {"images": images.images.contiguous(), "labels": images.labels.contiguous()})
+            pick = (rows or {}).get(split)
+            labels = images.labels if pick is None else images.labels[pick]
             paths = images.paths or []
+            if pick is not None and paths:
+                paths = [paths[i] for i in pick.tolist()]
+            shape = [len(labels), *images.images.shape[1:]]
+            _write_split(entry / f"{split}.safetensors", images.images, images.labels, pick)
             meta["classes"] = images.classes
-            meta["splits"][split] = {"shape": list(images.images.shape),
-                                     "paths": [p.removeprefix(prefix) for p in paths]}
+            meta["splits"][split] = {"shape": shape, "paths": [p.removeprefix(prefix) for p in paths]}
         write_json(entry / "meta.json", meta)  # last: its presence marks the entry complete
     except (OSError, FewLabelsError) as err:  # write_json turns a failed write into a FewLabelsError
         warnings.warn(f"Could not write the decode cache {entry} ({err}); the next load will decode again. Point "
                       "cache_dir (or $FEWLABELS_CACHE) at a writable folder to cache.", stacklevel=3)
-        return
+        return False
     _remove_stale(entry)
+    return True
+
+
+def scratch(entry: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
+    """A writable uint8 tensor of `shape` backed by a memory-mapped file in the entry folder (already unlinked: it
+    goes when the last reference does), for decoding a folder without holding it in RAM; None when the folder
+    cannot be written (then decode into RAM)."""
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=entry, prefix=".decoding.", suffix=".u8")
+        os.close(fd)
+        n = math.prod(shape)
+        arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape) if n else np.empty(shape, np.uint8)
+        os.unlink(tmp)
+    except OSError:
+        return None
+    return torch.from_numpy(arr)
 
 
 def _read(entry: Path, root: Path) -> tuple[dict[str, ImageSet], dict[str, Any]]:
@@ -103,8 +132,7 @@ def _read(entry: Path, root: Path) -> tuple[dict[str, ImageSet], dict[str, Any]]
     prefix = str(root) + os.sep
     splits = {}
     for split, info in meta["splits"].items():
-        tensors = load_file(entry / f"{split}.safetensors")
-        images, labels = tensors["images"], tensors["labels"]
+        images, labels = _read_split(entry / f"{split}.safetensors")
         if images.dtype != torch.uint8 or list(images.shape) != info["shape"] or len(labels) != len(images):
             raise ValueError(f"{split}.safetensors does not match meta.json")
         paths = [p if os.path.isabs(p) else prefix + p for p in info["paths"]]
@@ -112,19 +140,62 @@ def _read(entry: Path, root: Path) -> tuple[dict[str, ImageSet], dict[str, Any]]
     return splits, meta["extra"]
 
 
-def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    """safetensors file written to a temporary name in the same folder, synced, then renamed over `path`."""
+_CHUNK_BYTES = 32 << 20
+
+
+def _write_split(path: Path, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None) -> None:
+    """A safetensors file ("labels" int64 (N,), "images" uint8 (N, C, H, W)) written in ~32 MB chunks of rows (all of
+    `images` and their `labels`, or their `rows` in order) to a temporary name in the same folder, synced, then
+    renamed over `path`."""
+    if rows is not None:
+        labels = labels[rows]
+    n = len(labels)
+    per = math.prod(images.shape[1:])
+    header = {"labels": {"dtype": "I64", "shape": [n], "data_offsets": [0, 8 * n]},
+              "images": {"dtype": "U8", "shape": [n, *images.shape[1:]], "data_offsets": [8 * n, 8 * n + n * per]}}
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)  # the data starts 8-byte aligned
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        save_file(tensors, tmp)
-        with open(tmp, "rb") as f:
+        with os.fdopen(fd, "wb") as f:
+            f.write(len(head).to_bytes(8, "little") + head)
+            f.write(labels.to(torch.int64).contiguous().numpy().tobytes())
+            step = max(1, _CHUNK_BYTES // max(1, per))
+            for i in range(0, n, step):
+                part = images[i:i + step] if rows is None else images[rows[i:i + step]]
+                f.write(np.ascontiguousarray(part.numpy()).tobytes())
+            f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _read_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) of a split file: the labels read, the images memory-mapped copy-on-write (paged in as they
+    are read; writing to them never changes the file)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if not 0 < size < 1 << 20:
+            raise ValueError(f"{path.name} has no valid safetensors header")
+        header = json.loads(f.read(size))
+        lab, img = header["labels"], header["images"]
+        if lab["dtype"] != "I64" or img["dtype"] != "U8":
+            raise ValueError(f"{path.name}: unexpected dtypes {lab['dtype']}, {img['dtype']}")
+        start = 8 + size
+        f.seek(start + lab["data_offsets"][0])
+        labels = torch.frombuffer(bytearray(f.read(lab["data_offsets"][1] - lab["data_offsets"][0])),
+                                  dtype=torch.int64)
+    shape = tuple(img["shape"])
+    lo, hi = img["data_offsets"]
+    if hi - lo != math.prod(shape) or os.path.getsize(path) < start + hi:
+        raise ValueError(f"{path.name} is truncated")
+    if math.prod(shape) == 0:
+        return torch.empty(shape, dtype=torch.uint8), labels
+    arr = np.memmap(path, dtype=np.uint8, mode="c", offset=start + lo, shape=shape)
+    return torch.from_numpy(arr), labels
 
 
 def _remove_stale(entry: Path) -> None:

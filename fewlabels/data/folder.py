@@ -129,7 +129,8 @@ def load_files(files: FolderFiles, *, cache_dir: str | Path | None = None, bad_i
         if left_out:  # bad_images="skip" dropped them; say so on every load, not only the first
             _warn_skipped(files.all_paths(), left_out)
         return FolderData(splits, tuple(stats["mean"]), tuple(stats["std"]), {**info, "cache_hit": True})
-    splits = decode_folder(files, image_size=image_size, bad_images=bad_images, progress=progress, workers=workers)
+    splits = decode_folder(files, image_size=image_size, bad_images=bad_images, progress=progress, workers=workers,
+                           scratch_in=entry)
     if len(splits["train"]) == 0:
         raise FewLabelsError(f"None of the training images in {files.root} could be read (bad_images='skip' left "
                              "them all out). Check the files, or point at the right folder.")
@@ -139,12 +140,18 @@ def load_files(files: FolderFiles, *, cache_dir: str | Path | None = None, bad_i
         raise FewLabelsError(f"No training image of class {', '.join(empty)} could be read (bad_images='skip' left "
                              "them all out), so the model could never predict it. Fix those files, or remove the "
                              "class folder.")
+    rows: dict[str, torch.Tensor] = {}
     if held_out:
-        # No test folder: hold out a fixed stratified 20% so that a test number exists and never sees train.
-        train_idx, test_idx = stratified_split(splits["train"].labels)
-        splits = {**splits, "train": splits["train"].subset(train_idx), "test": splits["train"].subset(test_idx)}
-    mean, std = channel_stats(splits["train"].images)  # ~1 s for 50k CIFAR images: worth caching too
-    cache.save(entry, splits, files.root, {"mean": mean, "std": std})
+        # No test folder: hold out a fixed stratified 20% so that a test number exists and never sees train. The
+        # rows are picked as the cache is written (no copy of the decoded images), and read back from it.
+        rows["train"], rows["test"] = stratified_split(splits["train"].labels)
+        splits = {**splits, "test": splits["train"]}
+    mean, std = channel_stats(splits["train"].images, rows.get("train"))  # ~1 s for 50k CIFAR images: cached too
+    if cache.save(entry, splits, files.root, {"mean": mean, "std": std}, rows):
+        cached = cache.load(entry, files.root)  # memory-mapped: the decoded images are not held in RAM
+        if cached is not None:
+            return FolderData(cached[0], mean, std, {**info, "cache_hit": False})
+    splits = {k: v.subset(rows[k]) if k in rows else v for k, v in splits.items()}  # the cache could not be written
     return FolderData(splits, mean, std, {**info, "cache_hit": False})
 
 
@@ -289,18 +296,19 @@ def _warn_ignored(files: FolderFiles) -> None:
 
 
 def decode_folder(files: FolderFiles, *, image_size: int | None, bad_images: str, progress: bool,
-                  workers: int | None) -> dict[str, ImageSet]:
-    """Decode every split of the folder to one common (C, H, W); drops (skip) or reports (stop) bad images."""
+                  workers: int | None, scratch_in: Path | None = None) -> dict[str, ImageSet]:
+    """Decode every split of the folder to one common (C, H, W); drops (skip) or reports (stop) bad images.
+    scratch_in: a folder (the cache entry) to decode into a memory-mapped file there rather than into RAM."""
     paths, n_train = files.all_paths(), len(files.paths["train"])
     workers = _worker_count(len(paths), workers)
     guess = _guess_shape(paths[:n_train], image_size)
     with _executor(workers) as pool:
-        images, headers = _decode_all(pool, paths, guess, workers, progress, files.root.name)
+        images, headers = _decode_all(pool, paths, guess, workers, progress, files.root.name, scratch_in)
         bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
         _report_bad(paths, bad, bad_images)
         shape = _target_shape(headers, n_train, image_size, files.root)
         if shape != guess:  # the sample missed the common size or a colour image: decode again, right this time
-            images, headers = _decode_all(pool, paths, shape, workers, progress, files.root.name)
+            images, headers = _decode_all(pool, paths, shape, workers, progress, files.root.name, scratch_in)
             bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
             _report_bad(paths, bad, bad_images)  # a file can fail at the new size only
     if bad:
@@ -430,10 +438,14 @@ def _target_shape(headers: list[tuple[int, int, bool] | str], n_train: int, imag
 
 
 def _decode_all(pool: Executor | None, paths: list[str], shape: tuple[int, int, int], workers: int,
-                progress: bool, name: str) -> tuple[torch.Tensor, list[tuple[int, int, bool] | str]]:
+                progress: bool, name: str, scratch_in: Path | None = None
+                ) -> tuple[torch.Tensor, list[tuple[int, int, bool] | str]]:
     """Decode paths into one (N, C, H, W) uint8 tensor, with each file's (width, height, is_gray) as stored, or
-    why it could not be read (its row is then zeros)."""
-    images = torch.empty((len(paths), *shape), dtype=torch.uint8)
+    why it could not be read (its row is then zeros). scratch_in: a folder for a memory-mapped tensor (cache.scratch)
+    that the chunks are written into as they come, so memory stays at a few chunks whatever the folder's size."""
+    images = cache.scratch(scratch_in, (len(paths), *shape)) if scratch_in is not None else None
+    if images is None:
+        images = torch.empty((len(paths), *shape), dtype=torch.uint8)
     out, headers, start = images.numpy(), [], 0
     chunk = _chunk_size(len(paths), workers, math.prod(shape))
     for arr, chunk_headers in _run_chunks(pool, partial(_decode_chunk, shape=shape), paths, chunk, progress,
@@ -613,11 +625,14 @@ def split_info(source: str) -> dict[str, Any]:
     return {"from": source, "stratified": True, "fraction": TEST_FRACTION, "seed": SPLIT_SEED}
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and population std on [0, 1] of uint8 (N, C, H, W), exact, from 256-bin histograms
-    (bincount on uint8 is ~3x faster than float sums of squares and needs no float copy of the images)."""
+def channel_stats(images: torch.Tensor, rows: torch.Tensor | None = None
+                  ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std on [0, 1] of uint8 (N, C, H, W) (or of its `rows`), exact, from 256-bin
+    histograms (bincount on uint8 is ~3x faster than float sums of squares and needs no float copy of the images),
+    8,192 images at a time."""
     hist = torch.zeros(images.shape[1], 256, dtype=torch.float64)
-    for chunk in images.split(8192):
+    chunks = images.split(8192) if rows is None else (images[r] for r in rows.split(8192))
+    for chunk in chunks:
         for c in range(images.shape[1]):
             hist[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256)
     values = torch.arange(256, dtype=torch.float64) / 255

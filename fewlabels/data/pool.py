@@ -68,14 +68,18 @@ def load_pool(spec: str | os.PathLike | Sequence[str | os.PathLike], shape: tupl
         return ImageSet(part.images, part.labels, list(classes), part.paths)
     n_workers = folder._worker_count(len(paths), workers)
     with folder._executor(n_workers) as pool:
-        images, headers = folder._decode_all(pool, paths, shape, n_workers, progress, POOL_SPLIT)
+        images, headers = folder._decode_all(pool, paths, shape, n_workers, progress, POOL_SPLIT, entry)
     bad = {i: h for i, h in enumerate(headers) if isinstance(h, str)}
     folder._report_bad(paths, bad, bad_images)
     if bad:
         folder._warn_skipped(paths, bad)
         images, paths = _squeeze_out(images, paths, bad)
     out = ImageSet(images, torch.full((len(paths),), -1, dtype=torch.long), list(classes), paths)
-    cache.save(entry, {POOL_SPLIT: out}, root, {"kind": "pool"})
+    if cache.save(entry, {POOL_SPLIT: out}, root, {"kind": "pool"}):
+        cached = cache.load(entry, root)  # memory-mapped: the pool is paged in batch by batch, never held whole
+        if cached is not None and POOL_SPLIT in cached[0]:
+            part = cached[0][POOL_SPLIT]
+            return ImageSet(part.images, part.labels, list(classes), part.paths)
     return out
 
 
