@@ -80,3 +80,54 @@ def test_split_files_round_trip_rows_and_read_back_copy_on_write(tmp_path):
     (tmp_path / "t.safetensors").write_bytes((tmp_path / "s.safetensors").read_bytes()[:-10])
     with pytest.raises(ValueError, match="truncated"):
         cache._read_split(tmp_path / "t.safetensors")
+
+
+def test_large_gathers_go_to_a_memory_mapped_scratch_file(monkeypatch, tmp_path):
+    from fewlabels.data import imageset
+
+    made = []
+    real = imageset.scratch
+    monkeypatch.setenv("FEWLABELS_CACHE", str(tmp_path))
+    monkeypatch.setattr(imageset, "scratch", lambda *a, **k: made.append(a) or real(*a, **k))
+    monkeypatch.setattr(imageset, "IN_MEMORY_MB", 1e-6)  # 1 byte: everything here is "large"
+    monkeypatch.setattr(imageset, "_CHUNK_BYTES", 100)  # several chunks per part
+    a = torch.randint(0, 256, (40, 1, 5, 5), dtype=torch.uint8)
+    b = torch.randint(0, 256, (30, 1, 5, 5), dtype=torch.uint8)
+    rows = torch.tensor([29, 0, 5, 5, 17])
+    out = imageset.gather([(a, None), (b, rows)])
+    assert len(made) == 1 and torch.equal(out, torch.cat([a, b[rows]]))
+    s = imageset.ImageSet(a, torch.arange(40) % 3, ["x", "y", "z"]).subset(torch.tensor([3, 1, 39]))
+    assert torch.equal(s.images, a[[3, 1, 39]]) and s.labels.tolist() == [0, 1, 0] and len(made) == 2
+    assert list((tmp_path / "scratch").iterdir()) == []  # unlinked at once: nothing left behind
+
+
+def test_labelling_a_large_pool_resumes_from_its_last_saved_piece(monkeypatch, tmp_path):
+    from fewlabels.data.imageset import ImageSet
+    from fewlabels.methods import pseudolabel as pl
+
+    monkeypatch.setattr(pl, "POOL_CHUNK", 100)
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3)).eval()
+    meta = {"mean": [0.5], "std": [0.25]}
+    pool = ImageSet(torch.randint(0, 256, (350, 1, 4, 4), dtype=torch.uint8), torch.full((350,), -1), ["a", "b", "c"])
+    whole = pl.pool_logits(teacher, meta, pool, device=torch.device("cpu"))
+    calls = []
+    real = pl.predict_logits
+
+    def interrupted(model, images, *a, **k):
+        calls.append(len(images))
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while labelling the third piece
+        return real(model, images, *a, **k)
+
+    monkeypatch.setattr(pl, "predict_logits", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pl.pool_logits(teacher, meta, pool, device=torch.device("cpu"), resume_in=tmp_path / "partial")
+    assert sorted(p.name for p in (tmp_path / "partial").iterdir()) == [
+        "logits-000000000000.safetensors", "logits-000000000100.safetensors"]
+    calls.clear()
+    monkeypatch.setattr(pl, "predict_logits", lambda m, images, *a, **k: calls.append(len(images)) or real(
+        m, images, *a, **k))
+    again = pl.pool_logits(teacher, meta, pool, device=torch.device("cpu"), resume_in=tmp_path / "partial")
+    assert calls == [100, 50], "only the pieces not saved are labelled again"
+    torch.testing.assert_close(again, whole)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fewlabels.data import imageset
 from fewlabels.data.imageset import ImageSet
 from fewlabels.errors import FewLabelsError
 from fewlabels.utils import write_json
@@ -110,19 +111,9 @@ def save(entry: Path, splits: dict[str, ImageSet], root: Path, extra: dict[str, 
 
 
 def scratch(entry: Path, shape: tuple[int, ...]) -> torch.Tensor | None:
-    """A writable uint8 tensor of `shape` backed by a memory-mapped file in the entry folder (already unlinked: it
-    goes when the last reference does), for decoding a folder without holding it in RAM; None when the folder
-    cannot be written (then decode into RAM)."""
-    try:
-        entry.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=entry, prefix=".decoding.", suffix=".u8")
-        os.close(fd)
-        n = math.prod(shape)
-        arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape) if n else np.empty(shape, np.uint8)
-        os.unlink(tmp)
-    except OSError:
-        return None
-    return torch.from_numpy(arr)
+    """A writable uint8 tensor of `shape` memory-mapped from a file in the entry folder (imageset.scratch), for
+    decoding a folder without holding it in RAM; None when the folder cannot be written (then decode into RAM)."""
+    return imageset.scratch(shape, entry)
 
 
 def _read(entry: Path, root: Path) -> tuple[dict[str, ImageSet], dict[str, Any]]:

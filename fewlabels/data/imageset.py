@@ -1,15 +1,71 @@
-"""The in-memory image set every method works on."""
+"""The image set every method works on, and how rows of large sets are gathered without filling the memory."""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
+
+# gathers (subsets, concatenations) larger than this go to a memory-mapped scratch file, written in chunks: a pool
+# larger than RAM is then paged in batch by batch, and a copy of a large split costs disk, not memory
+IN_MEMORY_MB = float(os.environ.get("FEWLABELS_IN_MEMORY_MB", "64"))
+_CHUNK_BYTES = 32 << 20
+
+
+def scratch_dir() -> Path:
+    """Where scratch files go: $FEWLABELS_CACHE/scratch, else ~/.cache/fewlabels/cache/scratch (the user's own)."""
+    base = os.environ.get("FEWLABELS_CACHE") or Path.home() / ".cache" / "fewlabels" / "cache"
+    return Path(base).expanduser() / "scratch"
+
+
+def scratch(shape: tuple[int, ...], folder: Path | None = None) -> torch.Tensor | None:
+    """A writable uint8 tensor of `shape` backed by a memory-mapped file in `folder` (default scratch_dir()), unlinked
+    at once (the file goes with the last reference to the tensor); None when no file can be made there."""
+    try:
+        folder = scratch_dir() if folder is None else folder
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rows.", suffix=".u8")  # 0600, this user's
+        os.close(fd)
+        try:
+            arr = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape) if math.prod(shape) else None
+        finally:
+            os.unlink(tmp)
+    except OSError:
+        return None
+    return torch.from_numpy(arr) if arr is not None else torch.empty(shape, dtype=torch.uint8)
+
+
+def gather(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    """The rows of each part (a tensor (n, ...) and the rows to take of it, None for all), concatenated: in memory
+    when small, else written chunk by chunk into a memory-mapped scratch file (never the whole in RAM at once)."""
+    sizes = [p.shape[0] if rows is None else len(rows) for p, rows in parts]
+    shape = (sum(sizes), *parts[0][0].shape[1:])
+    nbytes = math.prod(shape) * parts[0][0].element_size()
+    if parts[0][0].dtype != torch.uint8 or nbytes <= IN_MEMORY_MB * 2**20 or parts[0][0].device.type != "cpu":
+        return torch.cat([p if rows is None else p[rows] for p, rows in parts])
+    out = scratch(shape)
+    if out is None:
+        return torch.cat([p if rows is None else p[rows] for p, rows in parts])
+    step = max(1, _CHUNK_BYTES // max(1, math.prod(shape[1:])))
+    at = 0
+    for p, rows in parts:
+        n = p.shape[0] if rows is None else len(rows)
+        for i in range(0, n, step):
+            j = min(n, i + step)
+            out[at + i:at + j] = p[i:j] if rows is None else p[rows[i:j]]
+        at += n
+    return out
 
 
 @dataclass
 class ImageSet:
-    """A whole split as one uint8 tensor.
+    """A whole split as one uint8 tensor (in memory, or memory-mapped from the decode cache or a scratch file).
 
     images: uint8 (N, C, H, W), C is 1 or 3.
     labels: int64 (N,), -1 where the label is unknown (unlabelled images).
@@ -44,6 +100,7 @@ class ImageSet:
         return int(c), int(h), int(w)
 
     def subset(self, idx: torch.Tensor | list[int]) -> ImageSet:
+        """The images at idx (a large subset goes to a memory-mapped scratch file: see gather)."""
         idx = torch.as_tensor(idx, dtype=torch.long)
         paths = [self.paths[i] for i in idx.tolist()] if self.paths is not None else None
-        return ImageSet(self.images[idx], self.labels[idx], list(self.classes), paths)
+        return ImageSet(gather([(self.images, idx)]), self.labels[idx], list(self.classes), paths)

@@ -13,7 +13,7 @@ import yaml
 
 from ..config import Options, group, opt
 from ..errors import FewLabelsError
-from .imageset import ImageSet
+from .imageset import ImageSet, gather
 from .sources import Dataset, load_dataset
 from .split import Split, make_split
 
@@ -198,7 +198,8 @@ def _with_named_splits(ds: Dataset, dc: Options, log) -> Dataset:
     own = {"val": ds.val, "test": ds.test}
     t, held = ds.train, ds.test
     if dc.test and "test_split" in ds.info and held is not None:  # the 20 % held out for want of a test split: back
-        changes["train"] = t = ImageSet(torch.cat([t.images, held.images]), torch.cat([t.labels, held.labels]),
+        changes["train"] = t = ImageSet(gather([(t.images, None), (held.images, None)]),
+                                        torch.cat([t.labels, held.labels]),
                                         list(t.classes), (t.paths or []) + (held.paths or []))
         own["test"] = None
         info.pop("test_split")
@@ -283,7 +284,8 @@ def _with_pool(ds: Dataset, unlabelled: list[str] | None, dc: Options, log) -> D
         log(f"note: {dropped} unlabelled file(s) are also labelled, validation or test images of {ds.name}; they were "
             "left out of the unlabelled pool")
     n_pool = sum(len(t) for t in images[1:])
-    train = ImageSet(torch.cat(images), torch.cat([ds.train.labels, torch.full((n_pool,), -1, dtype=torch.long)]),
+    train = ImageSet(gather([(x, None) for x in images]),  # a large pool: a memory-mapped scratch file, not RAM
+                     torch.cat([ds.train.labels, torch.full((n_pool,), -1, dtype=torch.long)]),
                      list(ds.train.classes), paths)
     info = {**ds.info, "unlabelled_pool": {"images": n_pool, "from": list(unlabelled or []) + (
         ["unlabelled/ or rows without a label"] if ds.unlabelled is not None else [])}}

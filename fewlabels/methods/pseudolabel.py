@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -155,15 +156,50 @@ def _first_label(pl: PseudoLabels, uniq: torch.Tensor) -> torch.Tensor:
     return lab[uniq]
 
 
+POOL_LOGITS = "pool_logits.partial"  # in a run folder: the saved pieces of an unfinished labelling of the pool
+POOL_CHUNK = 65_536  # images per saved piece of a pool's logits (resume point of an interrupted labelling)
+
+
 def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_flip: bool = False,
                 tta_translate: int = 0, batch_size: int = EVAL_BATCH_SIZE,
-                device: torch.device | None = None, progress: bool = False) -> torch.Tensor:
+                device: torch.device | None = None, progress: bool = False,
+                resume_in: Path | None = None) -> torch.Tensor:
     """The teacher's logits (N, K) on the clean pool: no grad, bf16 where the hardware has it; the batch only bounds
-    memory (the logits are the same at any batch size). progress: a progress bar on a terminal."""
+    memory (the logits are the same at any batch size). progress: a progress bar on a terminal.
+
+    resume_in: a folder where the logits are saved POOL_CHUNK images at a time (`logits-<start>.safetensors`, written
+    atomically), so that labelling a large pool interrupted midway goes on from the last saved piece; the caller
+    removes the folder once its pseudo-labels are saved."""
     device = device or next(teacher.parameters()).device
-    return predict_logits(teacher, pool.images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
-                          dtype=pick_dtype("auto", device), tta_flip=tta_flip, tta_translate=tta_translate,
-                          progress="pseudo-labelling" if progress else None)
+
+    def logits_of(images: torch.Tensor) -> torch.Tensor:
+        return predict_logits(teacher, images, meta["mean"], meta["std"], batch_size=batch_size, device=device,
+                              dtype=pick_dtype("auto", device), tta_flip=tta_flip, tta_translate=tta_translate,
+                              progress="pseudo-labelling" if progress else None)
+
+    n = len(pool)
+    if resume_in is None or n <= POOL_CHUNK:
+        return logits_of(pool.images)
+    from safetensors.torch import load_file
+    from safetensors.torch import save as save_bytes
+
+    from ..utils import atomic_write_bytes
+    parts = []
+    for start in range(0, n, POOL_CHUNK):
+        piece = resume_in / f"logits-{start:012d}.safetensors"
+        stop = min(n, start + POOL_CHUNK)
+        if piece.is_file():
+            try:
+                z = load_file(str(piece))["logits"]
+                if z.shape[0] == stop - start:
+                    parts.append(z)
+                    continue
+            except Exception:  # noqa: BLE001 - a piece cut short: label it again
+                pass
+        z = logits_of(pool.images[start:stop])
+        atomic_write_bytes(piece, save_bytes({"logits": z.contiguous()}))
+        parts.append(z)
+    return torch.cat(parts)
 
 
 def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool = True, temperature: float = 1.0,
@@ -183,12 +219,13 @@ def labels_from_logits(logits: torch.Tensor | list[torch.Tensor], *, hard: bool 
 
 
 def teach(teacher: torch.nn.Module, meta: dict, pool: ImageSet, cfg: Any, device: torch.device,
-          prior: torch.Tensor) -> PseudoLabels:
+          prior: torch.Tensor, resume_in: Path | None = None) -> PseudoLabels:
     """The teacher labels the clean pool with a command's PseudoLabel and Temperature options (`prior`: the labelled
     images' class frequencies, used with --balance-to labelled). A calibrated teacher's logits are divided by its
     temperature first (model.json), so that --threshold reads calibrated confidences."""
     logits = pool_logits(teacher, meta, pool, tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                         device=device, progress=Console.of(cfg).bars) / float(meta.get("temperature", 1.0))
+                         device=device, progress=Console.of(cfg).bars, resume_in=resume_in
+                         ) / float(meta.get("temperature", 1.0))
     return labels_from_logits(logits, hard=not cfg.soft, temperature=cfg.temperature, threshold=cfg.threshold,
                               balance=cfg.balance, per_class=cfg.per_class,
                               prior=prior if cfg.balance_to == "labelled" else None)
@@ -257,10 +294,11 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     if len(split.unlabelled) == 0:
         raise FewLabelsError(EMPTY_POOL)
     pool = ds.train.subset(split.unlabelled)
-    pl = teach(teacher, meta, pool, cfg, device, labelled_prior(ds.train, split))
+    pl = teach(teacher, meta, pool, cfg, device, labelled_prior(ds.train, split), run_dir / POOL_LOGITS)
     if len(pl) == 0:
         raise FewLabelsError(f"no pseudo-label passed the threshold {cfg.threshold}: lower --threshold")
     pl.save(run_dir, pool.paths, ds.train.classes, split.unlabelled)
+    shutil.rmtree(run_dir / POOL_LOGITS, ignore_errors=True)
     q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {"selected": len(pl)}
     q.update(overlap_note(ds))
     write_json(run_dir / "pseudo_labels_report.json", q)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .. import targets as T
 from .. import tensorboard_events as tb
 from ..config import Options, group, opt
 from ..console import Console
+from ..data.imageset import gather
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, eval_sets, overlap_note, prepare_data
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
@@ -45,7 +47,7 @@ from .common import (
     train_config,
     with_report,
 )
-from .pseudolabel import PseudoLabel, check_label_options, labelled_prior, quality, teach
+from .pseudolabel import POOL_LOGITS, PseudoLabel, check_label_options, labelled_prior, quality, teach
 from .transfer import LayerRates, lr_scales
 
 
@@ -89,7 +91,7 @@ def _student_trainset(labelled: TrainSet, pool_images: torch.Tensor, pl_targets:
     loss stays a mean over the batch, labelled images keep full weight)."""
     n_lab, n_ps = labelled.images.shape[0], pl_indices.numel()
     pl_targets = T.weighted(T.smooth(pl_targets, smoothing), confidence, power)
-    return TrainSet(torch.cat([labelled.images, pool_images[pl_indices]]),
+    return TrainSet(gather([(labelled.images, None), (pool_images, pl_indices)]),  # large: memory-mapped scratch
                     torch.cat([labelled.targets, pl_targets]),
                     torch.ones(n_lab + n_ps, dtype=torch.bool),
                     torch.cat([torch.zeros(n_lab, dtype=torch.bool), torch.ones(n_ps, dtype=torch.bool)]),
@@ -167,7 +169,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             continue
         teacher, tmeta = load_model(run_dir / f"round{r - 1}", device)
         t0 = time.perf_counter()
-        pl = teach(teacher, tmeta, pool, cfg, device, labelled_prior(ds.train, split))
+        pl = teach(teacher, tmeta, pool, cfg, device, labelled_prior(ds.train, split), rdir / POOL_LOGITS)
         label_s = time.perf_counter() - t0
         if len(pl) == 0:
             reuse = (f"; copy {run_dir / 'round0'} and {run_dir / 'split.json'} into the new one to reuse the "
@@ -176,6 +178,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
                                  f"new --out (this folder keeps its options{reuse})")
         q = quality(pl, pool.labels, ds.train.classes) if bool((pool.labels >= 0).all()) else {}
         pl.save(rdir, pool.paths, ds.train.classes, split.unlabelled)
+        shutil.rmtree(rdir / POOL_LOGITS, ignore_errors=True)
         write_json(rdir / "pseudo_labels_report.json", q)
         del teacher
         train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing, pl.confidence,
