@@ -230,7 +230,9 @@ def report_run(run_dir: Path, log=print, ds: Dataset | None = None, split: Split
     if not is_main_process():  # under torchrun rank 0 writes the report (and its model runs on rank 0 alone)
         return
     try:
-        write_report(Path(run_dir), data=(ds, split) if ds is not None and split is not None else None, device="auto")
+        path = write_report(Path(run_dir), data=(ds, split) if ds is not None and split is not None else None,
+                            device="auto")
+        log(f"report: {path}")
     except Exception as e:  # noqa: BLE001 - the run is done; its report is a convenience
         log(f"warning: the run's report was not written ({type(e).__name__}: {e}); `fewlabels report {run_dir}` "
             f"tries again")

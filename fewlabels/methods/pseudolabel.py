@@ -303,6 +303,7 @@ def pseudolabel(cfg: PseudoLabelCommand | None = None, **kwargs: Any) -> dict[st
     q.update(overlap_note(ds))
     write_json(run_dir / "pseudo_labels_report.json", q)
     report_run(run_dir, log, ds, split)
-    log(f"{len(pl)} pseudo-labels ({q.get('unique', len(pl))} unique images) from {len(pool)} unlabelled; "
-        + (f"precision {q['precision']:.4f}, coverage {q['coverage']:.4f}" if "precision" in q else ""))
+    log(f"{len(pl)} pseudo-labels ({q.get('unique', len(pl))} unique images) from {len(pool)} unlabelled"
+        + (f"; precision {q['precision']:.4f}, coverage {q['coverage']:.4f}" if "precision" in q else "")
+        + f": {run_dir / 'pseudo_labels.csv'}")
     return {"run_dir": str(run_dir), **q}
