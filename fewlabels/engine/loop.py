@@ -240,7 +240,7 @@ def _init_from_data(model: nn.Module, images: torch.Tensor, mean: torch.Tensor, 
     init = getattr(model, "init_from_data", None)
     g = torch.Generator().manual_seed(cfg.seed)
     pick = torch.randperm(images.shape[0], generator=g)[:5000].to(images.device)
-    if init is None or not init(normalize(images[pick], mean, std, channels_last=False)):
+    if init is None or not init(normalize(images[pick].to(mean.device), mean, std, channels_last=False)):
         log(f"note: {type(model).__name__} has no data-dependent initialisation; whiten_stem is ignored")
 
 
@@ -300,7 +300,10 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    images = train.images.to(device)  # (N, C, H, W) uint8 (or (N, D) features), on the device for the whole run
+    # (N, C, H, W) uint8 (or (N, D) features), on the device for the whole run; a set too large for the GPU (over a
+    # third of its free memory) stays in host memory (memory-mapped when it came from the cache) and each batch is
+    # copied over as it is drawn
+    images = train.images if _stays_on_host(train.images, device) else train.images.to(device)
     classes = (row_classes(train.targets, train.has_label).cpu()
                if cfg.class_weights != "none" or cfg.sampler != "uniform" else None)
     targets = train.targets.to(device, torch.float32)
@@ -399,7 +402,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             set_lr(opt, cfg.lr, factor)
             idx_cpu, idx = idx, to_device(idx, device)  # the alternating flip hashes CPU indices: no round trip
             # augmented and normalised in one pass over the batch (fused on CPU), straight into the step's layout
-            xb = images[idx]
+            xb = images[idx] if images.device == device else to_device(images[idx_cpu], device)
             x = xb if augment is None else augment.normalized(
                 xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
                 out=torch.empty(xb.shape, device=device, memory_format=memory_format))
@@ -484,6 +487,15 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         from ..report import plot_history
         plot_history(history, run_dir / "learning_curve.png")
     return FitResult(final.eval(), history, best, run_dir, best_row)
+
+
+def _stays_on_host(images: torch.Tensor, device: torch.device) -> bool:
+    """Whether a training set is better left in host memory: on a GPU, when it would take over a third of the free
+    memory (the model, its activations and the optimizer need the rest)."""
+    if device.type != "cuda" or images.device.type != "cpu":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.numel() * images.element_size() > free / 3
 
 
 def _diverged(step_losses: torch.Tensor, epoch: int, steps_per_epoch: int, total_steps: int, cfg: TrainConfig,
