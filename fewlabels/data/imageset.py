@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,27 @@ def scratch(shape: tuple[int, ...], folder: Path | None = None) -> torch.Tensor 
     except OSError:
         return None
     return torch.from_numpy(arr) if arr is not None else torch.empty(shape, dtype=torch.uint8)
+
+
+_MADV_PAGEOUT = 21  # Linux 5.4+: reclaim these pages now (file-backed clean pages are dropped, re-read on use)
+
+
+def release(images: torch.Tensor) -> None:
+    """Let the kernel take back the memory of rows already used (e.g. a pool's chunk once labelled): for rows
+    memory-mapped from a file this drops them from the process's resident memory, so streaming a pool larger than
+    RAM keeps the resident set at a chunk; for rows in ordinary memory it is a no-op (MADV_PAGEOUT never discards
+    data: anonymous pages could only go to swap). Best effort, Linux only."""
+    if not sys.platform.startswith("linux") or images.device.type != "cpu" or images.numel() == 0:
+        return
+    import ctypes
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    start = images.data_ptr()
+    end = start + images.numel() * images.element_size()
+    lo, hi = -(-start // page) * page, end // page * page  # whole pages inside the rows only
+    if hi > lo:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(lo), ctypes.c_size_t(hi - lo), ctypes.c_int(_MADV_PAGEOUT))
 
 
 def gather(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from .. import targets as T
 from ..config import Options, group, opt
 from ..console import Console
-from ..data.imageset import ImageSet
+from ..data.imageset import ImageSet, release
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, overlap_note, prepare_data
 from ..engine.checkpoint import load_model
 from ..engine.config import Device
@@ -180,6 +180,7 @@ def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_fli
     n = len(pool)
     if resume_in is None or n <= POOL_CHUNK:
         return logits_of(pool.images)
+    resume_in.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import load_file
     from safetensors.torch import save as save_bytes
 
@@ -199,6 +200,7 @@ def pool_logits(teacher: torch.nn.Module, meta: dict, pool: ImageSet, *, tta_fli
         z = logits_of(pool.images[start:stop])
         atomic_write_bytes(piece, save_bytes({"logits": z.contiguous()}))
         parts.append(z)
+        release(pool.images[start:stop])  # a memory-mapped pool: its labelled chunk leaves the resident memory
     return torch.cat(parts)
 
 
