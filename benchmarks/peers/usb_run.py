@@ -260,6 +260,11 @@ def main() -> None:
     })
     t_setup = time.perf_counter()
     algorithm = get_algorithm(config, get_net_builder(config.net, from_name=False), tb_log=None, logger=None)
+    if torch.cuda.is_available():  # as USB's train.py (send_model_cuda) does for one GPU; untested here
+        config.gpu = algorithm.gpu = 0
+        torch.cuda.set_device(0)
+        algorithm.model = algorithm.model.cuda(0)
+        algorithm.ema_model = algorithm.ema_model.cuda(0)
 
     weak, strong, val = usb_transforms(config.img_size, config.crop_ratio)
     alg = config.algorithm
