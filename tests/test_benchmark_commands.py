@@ -27,6 +27,8 @@ SCRIPTS = {
     "augment_cifar10_4000": [[], ["--smoke"], ["--presets", "weak", "--", "--epochs", "120"]],
     "probes_mnist": [[], ["--smoke"], ["--", "--epochs", "8"]],
     "selftrain_ablation": [[], ["--smoke"], ["--only", "0,2", "--", "--student-epochs", "12"]],
+    "calibration_cifar10": [[], ["--smoke"], ["--scarce"], ["--smoke", "--scarce"],
+                            ["--val", "0.1", "--", "--epochs", "10"]],
 }
 
 
