@@ -209,6 +209,13 @@ def _batches(ts: TrainSet, batch_size: int, ratio: float, g: torch.Generator, mi
     return [torch.cat([lab[i * b_lab:(i + 1) * b_lab], ps[i * b_ps:(i + 1) * b_ps]]) for i in range(steps)]
 
 
+def images_per_epoch(train: TrainSet, cfg: TrainConfig) -> int:
+    """The images fit() trains on per epoch on `train` under `cfg` (its steps times their batches)."""
+    classes = row_classes(train.targets, train.has_label).cpu() if cfg.sampler == "balanced" else None
+    return sum(b.numel() for b in _batches(train, cfg.batch_size, cfg.unlabelled_ratio,
+                                           torch.Generator().manual_seed(cfg.seed), cfg.min_steps_per_epoch, classes))
+
+
 def _progress(total: int, desc: str, log: Callable[[str], None]):
     """An epoch's progress bar in images (images/s and ETA), on a terminal only and never under --quiet."""
     if not getattr(log, "bars", sys.stderr.isatty()):

@@ -221,6 +221,23 @@ def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, Im
     return out
 
 
+def budgeted(run_dir: Path, make, log=print) -> dict[str, Any]:
+    """The run's --budget-minutes plan: RUN/budget.json when the run made one before (a resumed run keeps its
+    epochs), else make() (engine.budget.plan, from speeds measured now), saved there."""
+    import json
+
+    from ..utils import write_json
+    path = Path(run_dir) / "budget.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    log("budget: timing each model for a few steps ...")
+    p = make()
+    write_json(path, p)
+    log(f"budget {p['budget_minutes']:g} min: epochs x{p['factor']:.3g} → "
+        + ", ".join(f"{k} {v}" for k, v in p["epochs"].items()) + f" (predicted {p['predicted_minutes']:.1f} min)")
+    return p
+
+
 def report_run(run_dir: Path, log=print, ds: Dataset | None = None, split: Split | None = None) -> None:
     """RUN/report.html at the end of a run (fewlabels.report.page), from the run's data when given (not loaded
     again); a report that cannot be made logs one warning line and never fails the finished run."""

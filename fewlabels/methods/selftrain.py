@@ -14,6 +14,7 @@ import contextlib
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from ..config import Options, group, opt
 from ..console import Console
 from ..data.imageset import gather
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, eval_sets, overlap_note, prepare_data
+from ..engine.budget import TimeBudget, images_per_epoch, phase
+from ..engine.budget import plan as plan_budget
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
 from ..engine.loop import TrainSet, Watch, fit
@@ -38,6 +41,7 @@ from .common import (
     Run,
     Teacher,
     Temperature,
+    budgeted,
     build_model,
     calibrate_checkpoint,
     check_classes,
@@ -79,7 +83,8 @@ class Rounds:
 class SelfTrainCommand(Options):
     """Noisy Student self-training: teacher → pseudo-labels → noised, equal-or-larger student → repeat."""
 
-    groups = (Run, Teacher, Rounds, LayerRates, PseudoLabel, Temperature, Source, Budget, Pool, *TRAINING, Calibration)
+    groups = (Run, Teacher, Rounds, LayerRates, PseudoLabel, Temperature, Source, Budget, Pool, *TRAINING, TimeBudget,
+              Calibration)
     hide = ("overwrite", "epochs", "augment")  # set per round: --teacher-epochs/--student-epochs and their augments
 
 
@@ -124,6 +129,14 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     evals = eval_sets(ds, split)
     base = train_config(cfg, ds)
     rows: list[dict[str, Any]] = []
+    budget = None
+    if cfg.budget_minutes:
+        budget = budgeted(run_dir, lambda: _plan_budget(cfg, ds, labelled, pool, evals, base, teacher_model), log)
+        e = budget["epochs"]
+        cfg = cfg.replace(teacher_epochs=e.get("teacher", cfg.teacher_epochs),
+                          student_epochs=e.get("student1", cfg.student_epochs),
+                          finetune_epochs=e.get("finetune", cfg.finetune_epochs))
+    t_start = time.perf_counter()
 
     def run_round(r: int, model_name: str, train: TrainSet, tcfg: TrainConfig, drop: float, dpr: float,
                   extra: dict[str, Any], pretrained: str | None = None) -> dict[str, Any]:
@@ -199,11 +212,59 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     final, fmeta = load_model(run_dir / "checkpoints" / "best", device)
     summary = with_report({**json.loads((run_dir / "final.json").read_text()), **overlap_note(ds)}, final, evals,
                           (fmeta["mean"], fmeta["std"]), base, temperature=fmeta.get("temperature", 1.0))
+    if budget is not None:  # the minutes of this attempt (a resumed run's earlier ones are in rounds.json)
+        summary["budget"] = {**budget, "minutes": round((time.perf_counter() - t_start) / 60, 2)}
     write_json(run_dir / "final.json", summary)  # the final model's per-class report too
     report_run(run_dir, log, ds, split)
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
             "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc"),
             **{k: summary[k] for k in ("macro_f1", "balanced_accuracy", "report") if k in summary}}
+
+
+def _plan_budget(cfg: SelfTrainCommand, ds, labelled: TrainSet, pool, evals, base: TrainConfig,
+                 teacher_model: str) -> dict[str, Any]:
+    """--budget-minutes for self-training: the teacher, each student and the fine-tune timed on this machine
+    (engine.budget), with the pool labelled after every round but the last."""
+    quiet = Console(quiet=True)
+    tta = (cfg.tta_flip_teacher, cfg.tta_translate_teacher)
+    phases = []
+    if cfg.teacher:  # adopted: no training, only its labelling of the pool
+        tmodel, _ = load_model(cfg.teacher, "cpu")
+        p = phase("teacher", tmodel, labelled, base.replace(epochs=1), {}, pool=pool.images, tta=tta)
+        phases.append(replace(p, train_images_per_epoch=0, labels_after=len(pool) if cfg.rounds else 0))
+    else:
+        model, _ = build_model(Model(teacher_model, 0.0, 0.0, cfg.teacher_pretrained), ds, quiet, cfg.seed)
+        p = phase("teacher", model, labelled, base.replace(epochs=cfg.teacher_epochs, augment=cfg.teacher_augment),
+                  evals, pool=pool.images, tta=tta)
+        phases.append(replace(p, labels_after=len(pool) if cfg.rounds else 0))
+    scfg = base.replace(epochs=cfg.student_epochs, augment=cfg.student_augment)
+    k = ds.train.num_classes
+    n_lab, n_pool = labelled.images.shape[0], len(pool)
+    sample = torch.arange(min(n_pool, 8 * base.batch_size))
+    probe_set = _student_trainset(labelled, pool.images, torch.full((len(sample), k), 1.0 / k), sample,
+                                  cfg.label_smoothing)
+    counts = TrainSet(torch.zeros((n_lab + n_pool, 1, 1, 1), dtype=torch.uint8), torch.zeros((n_lab + n_pool, k)),
+                      torch.ones(n_lab + n_pool, dtype=torch.bool),
+                      torch.cat([torch.zeros(n_lab, dtype=torch.bool), torch.ones(n_pool, dtype=torch.bool)]),
+                      norm=labelled.norm)
+    per_epoch = images_per_epoch(counts, scfg)  # every pool image pseudo-labelled: the most a round can take
+    models = cfg.student_models or [teacher_model]
+    given = "student_models" in cfg.set_by_user(["student_models"])
+    timed: dict[str, Any] = {}
+    last = teacher_model
+    for r in range(1, cfg.rounds + 1):
+        last = _model_of(cfg.student_pretrained, models[min(r - 1, len(models) - 1)], given)
+        if last not in timed:
+            model, _ = build_model(Model(last, cfg.student_drop_rate, cfg.student_drop_path_rate,
+                                         cfg.student_pretrained), ds, quiet, cfg.seed)
+            timed[last] = phase("student", model, probe_set, scfg, evals, per_epoch=per_epoch, pool=pool.images,
+                                tta=tta)
+        phases.append(replace(timed[last], name=f"student{r}", labels_after=n_pool if r < cfg.rounds else 0))
+    if cfg.finetune_epochs > 0:
+        model, _ = build_model(Model(last, 0.0, 0.0, None), ds, quiet, cfg.seed)
+        phases.append(phase("finetune", model, labelled, base.replace(epochs=cfg.finetune_epochs,
+                                                                      augment=cfg.teacher_augment), evals))
+    return plan_budget(phases, cfg.budget_minutes)
 
 
 def _model_of(weights: str | None, name: str, given: bool) -> str:

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,8 @@ from ..console import Console
 from ..data import Split, load_dataset
 from ..data.folder import decode_files
 from ..data.prepare import Budget, Source, eval_sets, prepare_data
+from ..engine.budget import TimeBudget, phase
+from ..engine.budget import plan as plan_budget
 from ..engine.checkpoint import load_model
 from ..engine.config import TRAINING, TTA, Device
 from ..engine.loop import Watch, fit
@@ -29,6 +32,7 @@ from .common import (
     Format,
     Model,
     Run,
+    budgeted,
     build_model,
     check_classes,
     labelled_trainset,
@@ -42,7 +46,7 @@ from .common import (
 class TrainCommand(Options):
     """Train a classifier on the labelled images of a dataset."""
 
-    groups = (Run, Source, Budget, Model, *TRAINING, Calibration)
+    groups = (Run, Source, Budget, Model, *TRAINING, TimeBudget, Calibration)
     hide = ("overwrite", "unlabelled_ratio")  # no pseudo-labelled images to mix in
 
 
@@ -68,9 +72,18 @@ def train(cfg: TrainCommand | None = None, **kwargs: Any) -> dict[str, Any]:
     model, meta = build_model(cfg.group(Model), ds, log, cfg.seed)
     tc = train_config(cfg, ds)
     evals = eval_sets(ds, split)
-    result = fit(model, labelled_trainset(ds, split, cfg.label_smoothing), tc, watch=Watch(evals, run_dir, meta, log))
+    trainset = labelled_trainset(ds, split, cfg.label_smoothing)
+    budget = None
+    if cfg.budget_minutes:
+        budget = budgeted(run_dir, lambda: plan_budget([phase("train", model, trainset, tc, evals)],
+                                                       cfg.budget_minutes), log)
+        tc = tc.replace(epochs=budget["epochs"]["train"])
+    t0 = time.perf_counter()
+    result = fit(model, trainset, tc, watch=Watch(evals, run_dir, meta, log))
     out = {"run_dir": str(run_dir), "labels": len(split.labelled), **result.final,
            "last_epoch": result.history[-1] if result.history else {}}
+    if budget is not None:
+        out["budget"] = {**budget, "minutes": round((time.perf_counter() - t0) / 60, 2)}
     if "test_acc" in out:
         out["test_accuracy"] = out["test_acc"]
     with_report(out, result.best_model(), evals, (ds.mean, ds.std), tc,  # checkpoints/best's, not the last epoch's

@@ -1,0 +1,148 @@
+"""`--budget-minutes`: size a run's epochs to the minutes a user has, from speeds measured on this machine.
+
+A run is a few phases (train: one; selftrain: the teacher, each student, the fine-tune), each with its epochs, the
+images it trains on per epoch, its evaluation sets and, for selftrain, the pool a teacher labels after it. Before
+the run, each model is timed here for a few steps on its own training set, with its own augmentation (a short fit()
+on a sample: the second epoch is timed, so start-up costs are left out), and for one evaluation batch. The predicted
+minutes are linear in one factor f that scales every phase's epochs alike (so a recipe keeps its shape: teacher and
+students in the same proportion); f is chosen so that training, evaluation and labelling fill the budget. The plan
+(speeds, epochs, prediction) is saved in the run folder, so a resumed run keeps its epochs whatever the machine
+does meanwhile, and reported at the end beside the minutes it took.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import group, opt
+from ..console import Console
+from ..errors import FewLabelsError
+from .config import TrainConfig
+from .loop import TrainSet, Watch, fit, images_per_epoch
+
+
+@group
+class TimeBudget:
+    """Epochs sized to the minutes a user has."""
+
+    budget_minutes: float | None = opt(None, "size the epochs to this many minutes of this machine: every epoch count "
+                                       "(the recipe's or yours) is scaled by one factor, from speeds measured at the "
+                                       "start (training, evaluation and pool labelling count; start-up and the few "
+                                       "seconds of timing do not); the plan is saved as RUN/budget.json and kept on "
+                                       "resume", gt=0, le=100_000)
+
+PROBE_STEPS = 4  # timed steps per model (after as many untimed ones)
+
+
+@dataclass
+class Phase:
+    """One fit() of a run: its epochs as configured, the images it trains on per epoch, the images evaluated after
+    an evaluated epoch (every `eval_every`), and the images a teacher labels after it (selftrain's pool)."""
+
+    name: str
+    epochs: int
+    train_images_per_epoch: int
+    train_images_per_s: float
+    eval_images: int = 0
+    eval_every: int = 1
+    eval_images_per_s: float = float("inf")
+    labels_after: int = 0  # pool images this phase's model labels once it is trained
+    label_images_per_s: float = float("inf")
+
+    def seconds(self, f: float) -> tuple[float, float]:
+        """(seconds that scale with the epochs, seconds that do not) at factor f."""
+        epochs = f * self.epochs
+        train = epochs * self.train_images_per_epoch / self.train_images_per_s
+        evals = math.ceil(epochs / self.eval_every) * self.eval_images / self.eval_images_per_s
+        return train + evals, self.labels_after / self.label_images_per_s
+
+
+def plan(phases: list[Phase], minutes: float) -> dict[str, Any]:
+    """Epochs per phase (at least 1) so that the predicted total is `minutes`: {"epochs": {name: n}, "factor",
+    "predicted_minutes", "phases": [the measured speeds]}."""
+    budget = minutes * 60
+    scaled = sum(p.seconds(1.0)[0] for p in phases)
+    fixed = sum(p.seconds(1.0)[1] for p in phases)
+    if scaled <= 0:
+        raise FewLabelsError("--budget-minutes: the run has nothing to train")
+    f = (budget - fixed) / scaled
+    epochs = {p.name: max(1, round(f * p.epochs)) for p in phases}
+    predicted = sum(sum(p.seconds(epochs[p.name] / p.epochs)) for p in phases) / 60
+    if predicted > minutes * 1.1:
+        shortest = sum(sum(p.seconds(1 / p.epochs)) for p in phases) / 60
+        raise FewLabelsError(f"--budget-minutes {minutes:g} is too short for this run on this machine: one epoch of "
+                             f"each phase alone takes about {shortest:.1f} minutes (measured). Give at least "
+                             f"{math.ceil(shortest * 1.2)}, fewer rounds, or a smaller model")
+    return {"budget_minutes": minutes, "factor": round(f, 4), "epochs": epochs,
+            "predicted_minutes": round(predicted, 2),
+            "phases": [{"name": p.name, "configured_epochs": p.epochs, "train_images_per_epoch":
+                        p.train_images_per_epoch, "train_images_per_s": round(p.train_images_per_s, 1),
+                        "eval_images_per_s": round(p.eval_images_per_s, 1) if math.isfinite(p.eval_images_per_s)
+                        else None} for p in phases]}
+
+
+def train_speed(model: nn.Module, train: TrainSet, cfg: TrainConfig) -> float:
+    """Training images/s of `model` on `train` under `cfg` (its augmentation, batch, precision): a fit() of two short
+    epochs on a sample of the set, the second timed. The model is trained by it: pass a throwaway copy."""
+    n = train.images.shape[0]
+    steps = PROBE_STEPS
+    need = min(n, steps * cfg.batch_size * (1 + (cfg.unlabelled_ratio > 0)))
+    g = torch.Generator().manual_seed(0)
+    idx = torch.randperm(n, generator=g)[:need]
+    sample = TrainSet(train.images[idx], train.targets[idx], train.has_label[idx],
+                      train.pseudo[idx] if train.pseudo is not None else None,
+                      train.teacher_logits[idx] if train.teacher_logits is not None else None, norm=train.norm)
+    probe = cfg.replace(epochs=2, warmup_epochs=0, ema=0.0, eval_every=1, min_steps_per_epoch=steps,
+                        tensorboard=False)
+    res = fit(model, sample, probe, watch=Watch(log=Console(quiet=True)))
+    return float(res.history[-1]["images_per_s"])
+
+
+def eval_speed(model: nn.Module, images: torch.Tensor, norm: tuple, cfg: TrainConfig, *, tta_flip: bool = False,
+               tta_translate: int = 0) -> float:
+    """Images/s of predict_logits for `model` (one warm-up batch, then up to two timed)."""
+    from ..eval import predict_logits
+    from ..utils import pick_device, pick_dtype
+
+    device = pick_device(cfg.device)
+    dtype = pick_dtype(cfg.precision, device)
+    b = min(images.shape[0], cfg.eval_batch_size)
+    x = images[:b]
+    kw = {"batch_size": b, "device": device, "dtype": dtype, "tta_flip": tta_flip, "tta_translate": tta_translate,
+          "gather": False}
+    predict_logits(model, x, *norm, **kw)
+    t0 = time.perf_counter()
+    predict_logits(model, images[:2 * b], *norm, **kw)
+    return min(images.shape[0], 2 * b) / max(time.perf_counter() - t0, 1e-9)
+
+
+def phase(name: str, model: nn.Module, train: TrainSet, cfg: TrainConfig, evals: dict, *,
+          per_epoch: int | None = None, pool: torch.Tensor | None = None, tta: tuple[bool, int] = (False, 0)
+          ) -> Phase:
+    """A Phase with this machine's speeds for `model` (timed on copies: the model itself is left as it is): training
+    on `train` under `cfg`, evaluating `evals` (name → ImageSet) and, given the `pool` images it labels afterwards,
+    labelling them with `tta` (flip, translate). per_epoch: the images per epoch when `train` is only a sample of
+    the phase's real set (selftrain's students)."""
+    import copy
+
+    from ..utils import pick_device
+    speed = train_speed(copy.deepcopy(model), train, cfg)
+    device = pick_device(cfg.device)
+    on_device = copy.deepcopy(model).to(device)
+    eval_n = sum(len(s) for s in evals.values())
+    sample = next(iter(evals.values())).images if eval_n else None
+    eval_rate = (eval_speed(on_device, sample, train.norm, cfg, tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate)
+                 if sample is not None else float("inf"))
+    label_rate = (eval_speed(on_device, pool, train.norm, cfg, tta_flip=tta[0], tta_translate=tta[1])
+                  if pool is not None and len(pool) else float("inf"))
+    return Phase(name, cfg.epochs, per_epoch or images_per_epoch(train, cfg), speed, eval_n, cfg.eval_every,
+                 eval_rate, len(pool) if pool is not None else 0, label_rate)
+
+
+__all__ = ["Phase", "TimeBudget", "eval_speed", "images_per_epoch", "phase", "plan", "train_speed"]

@@ -1,0 +1,55 @@
+"""--budget-minutes: epochs sized from speeds measured at the start, the plan kept on resume."""
+
+import json
+import math
+
+import pytest
+
+from fewlabels import selftrain, train
+from fewlabels.engine.budget import Phase, plan
+from fewlabels.errors import FewLabelsError
+
+FAST = {"data": "digits", "device": "cpu", "quiet": True}
+
+
+def test_plan_scales_every_phase_alike_to_fill_the_budget():
+    phases = [Phase("teacher", 40, 1000, 1000.0, eval_images=500, eval_every=1, eval_images_per_s=5000.0,
+                    labels_after=2000, label_images_per_s=4000.0),
+              Phase("student1", 20, 3000, 1500.0)]
+    p = plan(phases, minutes=2.0)
+    # one epoch of each: teacher 1 s + 0.1 s eval, student 2 s; labelling 0.5 s fixed
+    f = (120 - 0.5) / (40 * 1.1 + 20 * 2.0)
+    assert p["factor"] == pytest.approx(f, rel=1e-3)
+    assert p["epochs"] == {"teacher": round(40 * f), "student1": round(20 * f)}
+    assert p["predicted_minutes"] == pytest.approx(2.0, abs=0.03)
+
+
+def test_a_budget_too_short_for_one_epoch_is_one_clear_error():
+    with pytest.raises(FewLabelsError, match=r"--budget-minutes 0.01 is too short .* Give at least \d+"):
+        plan([Phase("train", 10, 60_000, 1000.0)], minutes=0.01)
+
+
+def test_train_fills_its_budget_and_a_resume_keeps_the_plan(tmp_path):
+    out = tmp_path / "run"
+    res = train(**FAST, budget_minutes=0.15, out=str(out))
+    b = res["budget"]
+    saved = json.loads((out / "budget.json").read_text())
+    assert b["epochs"] == saved["epochs"] and b["epochs"]["train"] >= 1
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs[-1] == b["epochs"]["train"]
+    # on a shared 2-core machine the measured speed drifts: within a factor of two of the budget
+    assert 0.5 * 0.15 <= b["minutes"] <= 2 * 0.15, b
+    # the same command again: nothing timed, nothing retrained, the same epochs
+    again = train(**FAST, budget_minutes=0.15, out=str(out))
+    assert again["budget"]["epochs"] == b["epochs"] and not math.isnan(again["test_acc"])
+
+
+def test_selftrain_sizes_teacher_and_students_together(tmp_path):
+    res = selftrain(**FAST, labels_per_class=5, rounds=1, student_models=["cnn-s"], budget_minutes=0.3,
+                    out=str(tmp_path / "st"))
+    final = json.loads((tmp_path / "st" / "final.json").read_text())
+    e = final["budget"]["epochs"]
+    assert set(e) == {"teacher", "student1"}
+    assert e["teacher"] / e["student1"] == pytest.approx(40 / 20, rel=0.15)  # the recipe's proportion kept
+    assert [r["round"] for r in res["rounds"]] == [0, 1]
+    assert 0.5 * 0.3 <= final["budget"]["minutes"] <= 2 * 0.3, final["budget"]
