@@ -230,8 +230,10 @@ def budgeted(run_dir: Path, make, log=print) -> dict[str, Any]:
     path = Path(run_dir) / "budget.json"
     if path.is_file():
         return json.loads(path.read_text())
+    from .. import distributed
+
     log("budget: timing each model for a few steps ...")
-    p = make()
+    p = distributed.broadcast_object(make())  # under torchrun every rank takes rank 0's epochs
     write_json(path, p)
     log(f"budget {p['budget_minutes']:g} min: epochs x{p['factor']:.3g} → "
         + ", ".join(f"{k} {v}" for k, v in p["epochs"].items()) + f" (predicted {p['predicted_minutes']:.1f} min)")
