@@ -81,6 +81,27 @@ def places(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module", autouse=True)
+def bounded_memory():
+    """A run that would allocate without bound (a huge size or count) fails here as an allocation error, which the
+    test reports as a traceback, instead of taking the machine's memory until the kernel kills the test."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Linux/macOS
+        yield
+        return
+    try:
+        with open("/proc/self/statm") as f:
+            vsz = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # pragma: no cover - no /proc: run without the bound
+        yield
+        return
+    old = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (vsz + (8 << 30), old[1]))  # what is mapped now + 8 GB
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, old)
+
+
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())

@@ -159,6 +159,9 @@ class Augment:
         if self.pad_mode == "reflect" and self.padding > 0 and (self.padding >= h or self.padding >= w):
             raise FewLabelsError(f"--padding {self.padding} (reflect) needs images larger than {self.padding} px, got "
                                  f"{h}x{w}: use --padding {min(h, w) - 1} or less")
+        if self.cutout and int(self.cutout) >= min(h, w):  # a square as large as the image can blank all of it
+            raise FewLabelsError(f"--cutout {int(self.cutout)} would cover whole {h}x{w} images: use --cutout "
+                                 f"{max(1, min(h, w) // 2)} (half the image, the usual) or less")
 
     def __call__(
         self,

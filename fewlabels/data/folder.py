@@ -445,6 +445,8 @@ def _decode_all(pool: Executor | None, paths: list[str], shape: tuple[int, int, 
     that the chunks are written into as they come, so memory stays at a few chunks whatever the folder's size."""
     images = cache.scratch(scratch_in, (len(paths), *shape)) if scratch_in is not None else None
     if images is None:
+        from fewlabels.data.imageset import check_memory
+        check_memory((len(paths), *shape), f"decoding {name}")
         images = torch.empty((len(paths), *shape), dtype=torch.uint8)
     out, headers, start = images.numpy(), [], 0
     chunk = _chunk_size(len(paths), workers, math.prod(shape))

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import FewLabelsError
+
 # gathers (subsets, concatenations) larger than this go to a memory-mapped scratch file, written in chunks: a pool
 # larger than RAM is then paged in batch by batch, and a copy of a large split costs disk, not memory
 IN_MEMORY_MB = float(os.environ.get("FEWLABELS_IN_MEMORY_MB", "64"))
@@ -25,12 +27,31 @@ def scratch_dir() -> Path:
     return Path(base).expanduser() / "scratch"
 
 
+def check_memory(shape: tuple[int, ...], what: str) -> None:
+    """One clear error, instead of an allocation failure or the kernel's OOM killer, when a uint8 array of `shape`
+    would not fit in the memory available now (Linux: MemAvailable)."""
+    need = math.prod(shape)
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        return
+    if need > 0.8 * avail:
+        n, *rest = shape
+        raise FewLabelsError(f"{what}: {n:,} images of {'x'.join(map(str, rest))} need {need / 2**30:.1f} GB of memory "
+                             f"and {avail / 2**30:.1f} GB is available: use a smaller --image-size, or free the cache "
+                             f"folder's disk so that they can be memory-mapped ({scratch_dir().parent})")
+
+
 def scratch(shape: tuple[int, ...], folder: Path | None = None) -> torch.Tensor | None:
     """A writable uint8 tensor of `shape` backed by a memory-mapped file in `folder` (default scratch_dir()), unlinked
     at once (the file goes with the last reference to the tensor); None when no file can be made there."""
     try:
         folder = scratch_dir() if folder is None else folder
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        import shutil
+        if shutil.disk_usage(folder).free < math.prod(shape) + (256 << 20):  # a full disk under a mapping: SIGBUS
+            return None
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=".rows.", suffix=".u8")  # 0600, this user's
         os.close(fd)
         try:
@@ -73,6 +94,7 @@ def gather(parts: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> torch.T
         return torch.cat([p if rows is None else p[rows] for p, rows in parts])
     out = scratch(shape)
     if out is None:
+        check_memory(shape, "the images")
         return torch.cat([p if rows is None else p[rows] for p, rows in parts])
     step = max(1, _CHUNK_BYTES // max(1, math.prod(shape[1:])))
     at = 0

@@ -29,7 +29,7 @@ class Source:
                                 resume="change")
     cache_dir: str | None = opt(None, "decoded-image cache (default ~/.cache/fewlabels/cache)", resume="change")
     bad_images: str = opt("stop", "on an unreadable image: stop, or skip it (with a count)", choices=("stop", "skip"))
-    image_size: int | None = opt(None, "resize images of an image folder to this size", ge=1)
+    image_size: int | None = opt(None, "resize images of an image folder to this size", ge=1, le=4096)
     mean: list[float] | None = opt(None, "per-channel normalisation mean on [0, 1] (default: the dataset's; use the "
                                    "pretrained model's for transfer, e.g. 0.485,0.456,0.406)")
     std: list[float] | None = opt(None, "per-channel normalisation std on [0, 1] (default: the dataset's)", gt=0)

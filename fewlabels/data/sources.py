@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from fewlabels.data.folder import channel_stats, list_folder, load_files, split_info, stratified_split
-from fewlabels.data.imageset import ImageSet
+from fewlabels.data.imageset import ImageSet, check_memory
 from fewlabels.data.manifest import is_manifest, read_manifest
 from fewlabels.errors import FewLabelsError
 
@@ -259,6 +259,7 @@ def _resized(dataset: Dataset, size: int) -> Dataset:
     def resize(images: ImageSet | None) -> ImageSet | None:
         if images is None or images.images.shape[-2:] == (size, size):
             return images
+        check_memory((len(images), images.images.shape[1], size, size), f"--image-size {size}")
         out = torch.cat([F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True,
                                        align_corners=False).round().clamp(0, 255).to(torch.uint8)
                          for chunk in images.images.split(1024)])

@@ -15,7 +15,7 @@ class Steps:
                           "mean in one process)", ge=1)
     min_steps_per_epoch: int = opt(10, "a training set smaller than this many batches is passed over several times "
                                    "(reshuffled) per epoch, so that tiny labelled sets still get enough steps (200 "
-                                   "labels at batch size 256 are one step otherwise); 0 = one pass", ge=0)
+                                   "labels at batch size 256 are one step otherwise); 0 = one pass", ge=0, le=100_000)
     sampler: str = opt("uniform", "imbalanced classes: balanced draws each epoch's batches with replacement so that "
                        "every class is equally likely (same steps per epoch; with --unlabelled-ratio only the "
                        "labelled part); uniform = shuffled passes. Use this or --class-weights, not both",

@@ -18,8 +18,8 @@ from .common import NO_FLIP_SOURCES, Run
 class Preview:
     """The size of the grid."""
 
-    images: int = opt(8, "rows: images taken from the training set, evenly spaced", ge=1)
-    views: int = opt(6, "augmented views per image", ge=1)
+    images: int = opt(8, "rows: images taken from the training set, evenly spaced", ge=1, le=256)
+    views: int = opt(6, "augmented views per image", ge=1, le=64)
 
 
 class PreviewCommand(Options):

@@ -105,6 +105,8 @@ def select(probs: torch.Tensor, *, threshold: float = 0.0, balance: bool = True,
     k = probs.shape[1]
     kept_pred = pred[keep]
     counts = torch.bincount(kept_pred, minlength=k)
+    if per_class is not None:  # a cap above the pool's size is the pool's size (duplicates fill at most to it)
+        per_class = min(per_class, probs.shape[0])
     cap = per_class if per_class is not None else int(round(keep.numel() / max(1, int((counts > 0).sum()))))
     caps = [cap] * k
     if prior is not None:
