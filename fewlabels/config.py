@@ -73,8 +73,13 @@ def _check_bounds(name: str, value: Any, bounds: dict[str, float] | None) -> Non
     for v in value if isinstance(value, list) else [value]:
         for kind, bound in bounds.items():
             if isinstance(v, (int, float)) and not _BOUNDS[kind][1](v, bound):
-                rule = " and ".join(f"{_BOUNDS[k][0]} {b:g}" for k, b in bounds.items())
-                raise FewLabelsError(f"config key '{name}' (--{name.replace('_', '-')}) must be {rule}, got {v:g}")
+                rule = " and ".join(f"{_BOUNDS[k][0]} {_num(b)}" for k, b in bounds.items())
+                raise FewLabelsError(f"config key '{name}' (--{name.replace('_', '-')}) must be {rule}, got {_num(v)}")
+
+
+def _num(x: float) -> str:
+    """A bound or value as a person reads it: 2147483647 and 100000 as such, 0.5 and 1e+20 compactly."""
+    return str(int(x)) if isinstance(x, int) and abs(x) < 10**15 else f"{x:g}"
 
 
 def _coerce(name: str, value: Any, tp: Any, choices: tuple | None, bounds: dict[str, float] | None = None) -> Any:

@@ -46,7 +46,7 @@ class Budget:
     test: str | None = opt(None, "a folder of class subfolders (DIR/<class>/...) to test on, instead of the data's own "
                            "test images")
     split: str | None = opt(None, "reuse the split of a run folder (or a split.json) instead of making one")
-    split_seed: int = opt(0, "seed of the label-budget split")
+    split_seed: int = opt(0, "seed of the label-budget split", ge=0, le=2**31 - 1)
     allow_overlap: bool = opt(False, "let this run validate or test on images that the run it starts from "
                               "(--pretrained, --teacher) trained on; refused otherwise. Recorded in the results")
 

@@ -113,7 +113,7 @@ class Compute:
 class Seed:
     """Randomness."""
 
-    seed: int = opt(0, "random seed (model init, batches, augmentation)")
+    seed: int = opt(0, "random seed (model init, batches, augmentation)", ge=0, le=2**31 - 1)
 
 
 @group

@@ -137,7 +137,7 @@ class FcVsCnn:
     conditions: list[str] = opt(list(CONDITIONS),  # noqa: RUF009
                                 "which of standard, shifted (train left, test right), permuted (one fixed pixel "
                                 "permutation) to run, comma-separated")
-    permutation_seed: int = opt(0, "seed of the pixel permutation")
+    permutation_seed: int = opt(0, "seed of the pixel permutation", ge=0, le=2**31 - 1)
 
 
 class ProbeFcVsCnnCommand(Options):
