@@ -1,0 +1,86 @@
+"""Collect the side-by-side runs into benchmarks/results/peers_cifar10_4000.{json,md} (issue 31).
+
+USB's rows come from usb_run.py's JSON lines (~/.cache/fewlabels/peers/usb_results.jsonl, the last line per
+algorithm and budget); fewlabels' from the run folders `runs/peers-fewlabels-<B>m` that `fewlabels selftrain
+--budget-minutes B` wrote (final.json: the final model's test accuracy, the budget plan and the minutes it took).
+
+    .venv/bin/python benchmarks/peers/collect.py [--budgets 15,30,60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from _common import run_main, write_results  # noqa: E402
+
+REPO = HERE.parent.parent
+USB_LINES = Path.home() / ".cache" / "fewlabels" / "peers" / "usb_results.jsonl"
+
+
+def _fewlabels_row(budget: int) -> dict | None:
+    run = REPO / "runs" / f"peers-fewlabels-{budget}m"
+    final = run / "final.json"
+    if not final.is_file():
+        return None
+    f = json.loads(final.read_text())
+    rounds = json.loads((run / "rounds.json").read_text()) if (run / "rounds.json").is_file() else []
+    b = f.get("budget", {})
+    return {"system": "fewlabels", "algorithm": "noisy-student (selftrain --recipe cifar-cpu)",
+            "budget_minutes": budget,
+            "test_acc": f.get("test_acc"), "minutes": b.get("minutes"), "epochs": b.get("epochs"),
+            "supervised_only": rounds[0].get("test_acc") if rounds else None,
+            "command": ("fewlabels selftrain --recipe cifar-cpu --data ~/.cache/fewlabels/unpacked/cifar10 --split "
+                        f"~/.cache/fewlabels/peers/cifar10_4000/split.json --budget-minutes {budget} "
+                        f"--out runs/peers-fewlabels-{budget}m"),
+            "note": "minutes include fewlabels' own evaluation every 5 epochs and the pool labelling"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budgets", default="15,30,60")
+    a = ap.parse_args()
+    budgets = [int(b) for b in a.budgets.split(",")]
+    usb: dict[tuple[str, int], dict] = {}
+    if USB_LINES.is_file():
+        for line in USB_LINES.read_text().splitlines():
+            r = json.loads(line)
+            if int(r["budget_minutes"]) in budgets and r.get("test_images", 10_000) == 10_000:
+                usb[(r["algorithm"], int(r["budget_minutes"]))] = r
+    rows = [{k: r[k] for k in ("system", "algorithm", "budget_minutes", "test_acc", "minutes", "train_images_per_s",
+                               "iterations", "command") if k in r} for r in usb.values()]
+    rows += [r for b in budgets if (r := _fewlabels_row(b)) is not None]
+    rows.sort(key=lambda r: (r["budget_minutes"], r["system"], r["algorithm"]))
+    measured = sorted({r["budget_minutes"] for r in rows})
+    margins = {}
+    for b in measured:
+        ours = [r["test_acc"] for r in rows if r["budget_minutes"] == b and r["system"] == "fewlabels"]
+        peers = [r["test_acc"] for r in rows if r["budget_minutes"] == b and r["system"] == "usb"]
+        if ours and peers:
+            margins[b] = round(100 * (max(ours) - max(peers)), 2)
+    missing = [(s, b) for b in budgets for s in ("fewlabels", "usb") if not any(
+        r["budget_minutes"] == b and r["system"] == s for r in rows)]
+    data = {"budgets_minutes": budgets, "measured_budgets": measured, "results": rows,
+            "fewlabels_margin_points": margins.get(60), "margin_points_by_budget": margins,
+            "not_yet_run": [f"{s} at {b} min" for s, b in missing], "target_margin_points": 3.0,
+            "split": "~/.cache/fewlabels/peers/cifar10_4000/split.json (benchmarks/peers/export_split.py)",
+            "runs": [{"command": r["command"]} for r in rows]}
+    lines = ["| budget (min) | system | algorithm | test acc | minutes | images/s |", "|---:|---|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['budget_minutes']} | {r['system']} | {r['algorithm']} | {r['test_acc']:.4f} | "
+                     f"{r['minutes']} | {r.get('train_images_per_s', '–')} |")
+    table = "\n".join(lines) + "\n\n" + (
+        "fewlabels minus the best USB algorithm, in points: "
+        + ", ".join(f"{b} min: {m:+.1f}" for b, m in margins.items()) + " (target ≥ +3).\n" if margins else "")
+    if missing:
+        table += "Not yet run: " + ", ".join(data["not_yet_run"]) + ".\n"
+    write_results("peers_cifar10_4000", data, table)
+    print(table)
+
+
+if __name__ == "__main__":
+    run_main(main)
