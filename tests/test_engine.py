@@ -387,3 +387,40 @@ def test_fit_trains_a_linear_head_on_feature_rows():
         fit(nn.Linear(8, 3), rows, TrainConfig(epochs=1, augment="weak", device="cpu"), watch=QUIET)
     with pytest.raises(ValueError, match="normalisation"):
         TrainSet(torch.zeros(4, 1, 8, 8, dtype=torch.uint8), torch.zeros(4, 3), torch.ones(4, dtype=torch.bool))
+
+
+def test_micro_batches_take_the_same_step_as_the_whole_batch():
+    """--micro-batch (memory): chunks of the batch, each loss weighted by its share, accumulate the same gradient as
+    the whole batch, so a model without BatchNorm ends on the same weights (fp32, no augmentation); a model with
+    BatchNorm trains (its statistics are per chunk), and every chunk carries its own rows of targets and teacher
+    logits."""
+    from fewlabels.targets import Batch
+
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 32), nn.GELU(), nn.Linear(32, 4))
+
+    data = _data()
+    data.teacher_logits = data.targets * 10.0
+    cfg = TrainConfig(epochs=2, batch_size=32, precision="fp32", augment="none", channels_last=False, device="cpu",
+                      min_steps_per_epoch=0)
+    whole, chunked = mlp(), mlp()
+    fit(whole, data, cfg, watch=QUIET)
+    fit(chunked, data, cfg.replace(micro_batch=10), watch=QUIET)  # 10 + 10 + 10 + 2: an uneven last chunk
+    for a, b in zip(whole.parameters(), chunked.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+    sizes = []
+
+    class Recording:
+        def __call__(self, model, x, batch: Batch):
+            assert x.shape[0] == batch.targets.shape[0] == batch.has_label.shape[0] == batch.teacher_logits.shape[0]
+            torch.testing.assert_close(batch.teacher_logits, batch.targets * 10.0)
+            sizes.append(x.shape[0])
+            return nn.functional.cross_entropy(model(x).float(), batch.targets)
+
+    res = fit(_model(), data, cfg.replace(micro_batch=8, epochs=3), Recording(), QUIET)
+    assert set(sizes) == {8} and len(sizes) == 3 * 3 * 4
+    assert all(math.isfinite(h["train_loss"]) for h in res.history)
+    with pytest.raises(FewLabelsError, match="micro"):
+        TrainConfig(micro_batch=-1)

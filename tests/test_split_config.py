@@ -149,7 +149,8 @@ RECIPE_EVIDENCE = {("selftrain", "cifar-cpu"): "selftrain_cifar10_4000",
                    ("train", "cifar-cpu"): "cifar10_supervised"}
 # what the user brings (data, label budget, seeds, output, where it runs) rather than the method's settings
 USER_OPTIONS = {"data", "data_root", "cache_dir", "bad_images", "labels", "labels_per_class", "split", "split_seed",
-                "seed", "out", "quiet", "device", "eval_batch_size", "image_size", "mean", "std", "unlabelled",
+                "seed", "out", "quiet", "device", "eval_batch_size", "micro_batch", "image_size", "mean", "std",
+                "unlabelled",
                 "teacher", "teacher_pretrained", "student_pretrained", "test", "allow_overlap", "verbose", "sync_bn",
                 "budget_minutes",
                 "tensorboard"}

@@ -107,6 +107,10 @@ class Compute:
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
     eval_batch_size: int = opt(256, "images per step at evaluation (memory only: the predictions are the same at "
                                "any batch size)", ge=1, resume="change")
+    micro_batch: int = opt(0, "memory: run each training step's batch through the model in chunks of this many "
+                           "images and add up their gradients, so a step still averages --batch-size images (only "
+                           "BatchNorm sees the chunk); activation memory shrinks in proportion. 0 = the whole batch",
+                           ge=0, resume="change")
 
 
 @group

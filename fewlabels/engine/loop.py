@@ -16,6 +16,7 @@ and history. Every epoch's randomness is derived from (seed, epoch), so a resume
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -419,14 +420,12 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
                 tl = mix_rows(tl, lam) if tl is not None and lam is not None else tl
             if events is not None and epoch == 0 and i == 0 and not features:  # what the model sees, once
                 tb.log_images(events, "train/augmented", tb.denormalize(x[:32], *norm))
-            with autocast(device, dtype):
-                loss = loss_fn(net, x, Batch(y, has_label[idx], tl))
             opt.zero_grad(set_to_none=True)
+            loss = _backward(net, loss_fn, x, Batch(y, has_label[idx], tl), cfg.micro_batch, device, dtype, scaler,
+                             ddp)
             if scaler is None:
-                loss.backward()
                 opt.step()
             else:
-                scaler.scale(loss).backward()
                 scaler.step(opt)
                 scaler.update()
             if lookahead is not None:
@@ -494,6 +493,29 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         from ..report import plot_history
         plot_history(history, run_dir / "learning_curve.png")
     return FitResult(final.eval(), history, best, run_dir, best_row)
+
+
+def _backward(net: nn.Module, loss_fn: LossFn, x: torch.Tensor, batch: Batch, micro_batch: int,
+              device: torch.device, dtype: torch.dtype | None, scaler: Any, ddp: bool) -> torch.Tensor:
+    """The batch's mean loss, its gradients accumulated in the parameters' .grad. With micro_batch > 0 the batch goes
+    through the model in chunks of that many images (less activation memory; BatchNorm sees each chunk), each chunk's
+    loss weighted by its share of the batch, so the step is the same mean-loss step; under DDP the gradients are
+    averaged across processes once, at the last chunk."""
+    n = x.shape[0]
+    size = micro_batch if 0 < micro_batch < n else n
+    total = torch.zeros((), device=x.device)
+    for start in range(0, n, size):
+        end = min(n, start + size)
+        part = Batch(*(t[start:end] if t is not None else None for t in batch))
+        sync = contextlib.nullcontext() if not ddp or end == n else net.no_sync()
+        with sync:
+            with autocast(device, dtype):
+                loss = loss_fn(net, x[start:end], part)
+            if size < n:
+                loss = loss * ((end - start) / n)
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        total = total + loss.detach()
+    return total
 
 
 def _stays_on_host(images: torch.Tensor, device: torch.device) -> bool:
