@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import random
 import shutil
 import sys
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "active")
     ap.add_argument("--smoke", action="store_true", help="a few hundred images, 1 epoch: checks the pipeline only")
     ap.add_argument("--results-name", default=None)
+    ap.add_argument("--merge", type=Path, default=None,
+                    help="an earlier results JSON of this benchmark with the same settings: its seeds (figures and "
+                    "commands) join this run's, e.g. --seeds 2 --merge benchmarks/results/active_cifar10.json")
     return ap
 
 
@@ -145,14 +149,28 @@ def main() -> None:
                 runs[-1]["test_acc"] = accs[-1]
             per_seed[strategy][str(seed)] = accs
             print(f"  seed {seed} {strategy}: {' -> '.join(f'{x:.4f}' for x in accs)}", flush=True)
-    mean = {s: [round(sum(v[i] for v in per_seed[s].values()) / len(seeds), 4) for i in range(a.rounds + 1)]
-            for s in STRATEGIES}
     import yaml
 
     opts = yaml.safe_load((work / f"s{seeds[0]}-r0" / "config.yaml").read_text())
+    merged = None
+    if a.merge is not None:  # an earlier run's seeds, kept as they were measured
+        old = json.loads(a.merge.read_text())
+        same = {"start_labels": a.start, "step": a.step, "rounds": a.rounds, "epochs": opts["epochs"],
+                "model": opts["model"]}
+        differ = [k for k, v in same.items() if old.get(k) != v]
+        if differ or set(old["seeds"]) & set(seeds):
+            sys.exit(f"--merge {a.merge}: settings differ ({', '.join(differ)}) or seeds repeat")
+        for s in STRATEGIES:
+            per_seed[s] = {**old["per_seed"][s], **per_seed[s]}
+        merged = {k: old[k] for k in ("seeds", "date", "git_commit", "machine", "minutes", "command",
+                                      "commands_first_seed") if k in old}
+        seeds, runs = sorted(old["seeds"] + seeds), old.get("runs", []) + runs
+    mean = {s: [round(sum(v[i] for v in per_seed[s].values()) / len(seeds), 4) for i in range(a.rounds + 1)]
+            for s in STRATEGIES}
     data = {"accuracy": mean, "seeds": seeds, "per_seed": per_seed, "start_labels": a.start, "step": a.step,
             "rounds": a.rounds, "epochs": opts["epochs"], "model": opts["model"],
-            "minutes": round((time.perf_counter() - t0) / 60, 2), "runs": runs, "smoke": a.smoke, **start_info}
+            "minutes": round((time.perf_counter() - t0) / 60, 2), "runs": runs, "smoke": a.smoke,
+            "merged_from": merged, **start_info}
     labels = [a.start + i * a.step for i in range(a.rounds + 1)]
     md = ["| strategy | " + " | ".join(f"{n} labels" for n in labels) + " |", "|---|" + "---|" * len(labels)]
     md += [f"| {s} | " + " | ".join(f"{x:.4f}" for x in mean[s]) + " |" for s in STRATEGIES]

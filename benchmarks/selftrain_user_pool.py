@@ -15,9 +15,14 @@ start from the source model (`--teacher-pretrained/--student-pretrained`). The p
 afterwards from where each unlabelled file links to (fewlabels never sees it).
 
     .venv/bin/python benchmarks/selftrain_user_pool.py [--per-class 25] [--seed 0] [--smoke] [-- FEWLABELS OPTIONS]
+    .venv/bin/python benchmarks/selftrain_user_pool.py --defaults --only selftrain_scratch,selftrain_pretrained
 
 Options after `--` go verbatim to all five commands (so only options that train, transfer and selftrain all take,
 e.g. `-- --batch-size 128`); the results list each `fewlabels` command line as it ran.
+
+`--defaults` runs selftrain as `fewlabels selftrain --data DIR` does, with the command's own rounds, models and
+epochs (issue 26 item 10: the defaults for a user's folder are the ones shown to help here); it writes
+results/selftrain_user_pool_defaults.{json,md}.
 
 Needs ../shared (or FEWLABELS_SHARED). Writes results/selftrain_user_pool.{json,md}.
 """
@@ -97,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "user_pool")
     ap.add_argument("--smoke", action="store_true",
                     help="40 images per class, 5 labelled, 1-2 epochs: checks the pipeline only")
+    ap.add_argument("--defaults", action="store_true",
+                    help="selftrain with the command's own defaults (rounds, models, epochs): what a user who types "
+                    "`fewlabels selftrain --data DIR` gets (issue 26 item 10)")
+    ap.add_argument("--only", default="", help="comma-separated subset of the runs (source runs when a pretrained "
+                    "run needs it), e.g. selftrain_scratch,selftrain_pretrained")
     ap.add_argument("--results-name", default=None)
     return ap
 
@@ -114,7 +124,9 @@ def plan(a: argparse.Namespace, extra: list[str]) -> dict[str, list[str]]:
     common = ["--model", MODEL, "--seed", str(a.seed)]
     rounds = ["--rounds", "1", "--teacher-model", MODEL, "--student-models", MODEL, "--teacher-epochs", ep["teacher"],
               "--student-epochs", ep["student"], "--seed", str(a.seed)]
-    return {
+    if a.defaults and not a.smoke:  # the smoke keeps its 1-2 epochs
+        rounds = ["--seed", str(a.seed)]
+    steps = {
         "source": ["train", "--data", str(src), "--epochs", ep["source"], *common, *extra, "--out",
                    str(runs / "source")],
         "supervised_only": ["train", "--data", str(tgt), "--epochs", ep["teacher"], *common, *extra, "--out",
@@ -126,6 +138,12 @@ def plan(a: argparse.Namespace, extra: list[str]) -> dict[str, list[str]]:
                                  str(runs / "source"), "--student-pretrained", str(runs / "source"), *extra, "--out",
                                  str(runs / "pretrained")],
     }
+    only = set(filter(None, a.only.split(",")))
+    if only - set(steps):
+        sys.exit(f"--only: unknown runs {', '.join(sorted(only - set(steps)))}; choose from {', '.join(steps)}")
+    if only & {"finetune_pretrained", "selftrain_pretrained"}:
+        only.add("source")
+    return {k: v for k, v in steps.items() if not only or k in only}
 
 
 def planned_commands(argv: list[str], data: str = "DATA") -> list[list[str]]:
@@ -171,14 +189,21 @@ def main() -> None:
                      "minutes": minutes[key]})
         print(f"  {key}: test accuracy {results[key]['test_acc']:.4f} in {run['minutes']:.1f} min", flush=True)
     acc = {k: results[k]["test_acc"] for k in results}
+
+    def gain(a_key: str, b_key: str) -> float | None:
+        return round(100 * (acc[a_key] - acc[b_key]), 2) if a_key in acc and b_key in acc else None
+
     data = {
-        "supervised_only": acc["supervised_only"],
-        "finetune_pretrained": acc["finetune_pretrained"],
-        "selftrain_scratch": acc["selftrain_scratch"],
-        "selftrain_pretrained": acc["selftrain_pretrained"],
-        "source_test_acc": acc["source"],
-        "pretrained_gain_points": round(100 * (acc["selftrain_pretrained"] - acc["selftrain_scratch"]), 2),
-        "selftrain_gain_points": round(100 * (acc["selftrain_scratch"] - acc["supervised_only"]), 2),
+        "supervised_only": acc.get("supervised_only"),
+        "finetune_pretrained": acc.get("finetune_pretrained"),
+        "selftrain_scratch": acc.get("selftrain_scratch"),
+        "selftrain_pretrained": acc.get("selftrain_pretrained"),
+        "source_test_acc": acc.get("source"),
+        "pretrained_gain_points": gain("selftrain_pretrained", "selftrain_scratch"),
+        "selftrain_gain_points": gain("selftrain_scratch", "supervised_only"),
+        "gain_over_round0_points": {k: round(100 * (r["test_acc"] - r["round0_test_acc"]), 2)
+                                    for k, r in results.items() if "round0_test_acc" in r},
+        "selftrain_defaults": a.defaults,
         "source_classes": list(SOURCE), "target_classes": list(TARGET),
         "labelled_per_class": per_class, "unlabelled_images": len(list((tgt / "unlabelled").iterdir())),
         "minutes": round((time.perf_counter() - t_all) / 60, 2), "minutes_per_command": minutes,
@@ -187,12 +212,18 @@ def main() -> None:
     rows = ["| run | test accuracy | minutes | command |", "|---|---|---|---|"]
     for k in steps:
         rows.append(f"| {k} | {acc[k]:.4f} | {minutes[k]} | `{commands[k]}` |")
+    said = [f"the pretrained start gains {data['pretrained_gain_points']:+.2f} points over self-training from "
+            "scratch" if data["pretrained_gain_points"] is not None else "",
+            f"self-training from scratch gains {data['selftrain_gain_points']:+.2f} over supervised-only"
+            if data["selftrain_gain_points"] is not None else "",
+            *(f"{k} ends {g:+.2f} points from its own round 0" for k, g in data["gain_over_round0_points"].items())]
     md = "\n".join(rows) + (
         f"\n\nSource classes {', '.join(SOURCE)}; target classes {', '.join(TARGET)}; {per_class} labelled images "
-        f"per target class, {data['unlabelled_images']} unlabelled. The pretrained start gains "
-        f"{data['pretrained_gain_points']:+.2f} points over self-training from scratch; self-training from scratch "
-        f"gains {data['selftrain_gain_points']:+.2f} over supervised-only.\n")
-    write_results(a.results_name or ("selftrain_user_pool_smoke" if a.smoke else "selftrain_user_pool"), data, md)
+        f"per target class, {data['unlabelled_images']} unlabelled"
+        + (" (selftrain with its own defaults)" if a.defaults else "") + ". "
+        + "; ".join(x for x in said if x) + ".\n")
+    name = "selftrain_user_pool" + ("_defaults" if a.defaults else "") + ("_smoke" if a.smoke else "")
+    write_results(a.results_name or name, data, md)
     print(md)
 
 

@@ -22,8 +22,10 @@ SCRIPTS = {
     "distill_cifar10": [[], ["--smoke"], ["--students", "cnn-tiny", "--seeds", "0", "--", "--epochs", "30"]],
     "transfer_cifar10": [[], ["--smoke"], ["--budgets", "250", "--", "--epochs", "40"], ["--mode", "probe"]],
     "fixmatch_cifar10": [[], ["--smoke"], ["--", "--labels-per-class", "25"]],
-    "selftrain_user_pool": [[], ["--smoke"], ["--per-class", "10", "--", "--batch-size", "128"]],
-    "active_cifar10": [[], ["--smoke"], ["--seeds", "0", "--", "--epochs", "30"]],
+    "selftrain_user_pool": [[], ["--smoke"], ["--per-class", "10", "--", "--batch-size", "128"],
+                            ["--defaults", "--only", "selftrain_scratch,selftrain_pretrained"]],
+    "active_cifar10": [[], ["--smoke"], ["--seeds", "0", "--", "--epochs", "30"],
+                       ["--seeds", "2", "--merge", "x.json"]],
     "augment_cifar10_4000": [[], ["--smoke"], ["--presets", "weak", "--", "--epochs", "120"]],
     "probes_mnist": [[], ["--smoke"], ["--", "--epochs", "8"]],
     "selftrain_ablation": [[], ["--smoke"], ["--only", "0,2", "--", "--student-epochs", "12"]],
@@ -119,3 +121,35 @@ def test_gpu_sweep_configs_are_valid_selftrain_commands(parse):
                                          *shlex.split(args)], data="/tmp/cifar10")
         ns = parse(cmd)
         assert {ns.teacher_model, *ns.student_models.split(",")} <= known, name
+
+
+def test_user_pool_defaults_run_selftrain_as_a_user_types_it():
+    """Issue 26 item 10: `--defaults` measures the command's own defaults, so no round, model or epoch flag."""
+    cmds = _load("selftrain_user_pool").planned_commands(["--defaults", "--only", "selftrain_scratch,"
+                                                          "selftrain_pretrained"], data="/tmp/cifar10")
+    assert [c[1] for c in cmds] == ["train", "selftrain", "selftrain"]  # the source model, then the two selftrains
+    for c in cmds[1:]:
+        assert not {"--rounds", "--teacher-epochs", "--student-epochs", "--student-models", "--teacher-model"} & set(c)
+
+
+def test_the_readme_is_short_and_its_commands_are_ones_that_run(parse):
+    """Issue 27 item 7: a README read in five minutes (≤ 150 lines, ≤ 10 headline results), and every command it
+    shows is one that `fewlabels` (or the benchmark script named) accepts as it is written."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 150, "README.md is over 150 lines: move details to benchmarks/RESULTS.md"
+    head = text.split("## Headline results", 1)[1]
+    assert 1 <= len(re.findall(r"^\d+\. \*\*", head, re.M)) <= 10
+    shown = re.findall(r"`((?:fewlabels|python3? benchmarks/)[^`]*)`", head)
+    blocks = "\n".join(re.findall(r"^```bash\n(.*?)^```", text, re.M | re.S))
+    shown += [ln.split("  #")[0].strip() for ln in re.findall(r"^fewlabels .*$", blocks, re.M)]
+    assert len(shown) > 15
+    for code in shown:
+        args = shlex.split(code.replace("~/", str(Path.home()) + "/"))
+        if args[0] == "fewlabels":
+            if args[1:2] != ["--help"]:
+                parse(args)
+        else:
+            assert (ROOT / args[1]).is_file(), code
+            assert _load(Path(args[1]).stem).planned_commands(args[2:], data="/tmp/cifar10"), code
