@@ -16,9 +16,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
-from _common import run_main, write_results  # noqa: E402
+from _common import machine_info, run_main, write_results  # noqa: E402
 
 REPO = HERE.parent.parent
+RESULTS = HERE.parent / "results" / "peers_cifar10_4000.json"
 USB_LINES = Path.home() / ".cache" / "fewlabels" / "peers" / "usb_results.jsonl"
 
 
@@ -30,7 +31,9 @@ def _fewlabels_row(budget: int) -> dict | None:
     f = json.loads(final.read_text())
     rounds = json.loads((run / "rounds.json").read_text()) if (run / "rounds.json").is_file() else []
     b = f.get("budget", {})
-    return {"system": "fewlabels", "algorithm": "noisy-student (selftrain --recipe cifar-cpu)",
+    env = json.loads((run / "environment.json").read_text()) if (run / "environment.json").is_file() else {}
+    return {"system": "fewlabels", "machine": env.get("cpu") or machine_info()["cpu"],
+            "algorithm": "noisy-student (selftrain --recipe cifar-cpu)",
             "budget_minutes": budget,
             "test_acc": f.get("test_acc"), "minutes": b.get("minutes"), "epochs": b.get("epochs"),
             "supervised_only": rounds[0].get("test_acc") if rounds else None,
@@ -51,15 +54,29 @@ def main() -> None:
             r = json.loads(line)
             if int(r["budget_minutes"]) in budgets and r.get("test_images", 10_000) == 10_000:
                 usb[(r["algorithm"], int(r["budget_minutes"]))] = r
-    rows = [{k: r[k] for k in ("system", "algorithm", "budget_minutes", "test_acc", "minutes", "train_images_per_s",
-                               "iterations", "command") if k in r} for r in usb.values()]
+    rows = [{**{k: r[k] for k in ("system", "algorithm", "budget_minutes", "test_acc", "minutes", "train_images_per_s",
+                                  "iterations", "command") if k in r}, "machine": r.get("machine", {}).get("cpu")}
+            for r in usb.values()]
     rows += [r for b in budgets if (r := _fewlabels_row(b)) is not None]
     rows.sort(key=lambda r: (r["budget_minutes"], r["system"], r["algorithm"]))
+    # rows measured on another machine before (an earlier results file) are kept apart: never compared across CPUs
+    cpus = {r["machine"] for r in rows}
+    earlier = []
+    if RESULTS.is_file():
+        prev = json.loads(RESULTS.read_text())
+        was = (prev.get("machine") or {}).get("cpu")
+        for r in prev.get("results", []) + prev.get("earlier_results", []):
+            r = {**r, "machine": r.get("machine") or was, "date": r.get("date") or prev.get("date")}
+            if r["machine"] not in cpus:
+                earlier.append(r)
     measured = sorted({r["budget_minutes"] for r in rows})
     margins = {}
     for b in measured:
-        ours = [r["test_acc"] for r in rows if r["budget_minutes"] == b and r["system"] == "fewlabels"]
-        peers = [r["test_acc"] for r in rows if r["budget_minutes"] == b and r["system"] == "usb"]
+        here = [r for r in rows if r["budget_minutes"] == b]
+        if len({r["machine"] for r in here}) > 1:
+            sys.exit(f"{b} min: rows from several machines ({', '.join(sorted({r['machine'] for r in here}))})")
+        ours = [r["test_acc"] for r in here if r["system"] == "fewlabels"]
+        peers = [r["test_acc"] for r in here if r["system"] == "usb"]
         if ours and peers:
             margins[b] = round(100 * (max(ours) - max(peers)), 2)
     missing = [(s, b) for b in budgets for s in ("fewlabels", "usb") if not any(
@@ -68,7 +85,7 @@ def main() -> None:
             "fewlabels_margin_points": margins.get(60), "margin_points_by_budget": margins,
             "not_yet_run": [f"{s} at {b} min" for s, b in missing], "target_margin_points": 3.0,
             "split": "~/.cache/fewlabels/peers/cifar10_4000/split.json (benchmarks/peers/export_split.py)",
-            "runs": [{"command": r["command"]} for r in rows]}
+            "runs": [{"command": r["command"]} for r in rows], "earlier_results": earlier}
     lines = ["| budget (min) | system | algorithm | test acc | minutes | images/s |", "|---:|---|---|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['budget_minutes']} | {r['system']} | {r['algorithm']} | {r['test_acc']:.4f} | "
@@ -78,6 +95,11 @@ def main() -> None:
         + ", ".join(f"{b} min: {m:+.1f}" for b, m in margins.items()) + " (target ≥ +3).\n" if margins else "")
     if missing:
         table += "Not yet run: " + ", ".join(data["not_yet_run"]) + ".\n"
+    table += f"All rows on one machine: {', '.join(sorted(cpus))}, 2 cores, nothing else running.\n"
+    if earlier:
+        table += ("\nEarlier, on another machine (not compared with the rows above): " + "; ".join(
+            f"{r['system']} {r['algorithm']} {r['budget_minutes']} min {r['test_acc']:.4f} ({r['machine']}, "
+            f"{str(r['date'])[:10]})" for r in earlier) + ".\n")
     write_results("peers_cifar10_4000", data, table)
     print(table)
 
