@@ -175,12 +175,13 @@ def main() -> None:
         res = json.loads((out / ("rounds.json" if args[0] == "selftrain" else "results.json")).read_text())
         if args[0] == "selftrain":
             final = json.loads((out / "final.json").read_text())
-            n_rounds = int(flag_value(args, "--rounds"))
+            n_rounds = max(r["round"] for r in res if isinstance(r.get("round"), int))  # --rounds or its default
             results[key] = {"test_acc": final["test_acc"], "round0_test_acc": res[0]["test_acc"],
                             "rounds": [{k: r.get(k) for k in ("round", "model", "pseudo_labels", "val_acc",
                                                               "test_acc", "minutes")} for r in res],
                             "pl_precision": [pl_precision(out / f"round{r}" / "pseudo_labels.csv")
-                                             for r in range(1, n_rounds + 1)]}
+                                             for r in range(1, n_rounds + 1)
+                                             if (out / f"round{r}" / "pseudo_labels.csv").is_file()]}
         elif args[0] == "transfer":
             results[key] = {"test_acc": res["finetune"]["test_acc"]}
         else:
