@@ -53,3 +53,19 @@ def test_selftrain_sizes_teacher_and_students_together(tmp_path):
     assert e["teacher"] / e["student1"] == pytest.approx(40 / 20, rel=0.15)  # the recipe's proportion kept
     assert [r["round"] for r in res["rounds"]] == [0, 1]
     assert 0.5 * 0.3 <= final["budget"]["minutes"] <= 2 * 0.3, final["budget"]
+
+
+def test_the_plan_never_overshoots_for_whole_epochs_and_evaluations():
+    """A 15-minute selftrain plan on the 2-core EPYC predicted 16.2 minutes: the linear factor ignores that epochs
+    are whole and that a phase's last epoch is always evaluated. The plan now takes the largest factor that fits,
+    and only a budget shorter than one epoch of everything is an error. (The measured speeds of that plan.)"""
+    phases = [Phase("teacher", 60, 3840, 1560.4, eval_images=10_000, eval_every=5, eval_images_per_s=856.1,
+                    labels_after=46_000, label_images_per_s=850.0),
+              Phase("student1", 21, 61_184, 520.9, eval_images=10_000, eval_every=5, eval_images_per_s=289.7),
+              Phase("finetune", 10, 3840, 530.7, eval_images=10_000, eval_every=5, eval_images_per_s=295.0)]
+    p = plan(phases, minutes=15.0)
+    assert p["predicted_minutes"] <= 15.0
+    assert p["epochs"]["student1"] >= 5  # still most of the budget: not shrunk to nothing
+    longer = plan(phases, minutes=16.5)["epochs"]
+    assert all(longer[k] >= v for k, v in p["epochs"].items()) and longer != p["epochs"]
+    assert plan(phases, minutes=6.0)["predicted_minutes"] <= 6.0  # what the error for 3 minutes asks for

@@ -71,9 +71,20 @@ def plan(phases: list[Phase], minutes: float) -> dict[str, Any]:
     fixed = sum(p.seconds(1.0)[1] for p in phases)
     if scaled <= 0:
         raise FewLabelsError("--budget-minutes: the run has nothing to train")
-    f = (budget - fixed) / scaled
-    epochs = {p.name: max(1, round(f * p.epochs)) for p in phases}
-    predicted = sum(sum(p.seconds(epochs[p.name] / p.epochs)) for p in phases) / 60
+
+    def at(f: float) -> tuple[dict[str, int], float]:  # whole epochs at factor f, and their predicted minutes
+        ep = {p.name: max(1, round(f * p.epochs)) for p in phases}
+        return ep, sum(sum(p.seconds(ep[p.name] / p.epochs)) for p in phases) / 60
+
+    f = max(0.0, (budget - fixed) / scaled)
+    epochs, predicted = at(f)
+    if predicted > minutes:  # whole epochs and whole evaluations overshoot: the largest factor whose plan fits
+        lo, hi = 0.0, f
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if at(mid)[1] <= minutes else (lo, mid)
+        f = lo
+        epochs, predicted = at(f)
     if predicted > minutes * 1.1:
         shortest = sum(sum(p.seconds(1 / p.epochs)) for p in phases) / 60
         raise FewLabelsError(f"--budget-minutes {minutes:g} is too short for this run on this machine: one epoch of "
