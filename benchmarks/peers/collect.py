@@ -54,9 +54,9 @@ def main() -> None:
             r = json.loads(line)
             if int(r["budget_minutes"]) in budgets and r.get("test_images", 10_000) == 10_000:
                 usb[(r["algorithm"], int(r["budget_minutes"]))] = r
-    rows = [{**{k: r[k] for k in ("system", "algorithm", "budget_minutes", "test_acc", "minutes", "train_images_per_s",
-                                  "iterations", "command") if k in r}, "machine": r.get("machine", {}).get("cpu")}
-            for r in usb.values()]
+    rows = [{**{k: r[k] for k in ("system", "algorithm", "test_acc", "minutes", "train_images_per_s", "iterations",
+                                  "command") if k in r}, "budget_minutes": int(r["budget_minutes"]),
+             "machine": r.get("machine", {}).get("cpu")} for r in usb.values()]
     rows += [r for b in budgets if (r := _fewlabels_row(b)) is not None]
     rows.sort(key=lambda r: (r["budget_minutes"], r["system"], r["algorithm"]))
     # rows measured on another machine before (an earlier results file) are kept apart: never compared across CPUs
