@@ -424,3 +424,12 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch():
     assert all(math.isfinite(h["train_loss"]) for h in res.history)
     with pytest.raises(FewLabelsError, match="micro"):
         TrainConfig(micro_batch=-1)
+
+
+def test_with_micro_batches_no_forward_pass_sees_more_images_than_that():
+    """--micro-batch also caps evaluation, pool labelling and the report's batches (a run's saved config too)."""
+    from fewlabels.engine.config import eval_batch
+
+    assert eval_batch(TrainConfig()) == 256 and eval_batch(TrainConfig(micro_batch=32)) == 32
+    assert eval_batch(TrainConfig(micro_batch=512, eval_batch_size=128)) == 128
+    assert eval_batch({"eval_batch_size": 100, "micro_batch": 0}) == 100 and eval_batch({}) == 256

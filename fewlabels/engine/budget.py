@@ -23,7 +23,7 @@ from torch import nn
 from ..config import group, opt
 from ..console import Console
 from ..errors import FewLabelsError
-from .config import TrainConfig
+from .config import TrainConfig, eval_batch
 from .loop import TrainSet, Watch, fit, images_per_epoch
 
 
@@ -123,7 +123,7 @@ def eval_speed(model: nn.Module, images: torch.Tensor, norm: tuple, cfg: TrainCo
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    b = min(images.shape[0], cfg.eval_batch_size)
+    b = min(images.shape[0], eval_batch(cfg))
     x = images[:b]
     kw = {"batch_size": b, "device": device, "dtype": dtype, "tta_flip": tta_flip, "tta_translate": tta_translate,
           "gather": False}

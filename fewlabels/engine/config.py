@@ -109,7 +109,8 @@ class Compute:
                                "any batch size)", ge=1, resume="change")
     micro_batch: int = opt(0, "memory: run each training step's batch through the model in chunks of this many "
                            "images and add up their gradients, so a step still averages --batch-size images (only "
-                           "BatchNorm sees the chunk); activation memory shrinks in proportion. 0 = the whole batch",
+                           "BatchNorm sees the chunk); evaluation and labelling batches are capped at it too. Memory "
+                           "for activations shrinks in proportion (a laptop: 64). 0 = the whole batch",
                            ge=0, resume="change")
 
 
@@ -147,3 +148,13 @@ class TrainConfig(Options):
     `TrainConfig.of(cfg)`."""
 
     groups = TRAINING
+
+
+def eval_batch(cfg: Options | dict, default: int = 256) -> int:
+    """Images per forward pass when predicting (evaluation, pool labelling, the report): --eval-batch-size, and never
+    more than --micro-batch when that is set, so that the model sees at most that many images at once anywhere.
+    cfg: a command's options, or a run's saved config.yaml as a dict."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
+    size = int(get("eval_batch_size") or default)
+    micro = int(get("micro_batch") or 0)
+    return min(size, micro) if micro > 0 else size

@@ -43,12 +43,13 @@ from ..utils import (
     is_main_process,
     pick_device,
     pick_dtype,
+    release_memory,
     synchronize,
     to_device,
     tune_cpu_allocator,
 )
 from .checkpoint import load_train_state, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, eval_batch
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 
 # (model, images (B, C, H, W) float, the batch's targets) -> scalar loss
@@ -231,11 +232,11 @@ def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple | None, c
     for name, s in sets.items():
         if s.images.is_floating_point():  # feature rows (an object with .images (N, D) and .labels): no TTA
             with torch.no_grad(), autocast(device, dtype):
-                logits = torch.cat([model(s.images[i:i + cfg.eval_batch_size].to(device)).float()
-                                    for i in range(0, s.images.shape[0], cfg.eval_batch_size)])
+                logits = torch.cat([model(s.images[i:i + eval_batch(cfg)].to(device)).float()
+                                    for i in range(0, s.images.shape[0], eval_batch(cfg))])
             out[f"{name}_acc"] = accuracy(logits, s.labels)
             continue
-        logits = predict_logits(model, s.images, *norm, batch_size=cfg.eval_batch_size, device=device, dtype=dtype,
+        logits = predict_logits(model, s.images, *norm, batch_size=eval_batch(cfg), device=device, dtype=dtype,
                                 tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate,
                                 channels_last=cfg.channels_last)
         out[f"{name}_acc"] = accuracy(logits, s.labels)
@@ -489,6 +490,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     if events is not None:
         events.close()
     final = ema.module if ema is not None else model
+    release_memory()  # the next phase (evaluation, labelling, the report) starts from what training still holds
     if run_dir is not None and history:
         from ..report import plot_history
         plot_history(history, run_dir / "learning_curve.png")

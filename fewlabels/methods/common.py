@@ -10,7 +10,7 @@ import torch
 
 from ..config import Options, group, opt
 from ..data import Dataset, ImageSet, Split
-from ..engine.config import Augment, TrainConfig
+from ..engine.config import Augment, TrainConfig, eval_batch
 from ..engine.loop import TrainSet
 from ..errors import FewLabelsError
 from ..eval import ECE_BINS
@@ -182,7 +182,7 @@ def calibrate_checkpoint(folder: Path, model: torch.nn.Module, evals: dict[str, 
     if "val" not in evals:
         raise FewLabelsError("calibration fits a temperature on validation images and this run has none (--val 0): "
                              "train with --val (e.g. 0.1), or pass --val DIR")
-    logits = {name: predict_logits(model, s.images, *norm, batch_size=tc.eval_batch_size,
+    logits = {name: predict_logits(model, s.images, *norm, batch_size=eval_batch(tc),
                                    dtype=pick_dtype(tc.precision, next(model.parameters()).device),
                                    tta_flip=tc.tta_flip, tta_translate=tc.tta_translate)
               for name, s in evals.items() if name in ("val", "test")}
@@ -212,7 +212,7 @@ def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, Im
     if calibrate is not None:
         out["calibration"] = calibrate_checkpoint(calibrate, model, evals, norm, tc, log)
         temperature = out["calibration"]["temperature"]
-    report = final_report(model, evals, norm, batch_size=tc.eval_batch_size, precision=tc.precision,
+    report = final_report(model, evals, norm, batch_size=eval_batch(tc), precision=tc.precision,
                           tta_flip=tc.tta_flip, tta_translate=tc.tta_translate, channels_last=tc.channels_last,
                           temperature=temperature)
     if report is not None:
@@ -243,11 +243,12 @@ def budgeted(run_dir: Path, make, log=print) -> dict[str, Any]:
 def report_run(run_dir: Path, log=print, ds: Dataset | None = None, split: Split | None = None) -> None:
     """RUN/report.html at the end of a run (fewlabels.report.page), from the run's data when given (not loaded
     again); a report that cannot be made logs one warning line and never fails the finished run."""
-    from ..utils import is_main_process
+    from ..utils import is_main_process, release_memory
     from .report_page import write_report
 
     if not is_main_process():  # under torchrun rank 0 writes the report (and its model runs on rank 0 alone)
         return
+    release_memory()
     try:
         path = write_report(Path(run_dir), data=(ds, split) if ds is not None and split is not None else None,
                             device="auto")

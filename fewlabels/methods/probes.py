@@ -17,7 +17,7 @@ from ..console import Console
 from ..data import load_dataset
 from ..data.prepare import Budget, Source, prepare_data, val_set
 from ..engine.checkpoint import load_model
-from ..engine.config import TRAINING, Device, Seed, TrainConfig
+from ..engine.config import TRAINING, Device, Seed, TrainConfig, eval_batch
 from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, normalize, predict_logits
@@ -159,7 +159,7 @@ def _train_and_test(model: torch.nn.Module, meta: dict[str, Any], train_set: Tra
     device = pick_device(tc.device)
     accs = {}
     for name, (images, labels) in tests.items():
-        logits = predict_logits(result.model, images, *norm, batch_size=tc.eval_batch_size, device=device,
+        logits = predict_logits(result.model, images, *norm, batch_size=eval_batch(tc), device=device,
                                 dtype=pick_dtype(tc.precision, device), channels_last=tc.channels_last)
         accs[name] = accuracy(logits, labels)
     return accs

@@ -24,11 +24,11 @@ from ..console import Console
 from ..data.imageset import ImageSet, release
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, overlap_note, prepare_data
 from ..engine.checkpoint import load_model
-from ..engine.config import Device
+from ..engine.config import Device, eval_batch
 from ..errors import FewLabelsError
 from ..eval import EVAL_BATCH_SIZE, predict_logits
 from ..runs import run_folder, save_config, source_split
-from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
+from ..utils import atomic_write_text, pick_device, pick_dtype, release_memory, write_json
 from .common import Run, Teacher, Temperature, check_classes, report_run
 
 
@@ -228,8 +228,9 @@ def teach(teacher: torch.nn.Module, meta: dict, pool: ImageSet, cfg: Any, device
     images' class frequencies, used with --balance-to labelled). A calibrated teacher's logits are divided by its
     temperature first (model.json), so that --threshold reads calibrated confidences."""
     logits = pool_logits(teacher, meta, pool, tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                         device=device, progress=Console.of(cfg).bars, resume_in=resume_in
+                         batch_size=eval_batch(cfg), device=device, progress=Console.of(cfg).bars, resume_in=resume_in
                          ) / float(meta.get("temperature", 1.0))
+    release_memory()
     return labels_from_logits(logits, hard=not cfg.soft, temperature=cfg.temperature, threshold=cfg.threshold,
                               balance=cfg.balance, per_class=cfg.per_class,
                               prior=prior if cfg.balance_to == "labelled" else None)

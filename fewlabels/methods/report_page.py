@@ -218,6 +218,7 @@ class _Report:
     def _predict(self) -> Outputs:
         from ..data.prepare import eval_sets
         from ..engine.checkpoint import load_model
+        from ..engine.config import eval_batch
         from ..errors import FewLabelsError
         from ..eval import predict_logits
         from ..utils import pick_device, pick_dtype
@@ -238,6 +239,7 @@ class _Report:
             raise Missing("the run's model and the data it was loaded with have other classes")
         s = sets[on]
         logits = predict_logits(model, s.images, meta["mean"], meta["std"], device=dev,
+                                batch_size=eval_batch(self.cfg),
                                 dtype=pick_dtype(str(self.cfg.get("precision", "auto")), dev),
                                 tta_flip=bool(self.cfg.get("tta_flip", False)),
                                 tta_translate=int(self.cfg.get("tta_translate", 0) or 0),
