@@ -131,3 +131,12 @@ def test_labelling_a_large_pool_resumes_from_its_last_saved_piece(monkeypatch, t
     again = pl.pool_logits(teacher, meta, pool, device=torch.device("cpu"), resume_in=tmp_path / "partial")
     assert calls == [100, 50], "only the pieces not saved are labelled again"
     torch.testing.assert_close(again, whole)
+
+
+def test_an_empty_split_is_cached_and_read_back(tmp_path):
+    """A split with no images (e.g. a folder without test images) was written, then failed to load on every run
+    ('both buffer length (0) and count (-1) must not be 0') and was decoded again."""
+    cache._write_split(tmp_path / "e.safetensors", torch.zeros((0, 3, 8, 8), dtype=torch.uint8),
+                       torch.zeros(0, dtype=torch.int64), None)
+    images, labels = cache._read_split(tmp_path / "e.safetensors")
+    assert images.shape == (0, 3, 8, 8) and labels.shape == (0,) and labels.dtype == torch.int64

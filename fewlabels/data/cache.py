@@ -126,8 +126,9 @@ def _read(entry: Path, root: Path) -> tuple[dict[str, ImageSet], dict[str, Any]]
         images, labels = _read_split(entry / f"{split}.safetensors")
         if images.dtype != torch.uint8 or list(images.shape) != info["shape"] or len(labels) != len(images):
             raise ValueError(f"{split}.safetensors does not match meta.json")
-        paths = [p if os.path.isabs(p) else prefix + p for p in info["paths"]]
-        splits[split] = ImageSet(images, labels, list(meta["classes"]), paths or None)
+        raw = info.get("paths") or []  # [] for a set without paths (torchvision's), or for an empty split
+        paths = [p if os.path.isabs(p) else prefix + p for p in raw] if raw or not len(images) else None
+        splits[split] = ImageSet(images, labels, list(meta["classes"]), paths)
     return splits, meta["extra"]
 
 
@@ -177,8 +178,8 @@ def _read_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise ValueError(f"{path.name}: unexpected dtypes {lab['dtype']}, {img['dtype']}")
         start = 8 + size
         f.seek(start + lab["data_offsets"][0])
-        labels = torch.frombuffer(bytearray(f.read(lab["data_offsets"][1] - lab["data_offsets"][0])),
-                                  dtype=torch.int64)
+        raw = bytearray(f.read(lab["data_offsets"][1] - lab["data_offsets"][0]))
+        labels = torch.frombuffer(raw, dtype=torch.int64) if raw else torch.empty(0, dtype=torch.int64)
     shape = tuple(img["shape"])
     lo, hi = img["data_offsets"]
     if hi - lo != math.prod(shape) or os.path.getsize(path) < start + hi:
