@@ -504,7 +504,12 @@ def _backward(net: nn.Module, loss_fn: LossFn, x: torch.Tensor, batch: Batch, mi
     loss weighted by its share of the batch, so the step is the same mean-loss step; under DDP the gradients are
     averaged across processes once, at the last chunk."""
     n = x.shape[0]
-    size = micro_batch if 0 < micro_batch < n else n
+    if not 0 < micro_batch < n:  # the whole batch at once: the usual step, nothing sliced or added up
+        with autocast(device, dtype):
+            loss = loss_fn(net, x, batch)
+        (loss if scaler is None else scaler.scale(loss)).backward()
+        return loss.detach()
+    size = micro_batch
     total = torch.zeros((), device=x.device)
     for start in range(0, n, size):
         end = min(n, start + size)
@@ -513,8 +518,7 @@ def _backward(net: nn.Module, loss_fn: LossFn, x: torch.Tensor, batch: Batch, mi
         with sync:
             with autocast(device, dtype):
                 loss = loss_fn(net, x[start:end], part)
-            if size < n:
-                loss = loss * ((end - start) / n)
+            loss = loss * ((end - start) / n)
             (loss if scaler is None else scaler.scale(loss)).backward()
         total = total + loss.detach()
     return total
