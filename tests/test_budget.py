@@ -6,7 +6,7 @@ import math
 import pytest
 
 from fewlabels import selftrain, train
-from fewlabels.engine.budget import Phase, plan
+from fewlabels.engine.budget import Phase, plan, replan
 from fewlabels.errors import FewLabelsError
 
 FAST = {"data": "digits", "device": "cpu", "quiet": True}
@@ -50,9 +50,13 @@ def test_selftrain_sizes_teacher_and_students_together(tmp_path):
     final = json.loads((tmp_path / "st" / "final.json").read_text())
     e = final["budget"]["epochs"]
     assert set(e) == {"teacher", "student1"}
-    assert e["teacher"] / e["student1"] == pytest.approx(40 / 20, rel=0.15)  # the recipe's proportion kept
+    (re,) = final["budget"]["replans"]  # the student re-planned once its pseudo-labels were known
+    assert re["round"] == 1 and re["epochs"]["student1"] == e["student1"]
+    assert e["teacher"] / re["before"]["student1"] == pytest.approx(40 / 20, rel=0.15)  # the recipe's proportion
     assert [r["round"] for r in res["rounds"]] == [0, 1]
     assert 0.5 * 0.3 <= final["budget"]["minutes"] <= 2 * 0.3, final["budget"]
+    student = (tmp_path / "st" / "round1" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(student[-1])["epoch"] == e["student1"]
 
 
 def test_the_plan_never_overshoots_for_whole_epochs_and_evaluations():
@@ -69,3 +73,25 @@ def test_the_plan_never_overshoots_for_whole_epochs_and_evaluations():
     longer = plan(phases, minutes=16.5)["epochs"]
     assert all(longer[k] >= v for k, v in p["epochs"].items()) and longer != p["epochs"]
     assert plan(phases, minutes=6.0)["predicted_minutes"] <= 6.0  # what the error for 3 minutes asks for
+
+
+def test_the_students_are_replanned_for_the_pseudo_labels_that_passed_and_the_minutes_left():
+    """The 15-minute CIFAR-10 plan sized the student for all 46,000 pool images (61,184 an epoch); 31,700 passed the
+    threshold (42,240 an epoch) and the run used 11.5 of its 15 minutes. Re-planned with the real epoch, the
+    student gets the minutes back; a round that ran late takes them from the phases left; never an error."""
+    phases = [Phase("teacher", 60, 3840, 1560.4, eval_images=10_000, eval_every=5, eval_images_per_s=856.1,
+                    labels_after=46_000, label_images_per_s=850.0),
+              Phase("student1", 21, 61_184, 520.9, eval_images=10_000, eval_every=5, eval_images_per_s=289.7),
+              Phase("finetune", 10, 3840, 530.7, eval_images=10_000, eval_every=5, eval_images_per_s=295.0)]
+    first = plan(phases, minutes=15.0)
+    names = ["student1", "finetune"]
+    left = 15.0 - 2.5  # the teacher and its labelling took 2.5 minutes
+    again = replan(json.loads(json.dumps(first)), names, left, {"student1": 42_240})
+    assert again["epochs"]["student1"] > first["epochs"]["student1"]
+    assert again["predicted_minutes"] <= left
+    assert again["epochs"]["student1"] / again["epochs"]["finetune"] == pytest.approx(21 / 10, rel=0.35)
+    late = replan(first, names, 4.0, {"student1": 42_240})
+    assert late["epochs"]["student1"] < first["epochs"]["student1"] and late["predicted_minutes"] <= 4.0
+    assert replan(first, names, -3.0, {})["epochs"] == {"student1": 1, "finetune": 1}  # spent: one epoch each
+    old = {**first, "phases": [{k: v for k, v in p.items() if k != "eval_images"} for p in first["phases"]]}
+    assert replan(old, names, left, {}) is None  # a plan saved before these fields: kept as it was

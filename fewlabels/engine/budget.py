@@ -7,7 +7,9 @@ on a sample: the second epoch is timed, so start-up costs are left out), and for
 minutes are linear in one factor f that scales every phase's epochs alike (so a recipe keeps its shape: teacher and
 students in the same proportion); f is chosen so that training, evaluation and labelling fill the budget. The plan
 (speeds, epochs, prediction) is saved in the run folder, so a resumed run keeps its epochs whatever the machine
-does meanwhile, and reported at the end beside the minutes it took.
+does meanwhile, and reported at the end beside the minutes it took. Phases whose size is only known later
+(selftrain's students: the pseudo-labels that pass the threshold) are re-planned when it is (`replan`), to the minutes
+then left.
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ class TimeBudget:
     budget_minutes: float | None = opt(None, "size the epochs to this many minutes of this machine: every epoch count "
                                        "(the recipe's or yours) is scaled by one factor, from speeds measured at the "
                                        "start (training, evaluation and pool labelling count; start-up and the few "
-                                       "seconds of timing do not); the plan is saved as RUN/budget.json and kept on "
-                                       "resume", gt=0, le=100_000)
+                                       "seconds of timing do not); selftrain re-plans each student for its pseudo-"
+                                       "labels and the minutes left; the plan is saved as RUN/budget.json and kept "
+                                       "on resume", gt=0, le=100_000)
 
 PROBE_STEPS = 4  # timed steps per model (after as many untimed ones)
 
@@ -63,9 +66,10 @@ class Phase:
         return train + evals, self.labels_after / self.label_images_per_s
 
 
-def plan(phases: list[Phase], minutes: float) -> dict[str, Any]:
+def plan(phases: list[Phase], minutes: float, strict: bool = True) -> dict[str, Any]:
     """Epochs per phase (at least 1) so that the predicted total is `minutes`: {"epochs": {name: n}, "factor",
-    "predicted_minutes", "phases": [the measured speeds]}."""
+    "predicted_minutes", "phases": [each Phase, its speeds measured]}. strict=False: one epoch each when even that
+    does not fit, instead of the error (a re-plan in the middle of a run never fails it)."""
     budget = minutes * 60
     scaled = sum(p.seconds(1.0)[0] for p in phases)
     fixed = sum(p.seconds(1.0)[1] for p in phases)
@@ -85,7 +89,7 @@ def plan(phases: list[Phase], minutes: float) -> dict[str, Any]:
             lo, hi = (mid, hi) if at(mid)[1] <= minutes else (lo, mid)
         f = lo
         epochs, predicted = at(f)
-    if predicted > minutes * 1.1:
+    if strict and predicted > minutes * 1.1:
         shortest = sum(sum(p.seconds(1 / p.epochs)) for p in phases) / 60
         raise FewLabelsError(f"--budget-minutes {minutes:g} is too short for this run on this machine: one epoch of "
                              f"each phase alone takes about {shortest:.1f} minutes (measured). Give at least "
@@ -94,8 +98,31 @@ def plan(phases: list[Phase], minutes: float) -> dict[str, Any]:
             "predicted_minutes": round(predicted, 2),
             "phases": [{"name": p.name, "configured_epochs": p.epochs, "train_images_per_epoch":
                         p.train_images_per_epoch, "train_images_per_s": round(p.train_images_per_s, 1),
-                        "eval_images_per_s": round(p.eval_images_per_s, 1) if math.isfinite(p.eval_images_per_s)
-                        else None} for p in phases]}
+                        "eval_images": p.eval_images, "eval_every": p.eval_every,
+                        "eval_images_per_s": _rate(p.eval_images_per_s), "labels_after": p.labels_after,
+                        "label_images_per_s": _rate(p.label_images_per_s)} for p in phases]}
+
+
+def _rate(v: float) -> float | None:
+    return round(v, 1) if math.isfinite(v) else None
+
+
+def replan(planned: dict[str, Any], names: list[str], minutes: float, per_epoch: dict[str, int]
+           ) -> dict[str, Any] | None:
+    """The epochs of the phases not yet run (`names`, from `planned`: the run's plan), sized to the `minutes` left,
+    with the speeds measured at the start and the images per epoch now known (per_epoch: name -> images; selftrain
+    plans a student for every pool image, its epoch is the pseudo-labels that passed the threshold). The time the
+    phases before took, faster or slower than predicted, is in `minutes`. Never fails: one epoch each when the
+    budget is spent. None for a plan saved before the phases' evaluation and labelling sizes were recorded."""
+    saved = {p["name"]: p for p in planned["phases"]}
+    if any(n not in saved or "eval_images" not in saved[n] for n in names):
+        return None
+    inf = float("inf")
+    phases = [Phase(n, saved[n]["configured_epochs"], per_epoch.get(n, saved[n]["train_images_per_epoch"]),
+                    saved[n]["train_images_per_s"], saved[n]["eval_images"], saved[n]["eval_every"],
+                    saved[n]["eval_images_per_s"] or inf, saved[n]["labels_after"],
+                    saved[n]["label_images_per_s"] or inf) for n in names]
+    return plan(phases, max(minutes, 0.0), strict=False)
 
 
 def train_speed(model: nn.Module, train: TrainSet, cfg: TrainConfig) -> float:
@@ -156,4 +183,4 @@ def phase(name: str, model: nn.Module, train: TrainSet, cfg: TrainConfig, evals:
                  eval_rate, len(pool) if pool is not None else 0, label_rate)
 
 
-__all__ = ["Phase", "TimeBudget", "eval_speed", "images_per_epoch", "phase", "plan", "train_speed"]
+__all__ = ["Phase", "TimeBudget", "eval_speed", "images_per_epoch", "phase", "plan", "replan", "train_speed"]

@@ -20,13 +20,14 @@ from typing import Any
 
 import torch
 
+from .. import distributed
 from .. import targets as T
 from .. import tensorboard_events as tb
 from ..config import Options, group, opt
 from ..console import Console
 from ..data.imageset import gather
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, eval_sets, overlap_note, prepare_data
-from ..engine.budget import TimeBudget, images_per_epoch, phase
+from ..engine.budget import TimeBudget, images_per_epoch, phase, replan
 from ..engine.budget import plan as plan_budget
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
@@ -132,7 +133,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     budget = None
     if cfg.budget_minutes:
         budget = budgeted(run_dir, lambda: _plan_budget(cfg, ds, labelled, pool, evals, base, teacher_model), log)
-        e = budget["epochs"]
+        e = budget["epochs"]  # as re-planned so far, when a run is resumed (_replan)
         cfg = cfg.replace(teacher_epochs=e.get("teacher", cfg.teacher_epochs),
                           student_epochs=e.get("student1", cfg.student_epochs),
                           finetune_epochs=e.get("finetune", cfg.finetune_epochs))
@@ -197,6 +198,11 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         train = _student_trainset(labelled, pool.images, pl.probs, pl.indices, cfg.label_smoothing, pl.confidence,
                                   cfg.confidence_power)
         scfg = base.replace(epochs=cfg.student_epochs, augment=cfg.student_augment)
+        if budget is not None:
+            budget = _replan(run_dir, budget, r, cfg.rounds, images_per_epoch(train, scfg), rows, label_s, log)
+            cfg = cfg.replace(student_epochs=budget["epochs"].get(f"student{r}", cfg.student_epochs),
+                              finetune_epochs=budget["epochs"].get("finetune", cfg.finetune_epochs))
+            scfg = scfg.replace(epochs=cfg.student_epochs)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
                                "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)},
@@ -265,6 +271,38 @@ def _plan_budget(cfg: SelfTrainCommand, ds, labelled: TrainSet, pool, evals, bas
         phases.append(phase("finetune", model, labelled, base.replace(epochs=cfg.finetune_epochs,
                                                                       augment=cfg.teacher_augment), evals))
     return plan_budget(phases, cfg.budget_minutes)
+
+
+def _replan(run_dir: Path, budget: dict[str, Any], r: int, rounds: int, per_epoch: int, rows: list[dict[str, Any]],
+            label_s: float, log) -> dict[str, Any]:
+    """--budget-minutes once round r's pseudo-labels are known: the plan sized each student for every pool image
+    (it cannot know how many pass the threshold) and assumed the speeds it measured; the students and the
+    fine-tune left are re-planned (engine.budget.replan) to the minutes left after the rounds so far, with this
+    round's real epoch. Saved in RUN/budget.json ("epochs" as re-planned, each re-plan in "replans"), so a resumed
+    run trains the epochs it planned."""
+    done = {p["round"] for p in budget.get("replans", [])}
+    if r in done:
+        return budget
+    spent = sum(row.get("minutes") or 0.0 for row in rows) + (sum(row.get("label_seconds") or 0.0 for row in rows)
+                                                               + label_s) / 60
+    left = budget["budget_minutes"] - spent
+    names = [n for n in [f"student{q}" for q in range(r, rounds + 1)] + ["finetune"] if n in budget["epochs"]]
+    # under torchrun every rank trains rank 0's epochs (their clocks differ by a little)
+    new = distributed.broadcast_object(replan(budget, names, left, {f"student{q}": per_epoch
+                                                                     for q in range(r, rounds + 1)}))
+    if new is None:  # a plan saved by an earlier version: kept as it is
+        return budget
+    budget = {**budget, "epochs": {**budget["epochs"], **new["epochs"]},
+              "replans": [*budget.get("replans", []), {"round": r, "minutes_left": round(left, 2),
+                                                        "student_images_per_epoch": per_epoch,
+                                                        "before": {n: budget["epochs"][n] for n in names},
+                                                        "epochs": new["epochs"],
+                                                        "predicted_minutes": new["predicted_minutes"]}]}
+    write_json(run_dir / "budget.json", budget)
+    log(f"budget: round {r} trains on {per_epoch} images an epoch with {left:.1f} of {budget['budget_minutes']:g} "
+        "minutes left → " + ", ".join(f"{n} {new['epochs'][n]}" for n in names)
+        + f" (predicted {new['predicted_minutes']:.1f} min)")
+    return budget
 
 
 def _model_of(weights: str | None, name: str, given: bool) -> str:
