@@ -6,7 +6,7 @@ import math
 import pytest
 
 from fewlabels import selftrain, train
-from fewlabels.engine.budget import Phase, plan, replan
+from fewlabels.engine.budget import Phase, pace, plan, replan
 from fewlabels.errors import FewLabelsError
 
 FAST = {"data": "digits", "device": "cpu", "quiet": True}
@@ -93,5 +93,13 @@ def test_the_students_are_replanned_for_the_pseudo_labels_that_passed_and_the_mi
     late = replan(first, names, 4.0, {"student1": 42_240})
     assert late["epochs"]["student1"] < first["epochs"]["student1"] and late["predicted_minutes"] <= 4.0
     assert replan(first, names, -3.0, {})["epochs"] == {"student1": 1, "finetune": 1}  # spent: one epoch each
+    # the teacher's 16 epochs took 91.6 s where the plan said 87: the phases left are planned at that pace
+    took = 91.6
+    predicted = 16 * 3840 / 1560.4 + 4 * 10_000 / 856.1
+    assert first["epochs"]["teacher"] == 16
+    assert pace(first, {"teacher": took}) == pytest.approx(took / predicted, rel=1e-3)
+    assert pace(first, {"teacher": 1e6}) == 1.5 and pace(first, {}) == 1.0
+    slow = replan(first, names, left, {"student1": 42_240}, slowdown=1.3)
+    assert slow["epochs"]["student1"] < again["epochs"]["student1"] and slow["predicted_minutes"] <= left
     old = {**first, "phases": [{k: v for k, v in p.items() if k != "eval_images"} for p in first["phases"]]}
     assert replan(old, names, left, {}) is None  # a plan saved before these fields: kept as it was

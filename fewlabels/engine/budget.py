@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -107,21 +107,43 @@ def _rate(v: float) -> float | None:
     return round(v, 1) if math.isfinite(v) else None
 
 
-def replan(planned: dict[str, Any], names: list[str], minutes: float, per_epoch: dict[str, int]
-           ) -> dict[str, Any] | None:
-    """The epochs of the phases not yet run (`names`, from `planned`: the run's plan), sized to the `minutes` left,
-    with the speeds measured at the start and the images per epoch now known (per_epoch: name -> images; selftrain
-    plans a student for every pool image, its epoch is the pseudo-labels that passed the threshold). The time the
-    phases before took, faster or slower than predicted, is in `minutes`. Never fails: one epoch each when the
-    budget is spent. None for a plan saved before the phases' evaluation and labelling sizes were recorded."""
+def _saved(planned: dict[str, Any], names: list[str], per_epoch: dict[str, int] | None = None
+           ) -> list[Phase] | None:
+    """The phases `names` of a saved plan (None for a plan saved before their evaluation and labelling sizes were
+    recorded), with their images per epoch replaced where per_epoch names them."""
     saved = {p["name"]: p for p in planned["phases"]}
     if any(n not in saved or "eval_images" not in saved[n] for n in names):
         return None
-    inf = float("inf")
-    phases = [Phase(n, saved[n]["configured_epochs"], per_epoch.get(n, saved[n]["train_images_per_epoch"]),
-                    saved[n]["train_images_per_s"], saved[n]["eval_images"], saved[n]["eval_every"],
-                    saved[n]["eval_images_per_s"] or inf, saved[n]["labels_after"],
-                    saved[n]["label_images_per_s"] or inf) for n in names]
+    per_epoch, inf = per_epoch or {}, float("inf")
+    return [Phase(n, saved[n]["configured_epochs"], per_epoch.get(n, saved[n]["train_images_per_epoch"]),
+                  saved[n]["train_images_per_s"], saved[n]["eval_images"], saved[n]["eval_every"],
+                  saved[n]["eval_images_per_s"] or inf, saved[n]["labels_after"],
+                  saved[n]["label_images_per_s"] or inf) for n in names]
+
+
+def pace(planned: dict[str, Any], done: dict[str, float], per_epoch: dict[str, int] | None = None) -> float:
+    """How much slower (> 1) or faster the trained phases in `done` (name -> seconds they took, training and their
+    evaluations) ran than the plan predicted at their epochs: a few timed steps miss what a whole epoch adds (the
+    evaluations in between, the allocator, a busy machine). per_epoch: their real images per epoch, where known.
+    Bounded to [2/3, 3/2]; 1 when nothing is known."""
+    phases = [p for p in _saved(planned, list(done), per_epoch) or [] if p.train_images_per_epoch > 0]
+    predicted = sum(p.seconds(planned["epochs"][p.name] / p.epochs)[0] for p in phases)
+    took = sum(done[p.name] for p in phases)
+    return min(1.5, max(2 / 3, took / predicted)) if predicted > 0 and took > 0 else 1.0
+
+
+def replan(planned: dict[str, Any], names: list[str], minutes: float, per_epoch: dict[str, int],
+           slowdown: float = 1.0) -> dict[str, Any] | None:
+    """The epochs of the phases not yet run (`names`, from `planned`: the run's plan), sized to the `minutes` left,
+    with the speeds measured at the start divided by `slowdown` (`pace` of the phases run so far) and the images
+    per epoch now known (per_epoch: name -> images; selftrain plans a student for every pool image, its epoch is the
+    pseudo-labels that passed the threshold). Never fails: one epoch each when the budget is spent. None for a plan
+    saved before the phases' evaluation and labelling sizes were recorded."""
+    phases = _saved(planned, names, per_epoch)
+    if phases is None:
+        return None
+    phases = [replace(p, train_images_per_s=p.train_images_per_s / slowdown,
+                      eval_images_per_s=p.eval_images_per_s / slowdown) for p in phases]
     return plan(phases, max(minutes, 0.0), strict=False)
 
 
@@ -183,4 +205,4 @@ def phase(name: str, model: nn.Module, train: TrainSet, cfg: TrainConfig, evals:
                  eval_rate, len(pool) if pool is not None else 0, label_rate)
 
 
-__all__ = ["Phase", "TimeBudget", "eval_speed", "images_per_epoch", "phase", "plan", "replan", "train_speed"]
+__all__ = ["Phase", "TimeBudget", "eval_speed", "images_per_epoch", "pace", "phase", "plan", "replan", "train_speed"]

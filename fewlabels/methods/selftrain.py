@@ -27,7 +27,7 @@ from ..config import Options, group, opt
 from ..console import Console
 from ..data.imageset import gather
 from ..data.prepare import EMPTY_POOL, Budget, Pool, Source, eval_sets, overlap_note, prepare_data
-from ..engine.budget import TimeBudget, images_per_epoch, phase, replan
+from ..engine.budget import TimeBudget, images_per_epoch, pace, phase, replan
 from ..engine.budget import plan as plan_budget
 from ..engine.checkpoint import copy_checkpoint, find_checkpoint, load_model, read_meta
 from ..engine.config import TRAINING, TrainConfig
@@ -278,8 +278,9 @@ def _replan(run_dir: Path, budget: dict[str, Any], r: int, rounds: int, per_epoc
     """--budget-minutes once round r's pseudo-labels are known: the plan sized each student for every pool image
     (it cannot know how many pass the threshold) and assumed the speeds it measured; the students and the
     fine-tune left are re-planned (engine.budget.replan) to the minutes left after the rounds so far, with this
-    round's real epoch. Saved in RUN/budget.json ("epochs" as re-planned, each re-plan in "replans"), so a resumed
-    run trains the epochs it planned."""
+    round's real epoch and the speeds corrected by how the rounds so far kept to their prediction (pace). Saved in
+    RUN/budget.json ("epochs" as re-planned, each re-plan in "replans"), so a resumed run trains the epochs it
+    planned."""
     done = {p["round"] for p in budget.get("replans", [])}
     if r in done:
         return budget
@@ -287,13 +288,17 @@ def _replan(run_dir: Path, budget: dict[str, Any], r: int, rounds: int, per_epoc
                                                                + label_s) / 60
     left = budget["budget_minutes"] - spent
     names = [n for n in [f"student{q}" for q in range(r, rounds + 1)] + ["finetune"] if n in budget["epochs"]]
+    known = {f"student{p['round']}": p["student_images_per_epoch"] for p in budget.get("replans", [])}
+    slowdown = pace(budget, {("teacher" if row["round"] == 0 else f"student{row['round']}"): 60 * row["minutes"]
+                             for row in rows if row.get("minutes")}, known)
     # under torchrun every rank trains rank 0's epochs (their clocks differ by a little)
     new = distributed.broadcast_object(replan(budget, names, left, {f"student{q}": per_epoch
-                                                                     for q in range(r, rounds + 1)}))
+                                                                     for q in range(r, rounds + 1)}, slowdown))
     if new is None:  # a plan saved by an earlier version: kept as it is
         return budget
     budget = {**budget, "epochs": {**budget["epochs"], **new["epochs"]},
               "replans": [*budget.get("replans", []), {"round": r, "minutes_left": round(left, 2),
+                                                        "pace": round(slowdown, 3),
                                                         "student_images_per_epoch": per_epoch,
                                                         "before": {n: budget["epochs"][n] for n in names},
                                                         "epochs": new["epochs"],
@@ -301,7 +306,7 @@ def _replan(run_dir: Path, budget: dict[str, Any], r: int, rounds: int, per_epoc
     write_json(run_dir / "budget.json", budget)
     log(f"budget: round {r} trains on {per_epoch} images an epoch with {left:.1f} of {budget['budget_minutes']:g} "
         "minutes left → " + ", ".join(f"{n} {new['epochs'][n]}" for n in names)
-        + f" (predicted {new['predicted_minutes']:.1f} min)")
+        + f" (predicted {new['predicted_minutes']:.1f} min at {slowdown:.2f}x the times measured at the start)")
     return budget
 
 
