@@ -56,6 +56,10 @@ def build_parser(cmds: tuple[Command, ...] = COMMANDS) -> argparse.ArgumentParse
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import utils
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    utils.COMMAND_LINE[:] = argv  # recorded in a run's environment.json, to be pasted again
     args, extra = build_parser().parse_known_args(argv)
     cmd: Command = args._cmd
     if extra:

@@ -257,8 +257,13 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+COMMAND_LINE: list[str] = []  # the arguments of the `fewlabels` command line running in this process (cli.main)
+
+
 def environment_info() -> dict[str, Any]:
-    """What a result depends on: versions, machine, commit, date."""
+    """What a result depends on: versions, machine, commit, date, and the command line that ran (from the CLI)."""
+    import shlex
+
     info: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
@@ -272,4 +277,6 @@ def environment_info() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
+    if COMMAND_LINE:
+        info["command"] = "fewlabels " + shlex.join(COMMAND_LINE)
     return info

@@ -44,6 +44,9 @@ def test_train_writes_run_folder(trained):
     assert meta["classes"] == [str(i) for i in range(10)] and meta["model"] == "cnn-tiny"
     split = json.loads((trained / "split.json").read_text())
     assert len(split["labelled"]) == 100
+    # the command line that made the run, as it can be pasted again
+    env = json.loads((trained / "environment.json").read_text())
+    assert env["command"] == "fewlabels " + " ".join(["train", "--data", "digits", "--out", str(trained), *FAST])
 
 
 def test_evaluate_and_predict(trained, tmp_path, capsys):

@@ -24,6 +24,11 @@ USB_LINES = Path.home() / ".cache" / "fewlabels" / "peers" / "usb_results.jsonl"
 USB_ALGORITHMS = ("supervised", "pseudolabel", "fixmatch", "freematch")
 
 
+def _home(command: str | None) -> str | None:
+    """A command as recorded, with this user's home written as ~ (as it is typed)."""
+    return command.replace(str(Path.home()) + "/", "~/") if command else None
+
+
 def _fewlabels_row(budget: int) -> dict | None:
     run = REPO / "runs" / f"peers-fewlabels-{budget}m"
     final = run / "final.json"
@@ -42,9 +47,10 @@ def _fewlabels_row(budget: int) -> dict | None:
             "train_images_per_s": round(sum(e["images_per_s"] * e["epoch_seconds"] for e in epochs) / seconds, 1)
             if seconds else None,
             "supervised_only": rounds[0].get("test_acc") if rounds else None,
-            "command": ("fewlabels selftrain --recipe cifar-cpu --data ~/.cache/fewlabels/unpacked/cifar10 --split "
-                        f"~/.cache/fewlabels/peers/cifar10_4000/split.json --budget-minutes {budget} "
-                        f"--out runs/peers-fewlabels-{budget}m"),
+            "command": _home(env.get("command")) or (
+                "fewlabels selftrain --recipe cifar-cpu --data ~/.cache/fewlabels/unpacked/cifar10 --split "
+                f"~/.cache/fewlabels/peers/cifar10_4000/split.json --budget-minutes {budget} "
+                f"--out runs/peers-fewlabels-{budget}m"),  # a run made before environment.json had its command
             "note": "minutes include fewlabels' own evaluation every 5 epochs and the pool labelling"}
 
 
