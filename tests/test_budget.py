@@ -103,3 +103,23 @@ def test_the_students_are_replanned_for_the_pseudo_labels_that_passed_and_the_mi
     assert slow["epochs"]["student1"] < again["epochs"]["student1"] and slow["predicted_minutes"] <= left
     old = {**first, "phases": [{k: v for k, v in p.items() if k != "eval_images"} for p in first["phases"]]}
     assert replan(old, names, left, {}) is None  # a plan saved before these fields: kept as it was
+
+
+def test_a_replan_is_saved_and_a_resumed_round_keeps_it(tmp_path):
+    from fewlabels.methods.selftrain import _replan
+
+    phases = [Phase("teacher", 60, 3840, 1560.4, eval_images=10_000, eval_every=5, eval_images_per_s=856.1,
+                    labels_after=46_000, label_images_per_s=850.0),
+              Phase("student1", 21, 61_184, 520.9, eval_images=10_000, eval_every=5, eval_images_per_s=289.7),
+              Phase("finetune", 10, 3840, 530.7, eval_images=10_000, eval_every=5, eval_images_per_s=295.0)]
+    first = plan(phases, minutes=15.0)
+    lines = []
+    b = _replan(tmp_path, first, 1, 1, 42_240, [{"round": 0, "minutes": 1.5}], 54.0, lines.append)
+    saved = json.loads((tmp_path / "budget.json").read_text())
+    assert saved == b and b["epochs"]["student1"] > first["epochs"]["student1"]
+    (re,) = b["replans"]
+    assert re["minutes_left"] == pytest.approx(15.0 - 1.5 - 54.0 / 60, abs=0.01)
+    assert "round 1 trains on 42240 images an epoch" in lines[0]
+    # the same round again (a resumed run): the saved plan, whatever the clocks say now
+    assert _replan(tmp_path, saved, 1, 1, 42_240, [{"round": 0, "minutes": 9.0}], 300.0, lines.append) == saved
+    assert len(lines) == 1
