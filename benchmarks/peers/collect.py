@@ -21,6 +21,7 @@ from _common import machine_info, run_main, write_results  # noqa: E402
 REPO = HERE.parent.parent
 RESULTS = HERE.parent / "results" / "peers_cifar10_4000.json"
 USB_LINES = Path.home() / ".cache" / "fewlabels" / "peers" / "usb_results.jsonl"
+BN_LINES = USB_LINES.parent / "usb_bn_check.jsonl"
 USB_ALGORITHMS = ("supervised", "pseudolabel", "fixmatch", "freematch")
 
 
@@ -65,9 +66,17 @@ def main() -> None:
             r = json.loads(line)
             if int(r["budget_minutes"]) in budgets and r.get("test_images", 10_000) == 10_000:
                 usb[(r["algorithm"], int(r["budget_minutes"]))] = r
+    bn = {}  # usb_bn_check.py: the same saved USB models with BatchNorm statistics recomputed (an aid USB lacks)
+    if BN_LINES.is_file():
+        for line in BN_LINES.read_text().splitlines():
+            r = json.loads(line)
+            if r.get("test_images") == 10_000:
+                bn[(r["algorithm"], int(r["budget_minutes"]))] = r["test_acc_bn_recomputed"]
     rows = [{**{k: r[k] for k in ("system", "algorithm", "test_acc", "minutes", "train_images_per_s", "iterations",
                                   "command") if k in r}, "budget_minutes": int(r["budget_minutes"]),
-             "machine": r.get("machine", {}).get("cpu")} for r in usb.values()]
+             "machine": r.get("machine", {}).get("cpu"),
+             **({"test_acc_bn_recomputed": bn[key]} if (key := (r["algorithm"], int(r["budget_minutes"]))) in bn
+                else {})} for r in usb.values()]
     rows += [r for b in budgets if (r := _fewlabels_row(b)) is not None]
     rows.sort(key=lambda r: (r["budget_minutes"], r["system"], r["algorithm"]))
     # rows measured on another machine before (an earlier results file) are kept apart: never compared across CPUs
@@ -100,13 +109,20 @@ def main() -> None:
             "not_yet_run": missing, "target_margin_points": 3.0,
             "split": "~/.cache/fewlabels/peers/cifar10_4000/split.json (benchmarks/peers/export_split.py)",
             "runs": [{"command": r["command"]} for r in rows], "earlier_results": earlier}
-    lines = ["| budget (min) | system | algorithm | test acc | minutes | images/s |", "|---:|---|---|---:|---:|---:|"]
+    lines = ["| budget (min) | system | algorithm | test acc | minutes | images/s | USB, BN statistics recomputed |",
+             "|---:|---|---|---:|---:|---:|---:|"]
     for r in rows:
+        fresh = r.get("test_acc_bn_recomputed")
         lines.append(f"| {r['budget_minutes']} | {r['system']} | {r['algorithm']} | {r['test_acc']:.4f} | "
-                     f"{r['minutes']} | {r.get('train_images_per_s', '–')} |")
+                     f"{r['minutes']} | {r.get('train_images_per_s', '–')} | "
+                     f"{'–' if fresh is None else f'{fresh:.4f}'} |")
     table = "\n".join(lines) + "\n\n" + (
         "fewlabels minus the best USB algorithm, in points: "
         + ", ".join(f"{b} min: {m:+.1f}" for b, m in margins.items()) + " (target ≥ +3).\n" if margins else "")
+    if bn:
+        table += ("Last column: the same USB model with its BatchNorm statistics recomputed on clean training images "
+                  "(`usb_bn_check.py`; USB's WRN keeps them with momentum 0.001, sized for a million iterations). "
+                  "An aid USB does not ship: margins use USB as it runs.\n")
     if partial:
         table += ("Against the USB algorithms run so far (not all four yet): "
                   + ", ".join(f"{b} min: {m:+.1f}" for b, m in partial.items()) + ".\n")
