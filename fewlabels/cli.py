@@ -60,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     utils.COMMAND_LINE[:] = argv  # recorded in a run's environment.json, to be pasted again
+    try:
+        return _main(argv)
+    finally:  # a later Python call in this process is not this command
+        utils.COMMAND_LINE.clear()
+
+
+def _main(argv: list[str]) -> int:
     args, extra = build_parser().parse_known_args(argv)
     cmd: Command = args._cmd
     if extra:

@@ -47,6 +47,8 @@ def test_train_writes_run_folder(trained):
     # the command line that made the run, as it can be pasted again
     env = json.loads((trained / "environment.json").read_text())
     assert env["command"] == "fewlabels " + " ".join(["train", "--data", "digits", "--out", str(trained), *FAST])
+    from fewlabels import utils
+    assert utils.COMMAND_LINE == [] and "command" not in utils.environment_info()  # not left for a later Python call
 
 
 def test_evaluate_and_predict(trained, tmp_path, capsys):
