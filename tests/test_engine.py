@@ -426,6 +426,38 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch():
         TrainConfig(micro_batch=-1)
 
 
+def test_by_default_the_cpu_steps_large_images_in_chunks_as_small_as_a_32_px_batch():
+    """--micro-batch's default (issue 26 item 9, a laptop's memory): on the CPU, images larger than 32 x 32 go through
+    the model in chunks of batch x 1024 / pixels (at least 32); 32 px and smaller, feature rows, a GPU and an explicit
+    --micro-batch (0 = whole batches, as a run saved before this default keeps) are left as they are."""
+    from fewlabels.engine.config import auto_micro_batch, eval_batch, micro_batch
+
+    assert auto_micro_batch(256, (3, 64, 64), "cpu") == 64 and auto_micro_batch(256, (3, 224, 224), "cpu") == 32
+    assert auto_micro_batch(256, (3, 32, 32), "cpu") == 0 and auto_micro_batch(256, (1, 28, 28), "cpu") == 0
+    assert auto_micro_batch(256, (3, 64, 64), "cuda") == 0 and auto_micro_batch(256, (512,), "cpu") == 0
+    assert auto_micro_batch(48, (3, 64, 64), "cpu") == 32 and auto_micro_batch(32, (3, 64, 64), "cpu") == 0
+    cfg = TrainConfig(device="cpu")
+    assert micro_batch(cfg, (9, 3, 64, 64)) == 64 and micro_batch(cfg.replace(micro_batch=0), (9, 3, 64, 64)) == 0
+    assert eval_batch(cfg, (9, 3, 64, 64)) == 64 and eval_batch(cfg, (9, 3, 32, 32)) == 256
+    assert eval_batch({"micro_batch": 0, "device": "cpu"}, (9, 3, 64, 64)) == 256
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(80) % 4
+    data = TrainSet(torch.randint(0, 256, (80, 3, 64, 64), generator=g, dtype=torch.uint8),
+                    nn.functional.one_hot(y, 4).float(), torch.ones(80, dtype=torch.bool),
+                    norm=((0.5,) * 3, (0.25,) * 3))
+    sizes, lines = [], []
+
+    def loss(model, x, batch):
+        sizes.append(x.shape[0])
+        return nn.functional.cross_entropy(model(x).float(), batch.targets)
+
+    fit(_model(), data, TrainConfig(epochs=1, batch_size=80, augment="none", device="cpu", min_steps_per_epoch=0),
+        loss, Watch(log=lines.append))
+    assert sizes == [32, 32, 16]  # 80 x 1024 / 4096 = 20, at least 32
+    assert any("chunks of 32" in line for line in lines)
+
+
 def test_with_micro_batches_no_forward_pass_sees_more_images_than_that():
     """--micro-batch also caps evaluation, pool labelling and the report's batches (a run's saved config too)."""
     from fewlabels.engine.config import eval_batch

@@ -172,7 +172,7 @@ def eval_speed(model: nn.Module, images: torch.Tensor, norm: tuple, cfg: TrainCo
 
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.precision, device)
-    b = min(images.shape[0], eval_batch(cfg))
+    b = min(images.shape[0], eval_batch(cfg, images.shape))
     x = images[:b]
     kw = {"batch_size": b, "device": device, "dtype": dtype, "tta_flip": tta_flip, "tta_translate": tta_translate,
           "gather": False}

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from ..config import Options, group, opt
+from ..utils import pick_device
 
 
 @group
@@ -107,11 +110,13 @@ class Compute:
     channels_last: bool = opt(True, "channels_last memory format (faster convolutions on CPU and GPU)")
     eval_batch_size: int = opt(256, "images per step at evaluation (memory only: the predictions are the same at "
                                "any batch size)", ge=1, resume="change")
-    micro_batch: int = opt(0, "memory: run each training step's batch through the model in chunks of this many "
-                           "images and add up their gradients, so a step still averages --batch-size images (only "
-                           "BatchNorm sees the chunk); evaluation and labelling batches are capped at it too. Memory "
-                           "for activations shrinks in proportion (a laptop: 64). 0 = the whole batch",
-                           ge=0, resume="change")
+    micro_batch: int | None = opt(None, "memory: run each training step's batch through the model in chunks of this "
+                                  "many images and add up their gradients, so a step still averages --batch-size "
+                                  "images (only BatchNorm sees the chunk); evaluation and labelling batches are capped "
+                                  "at it too. 0 = the whole batch. Default (none): on the CPU, images larger than 32 x "
+                                  "32 go in chunks that need no more activation memory than a batch of 32 x 32 "
+                                  "images (batch x 1024 / pixels per image, at least 32: 64 at 64 x 64 px); the whole "
+                                  "batch otherwise", ge=0, resume="change")
 
 
 @group
@@ -150,11 +155,33 @@ class TrainConfig(Options):
     groups = TRAINING
 
 
-def eval_batch(cfg: Options | dict, default: int = 256) -> int:
+def auto_micro_batch(batch_size: int, image_shape: tuple[int, ...], device: str) -> int:
+    """--micro-batch's default (0 = the whole batch): on the CPU, where a laptop's memory is the limit, images larger
+    than 32 x 32 go in chunks of batch x 1024 / (H x W) images (at least 32), so that a step's activations stay what a
+    batch of 32 x 32 images needs; on a GPU, and for feature rows, the whole batch."""
+    pixels = image_shape[-1] * image_shape[-2] if len(image_shape) >= 3 else 0
+    if device != "cpu" or pixels <= 32 * 32:
+        return 0
+    chunk = max(32, batch_size * 1024 // pixels)
+    return chunk if chunk < batch_size else 0
+
+
+def micro_batch(cfg: Options | dict, image_shape: tuple[int, ...] | torch.Size) -> int:
+    """The chunk size a step's batch goes through the model in (0 = the whole batch): --micro-batch, or its default
+    for these images (auto_micro_batch). cfg: options, or a run's saved config.yaml as a dict."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
+    micro = get("micro_batch")
+    if micro is not None:
+        return int(micro)
+    device = pick_device(get("device") or "auto").type
+    return auto_micro_batch(int(get("batch_size") or 256), tuple(image_shape), device)
+
+
+def eval_batch(cfg: Options | dict, image_shape: tuple[int, ...] | torch.Size | None = None, default: int = 256) -> int:
     """Images per forward pass when predicting (evaluation, pool labelling, the report): --eval-batch-size, and never
-    more than --micro-batch when that is set, so that the model sees at most that many images at once anywhere.
-    cfg: a command's options, or a run's saved config.yaml as a dict."""
+    more than the training chunk (micro_batch, for these images when image_shape is given), so that the model sees at
+    most that many images at once anywhere. cfg: a command's options, or a run's saved config.yaml as a dict."""
     get = cfg.get if isinstance(cfg, dict) else lambda k: getattr(cfg, k, None)
     size = int(get("eval_batch_size") or default)
-    micro = int(get("micro_batch") or 0)
+    micro = micro_batch(cfg, image_shape) if image_shape is not None else int(get("micro_batch") or 0)
     return min(size, micro) if micro > 0 else size

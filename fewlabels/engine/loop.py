@@ -49,7 +49,7 @@ from ..utils import (
     tune_cpu_allocator,
 )
 from .checkpoint import load_train_state, save_checkpoint
-from .config import TrainConfig, eval_batch
+from .config import TrainConfig, eval_batch, micro_batch
 from .optim import Lookahead, build_optimizer, lr_factor, set_lr
 
 # (model, images (B, C, H, W) float, the batch's targets) -> scalar loss
@@ -232,12 +232,13 @@ def _evaluate(model: nn.Module, sets: dict[str, ImageSet], norm: tuple | None, c
     for name, s in sets.items():
         if s.images.is_floating_point():  # feature rows (an object with .images (N, D) and .labels): no TTA
             with torch.no_grad(), autocast(device, dtype):
-                logits = torch.cat([model(s.images[i:i + eval_batch(cfg)].to(device)).float()
-                                    for i in range(0, s.images.shape[0], eval_batch(cfg))])
+                b = eval_batch(cfg)
+                logits = torch.cat([model(s.images[i:i + b].to(device)).float()
+                                    for i in range(0, s.images.shape[0], b)])
             out[f"{name}_acc"] = accuracy(logits, s.labels)
             continue
-        logits = predict_logits(model, s.images, *norm, batch_size=eval_batch(cfg), device=device, dtype=dtype,
-                                tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate,
+        logits = predict_logits(model, s.images, *norm, batch_size=eval_batch(cfg, s.images.shape), device=device,
+                                dtype=dtype, tta_flip=cfg.tta_flip, tta_translate=cfg.tta_translate,
                                 channels_last=cfg.channels_last)
         out[f"{name}_acc"] = accuracy(logits, s.labels)
     return out
@@ -324,6 +325,10 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             log(f"balanced class weights: {float(weights[lab].min()):.3g} (the largest class) to "
                 f"{float(weights[lab].max()):.3g} (the smallest), over {int(lab.sum())} labelled images")
     draw_by = classes if cfg.sampler == "balanced" else None
+    chunk = micro_batch(cfg, images.shape)
+    if 0 < chunk < cfg.batch_size:
+        log(f"memory: each step's {cfg.batch_size} images go through the model in chunks of {chunk}"
+            + (" (--micro-batch 0: whole batches)" if cfg.micro_batch is None else ""))
     has_label = train.has_label.to(device)
     teacher_logits = train.teacher_logits.to(device, torch.float32) if train.teacher_logits is not None else None
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -422,7 +427,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             if events is not None and epoch == 0 and i == 0 and not features:  # what the model sees, once
                 tb.log_images(events, "train/augmented", tb.denormalize(x[:32], *norm))
             opt.zero_grad(set_to_none=True)
-            loss = _backward(net, loss_fn, x, Batch(y, has_label[idx], tl), cfg.micro_batch, device, dtype, scaler,
+            loss = _backward(net, loss_fn, x, Batch(y, has_label[idx], tl), chunk, device, dtype, scaler,
                              ddp)
             if scaler is None:
                 opt.step()
@@ -497,19 +502,19 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
     return FitResult(final.eval(), history, best, run_dir, best_row)
 
 
-def _backward(net: nn.Module, loss_fn: LossFn, x: torch.Tensor, batch: Batch, micro_batch: int,
+def _backward(net: nn.Module, loss_fn: LossFn, x: torch.Tensor, batch: Batch, chunk: int,
               device: torch.device, dtype: torch.dtype | None, scaler: Any, ddp: bool) -> torch.Tensor:
-    """The batch's mean loss, its gradients accumulated in the parameters' .grad. With micro_batch > 0 the batch goes
+    """The batch's mean loss, its gradients accumulated in the parameters' .grad. With chunk > 0 the batch goes
     through the model in chunks of that many images (less activation memory; BatchNorm sees each chunk), each chunk's
     loss weighted by its share of the batch, so the step is the same mean-loss step; under DDP the gradients are
     averaged across processes once, at the last chunk."""
     n = x.shape[0]
-    if not 0 < micro_batch < n:  # the whole batch at once: the usual step, nothing sliced or added up
+    if not 0 < chunk < n:  # the whole batch at once: the usual step, nothing sliced or added up
         with autocast(device, dtype):
             loss = loss_fn(net, x, batch)
         (loss if scaler is None else scaler.scale(loss)).backward()
         return loss.detach()
-    size = micro_batch
+    size = chunk
     total = torch.zeros((), device=x.device)
     for start in range(0, n, size):
         end = min(n, start + size)

@@ -182,7 +182,7 @@ def calibrate_checkpoint(folder: Path, model: torch.nn.Module, evals: dict[str, 
     if "val" not in evals:
         raise FewLabelsError("calibration fits a temperature on validation images and this run has none (--val 0): "
                              "train with --val (e.g. 0.1), or pass --val DIR")
-    logits = {name: predict_logits(model, s.images, *norm, batch_size=eval_batch(tc),
+    logits = {name: predict_logits(model, s.images, *norm, batch_size=eval_batch(tc, s.images.shape),
                                    dtype=pick_dtype(tc.precision, next(model.parameters()).device),
                                    tta_flip=tc.tta_flip, tta_translate=tc.tta_translate)
               for name, s in evals.items() if name in ("val", "test")}
@@ -212,7 +212,8 @@ def with_report(out: dict[str, Any], model: torch.nn.Module, evals: dict[str, Im
     if calibrate is not None:
         out["calibration"] = calibrate_checkpoint(calibrate, model, evals, norm, tc, log)
         temperature = out["calibration"]["temperature"]
-    report = final_report(model, evals, norm, batch_size=eval_batch(tc), precision=tc.precision,
+    shape = next(iter(evals.values())).images.shape if evals else None
+    report = final_report(model, evals, norm, batch_size=eval_batch(tc, shape), precision=tc.precision,
                           tta_flip=tc.tta_flip, tta_translate=tc.tta_translate, channels_last=tc.channels_last,
                           temperature=temperature)
     if report is not None:

@@ -159,7 +159,7 @@ def _train_and_test(model: torch.nn.Module, meta: dict[str, Any], train_set: Tra
     device = pick_device(tc.device)
     accs = {}
     for name, (images, labels) in tests.items():
-        logits = predict_logits(result.model, images, *norm, batch_size=eval_batch(tc), device=device,
+        logits = predict_logits(result.model, images, *norm, batch_size=eval_batch(tc, images.shape), device=device,
                                 dtype=pick_dtype(tc.precision, device), channels_last=tc.channels_last)
         accs[name] = accuracy(logits, labels)
     return accs

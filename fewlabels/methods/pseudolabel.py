@@ -228,8 +228,8 @@ def teach(teacher: torch.nn.Module, meta: dict, pool: ImageSet, cfg: Any, device
     images' class frequencies, used with --balance-to labelled). A calibrated teacher's logits are divided by its
     temperature first (model.json), so that --threshold reads calibrated confidences."""
     logits = pool_logits(teacher, meta, pool, tta_flip=cfg.tta_flip_teacher, tta_translate=cfg.tta_translate_teacher,
-                         batch_size=eval_batch(cfg), device=device, progress=Console.of(cfg).bars, resume_in=resume_in
-                         ) / float(meta.get("temperature", 1.0))
+                         batch_size=eval_batch(cfg, pool.images.shape), device=device, progress=Console.of(cfg).bars,
+                         resume_in=resume_in) / float(meta.get("temperature", 1.0))
     release_memory()
     return labels_from_logits(logits, hard=not cfg.soft, temperature=cfg.temperature, threshold=cfg.threshold,
                               balance=cfg.balance, per_class=cfg.per_class,

@@ -239,7 +239,7 @@ class _Report:
             raise Missing("the run's model and the data it was loaded with have other classes")
         s = sets[on]
         logits = predict_logits(model, s.images, meta["mean"], meta["std"], device=dev,
-                                batch_size=eval_batch(self.cfg),
+                                batch_size=eval_batch(self.cfg, s.images.shape),
                                 dtype=pick_dtype(str(self.cfg.get("precision", "auto")), dev),
                                 tta_flip=bool(self.cfg.get("tta_flip", False)),
                                 tta_translate=int(self.cfg.get("tta_translate", 0) or 0),
