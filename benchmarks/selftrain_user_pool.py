@@ -218,11 +218,12 @@ def main() -> None:
             f"self-training from scratch gains {data['selftrain_gain_points']:+.2f} over supervised-only"
             if data["selftrain_gain_points"] is not None else "",
             *(f"{k} ends {g:+.2f} points from its own round 0" for k, g in data["gain_over_round0_points"].items())]
+    said_text = "; ".join(x for x in said if x)
     md = "\n".join(rows) + (
         f"\n\nSource classes {', '.join(SOURCE)}; target classes {', '.join(TARGET)}; {per_class} labelled images "
         f"per target class, {data['unlabelled_images']} unlabelled"
         + (" (selftrain with its own defaults)" if a.defaults else "") + ". "
-        + "; ".join(x for x in said if x) + ".\n")
+        + said_text[:1].upper() + said_text[1:] + ".\n")
     name = "selftrain_user_pool" + ("_defaults" if a.defaults else "") + ("_smoke" if a.smoke else "")
     write_results(a.results_name or name, data, md)
     print(md)
