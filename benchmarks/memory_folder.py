@@ -16,7 +16,7 @@ splits shared pages between the processes that share them. Each command runs wit
 --cache-dir: the folder is decoded) and then a warm one (the same cache: loaded from safetensors).
 
     .venv/bin/python benchmarks/memory_folder.py [--eval-batch-sizes 1024,256] [--smoke]
-    .venv/bin/python benchmarks/memory_folder.py --quick --rounds 1 --micro-batch 64  # results/memory_folder.md
+    .venv/bin/python benchmarks/memory_folder.py --quick --rounds 1   # results/memory_folder.md
     .venv/bin/python benchmarks/memory_folder.py --only probe --eval-probe 1024,256   # one evaluation pass
 
 --quick runs each command once (train decodes into a fresh cache, the others load it): on a loaded 2-core machine
