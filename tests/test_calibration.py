@@ -9,6 +9,7 @@ import torch
 
 from fewlabels import calibrate, evaluate, predict, train
 from fewlabels.cli import main
+from fewlabels.data import ImageSet
 from fewlabels.engine.checkpoint import load_model, read_meta
 from fewlabels.eval import calibration, classification_report, fit_temperature, predict_logits
 from fewlabels.utils import pick_dtype
@@ -97,7 +98,8 @@ def test_pseudo_labels_use_the_teachers_temperature(monkeypatch):
     z = torch.tensor([[4.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
     monkeypatch.setattr(pl, "pool_logits", lambda *a, **k: z.clone())
     cfg = pl.PseudoLabelCommand(threshold=0.0, balance=False)
-    out = pl.teach(None, {"temperature": 2.0}, None, cfg, torch.device("cpu"), torch.ones(3))
+    pool = ImageSet(torch.zeros(3, 3, 8, 8, dtype=torch.uint8), torch.full((3,), -1), ["a", "b", "c"])
+    out = pl.teach(None, {"temperature": 2.0}, pool, cfg, torch.device("cpu"), torch.ones(3))
     assert torch.allclose(out.confidence.sort().values, (z / 2).softmax(1).max(1).values.sort().values)
 
 
