@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from fewlabels.engine.checkpoint import read_meta
 from fewlabels.engine.config import TrainConfig
 from fewlabels.engine.loop import FeatureSet, TrainSet, Watch, fit
 from fewlabels.engine.optim import Lookahead, build_optimizer, norm_bias_names, set_lr
@@ -426,7 +427,7 @@ def test_micro_batches_take_the_same_step_as_the_whole_batch():
         TrainConfig(micro_batch=-1)
 
 
-def test_by_default_the_cpu_steps_large_images_in_chunks_as_small_as_a_32_px_batch():
+def test_by_default_the_cpu_steps_large_images_in_chunks_as_small_as_a_32_px_batch(tmp_path):
     """--micro-batch's default (issue 26 item 9, a laptop's memory): on the CPU, images larger than 32 x 32 go through
     the model in chunks of batch x 1024 / pixels (at least 32); 32 px and smaller, feature rows, a GPU and an explicit
     --micro-batch (0 = whole batches, as a run saved before this default keeps) are left as they are."""
@@ -453,9 +454,10 @@ def test_by_default_the_cpu_steps_large_images_in_chunks_as_small_as_a_32_px_bat
         return nn.functional.cross_entropy(model(x).float(), batch.targets)
 
     fit(_model(), data, TrainConfig(epochs=1, batch_size=80, augment="none", device="cpu", min_steps_per_epoch=0),
-        loss, Watch(log=lines.append))
+        loss, Watch(run_dir=tmp_path, log=lines.append))
     assert sizes == [32, 32, 16]  # 80 x 1024 / 4096 = 20, at least 32
     assert any("chunks of 32" in line for line in lines)
+    assert read_meta(tmp_path / "checkpoints" / "last")["train_config"]["micro_batch"] == 32  # what the run used
 
 
 def test_with_micro_batches_no_forward_pass_sees_more_images_than_that():

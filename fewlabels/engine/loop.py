@@ -381,7 +381,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         log(f"resuming from {last_dir} after epoch {start_epoch}/{cfg.epochs}")
     meta = dict(watch.meta or {})
     meta.setdefault("environment", environment_info())
-    meta["train_config"] = cfg.asdict()
+    meta["train_config"] = {**cfg.asdict(), "micro_batch": chunk}  # the chunk used (its default: per device, size)
     # a resumed run's events from its first replayed step on are dropped (purge_step), so curves have no doubles
     events = (tb.writer(run_dir, purge_step=start_epoch * steps_per_epoch + 1 if start_epoch else None)
               if cfg.tensorboard and run_dir is not None else None)
