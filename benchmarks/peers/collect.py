@@ -2,7 +2,8 @@
 
 USB's rows come from usb_run.py's JSON lines (~/.cache/fewlabels/peers/usb_results.jsonl, the last line per
 algorithm and budget); fewlabels' from the run folders `runs/peers-fewlabels-<B>m` that `fewlabels selftrain
---budget-minutes B` wrote (final.json: the final model's test accuracy, the budget plan and the minutes it took).
+--budget-minutes B` wrote (final.json: the final model's test accuracy, the budget plan and the minutes it took),
+or, where that folder is gone (runs/ is not kept with the repository), the row the results file already holds.
 
     .venv/bin/python benchmarks/peers/collect.py [--budgets 15,30,60]
 """
@@ -78,17 +79,20 @@ def main() -> None:
              **({"test_acc_bn_recomputed": bn[key]} if (key := (r["algorithm"], int(r["budget_minutes"]))) in bn
                 else {})} for r in usb.values()]
     rows += [r for b in budgets if (r := _fewlabels_row(b)) is not None]
+    prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    ran = {r["budget_minutes"] for r in rows if r["system"] == "fewlabels"}
+    # runs/ is not kept with the repository: a fewlabels row whose run folder is gone stays as this file recorded it
+    rows += [r for r in prev.get("results", []) if r["system"] == "fewlabels" and r["budget_minutes"] in budgets
+             and r["budget_minutes"] not in ran]
     rows.sort(key=lambda r: (r["budget_minutes"], r["system"], r["algorithm"]))
     # rows measured on another machine before (an earlier results file) are kept apart: never compared across CPUs
     cpus = {r["machine"] for r in rows}
     earlier = []
-    if RESULTS.is_file():
-        prev = json.loads(RESULTS.read_text())
-        was = (prev.get("machine") or {}).get("cpu")
-        for r in prev.get("results", []) + prev.get("earlier_results", []):
-            r = {**r, "machine": r.get("machine") or was, "date": r.get("date") or prev.get("date")}
-            if r["machine"] not in cpus:
-                earlier.append(r)
+    was = (prev.get("machine") or {}).get("cpu")
+    for r in prev.get("results", []) + prev.get("earlier_results", []):
+        r = {**r, "machine": r.get("machine") or was, "date": r.get("date") or prev.get("date")}
+        if r["machine"] not in cpus:
+            earlier.append(r)
     measured = sorted({r["budget_minutes"] for r in rows})
     missing = [f"{s} at {b} min" for b in budgets for s in ["fewlabels"] + [f"usb {a}" for a in USB_ALGORITHMS]
                if not any(r["budget_minutes"] == b and f"{r['system']} {r['algorithm']}".startswith(s)
