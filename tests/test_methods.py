@@ -251,6 +251,24 @@ def test_selftrain_hands_over_the_last_round_unless_validation_shows_it_clearly_
     assert _pick_final(tmp_path, tmp_path / "round1", rows, 144) == (1, tmp_path / "round1")
 
 
+def test_selftrain_students_continue_from_the_one_before(tmp_path, capsys):
+    """--student-pretrained previous: round 2 starts from round 1's student (on the pool round 1 re-labelled), not
+    from scratch; the first student starts from scratch; students of two models are refused."""
+    out = tmp_path / "prev"
+    res = selftrain(out=str(out), labels_per_class=5, rounds=2, teacher_model="cnn-tiny", student_models=["cnn-tiny"],
+                    teacher_epochs=4, student_epochs=2, min_steps_per_epoch=2, student_pretrained="previous",
+                    **{**COMMON, "quiet": False})
+    log = capsys.readouterr().out
+    r1, r2 = res["rounds"][1], res["rounds"][2]
+    assert "pretrained" not in r1 and r2["pretrained"] == str(out / "round1"), res["rounds"]
+    assert "round 2: cnn-tiny on" in log and f"from {out / 'round1'}" in log
+    assert "new classifier" not in log  # the same classes: round 1's head goes on too
+    assert "student_pretrained: previous" in (out / "config.yaml").read_text()
+    with pytest.raises(FewLabelsError, match="the students must be one model"):
+        selftrain(out=str(tmp_path / "two"), rounds=2, student_models=["cnn-tiny", "cnn-s"],
+                  student_pretrained="previous", **COMMON)
+
+
 def test_selftrain_resume_skips_finished_rounds(selftrain_run, capsys):
     out, res = selftrain_run
     stamp = (out / "round1" / "results.json").read_text()

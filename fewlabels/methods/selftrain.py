@@ -76,7 +76,9 @@ class Rounds:
                                          "fewlabels run folder (its model, unless --teacher-model is given) or "
                                          "'true' for the model's own (timm:<name>); new head for your classes")
     student_pretrained: str | None = opt(None, "start each student from these weights (as --teacher-pretrained) "
-                                         "instead of from scratch")
+                                         "instead of from scratch; 'previous': each student after the first "
+                                         "continues from the one before it, at the full learning rate, on the "
+                                         "pool that one re-labelled")
     confidence_power: float = opt(0.0, "weight each pseudo-label's loss by the teacher's confidence to this power, "
                                   "so doubtful labels count less (0 = all count fully)", ge=0)
 
@@ -115,6 +117,10 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
                              " would not be used: drop them, or drop --teacher to train a teacher")
     if cfg.teacher:
         find_checkpoint(cfg.teacher)  # a clear error before any work
+    if cfg.student_pretrained == PREVIOUS and len(set(cfg.student_models[:max(cfg.rounds, 1)])) > 1:
+        raise FewLabelsError(f"--student-pretrained {PREVIOUS} continues each student from the one before it, so "
+                             f"the students must be one model, not {','.join(cfg.student_models[:cfg.rounds])}: "
+                             "give one --student-models")
     log = Console.of(cfg)
     teacher_model = _model_of(cfg.teacher_pretrained, cfg.teacher_model, "teacher_model" in cfg.set_by_user(
         ["teacher_model"]))
@@ -140,7 +146,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     t_start = time.perf_counter()
 
     def run_round(r: int, model_name: str, train: TrainSet, tcfg: TrainConfig, drop: float, dpr: float,
-                  extra: dict[str, Any], pretrained: str | None = None) -> dict[str, Any]:
+                  extra: dict[str, Any], pretrained: str | None = None, continued: bool = False) -> dict[str, Any]:
         rdir = run_dir / f"round{r}"
         done = rdir / "results.json"
         if done.is_file():
@@ -151,7 +157,10 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         model, meta = build_model(Model(model_name, drop, dpr, pretrained), ds, log, cfg.seed + r)
         log(f"round {r}: {model_name} on {train.images.shape[0]} images ({extra.get('pseudo_labels', 0)} pseudo)"
             + (f", from {pretrained}" if pretrained else ""))
-        scales = lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained else None
+        # weights from elsewhere are fine-tuned (a lower backbone rate); a student continued from the one before it
+        # trains on as it did, unless --backbone-lr/--layer-decay say otherwise
+        scales = (lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained and not (
+            continued and cfg.backbone_lr is None and cfg.layer_decay is None) else None)
         res = fit(model, train, tcfg, watch=Watch(evals, rdir, meta, log), lr_scale=scales,
                   on_epoch_start=lambda *_: clock.save())
         last = res.final  # the checkpoint the next round loads
@@ -177,7 +186,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     student_given = "student_models" in cfg.set_by_user(["student_models"])
     for r in range(1, cfg.rounds + 1):
         rdir = run_dir / f"round{r}"
-        name = _model_of(cfg.student_pretrained, models[min(r - 1, len(models) - 1)], student_given)
+        start = _student_start(cfg.student_pretrained, run_dir, r)
+        name = _model_of(start, models[min(r - 1, len(models) - 1)], student_given)
         if (rdir / "results.json").is_file():  # finished before an interruption: no need to label the pool again
             rows.append(run_round(r, name, labelled, base, 0.0, 0.0, {}))
             continue
@@ -206,7 +216,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
                                "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)},
-                              cfg.student_pretrained))
+                              start, continued=cfg.student_pretrained == PREVIOUS))
         if cfg.tensorboard:
             tb.log_round(run_dir, rows[-1], tb.pseudo_label_grid(pool.images[pl.indices], pl.labels, pl.confidence,
                                                                  len(ds.train.classes)))
@@ -259,10 +269,11 @@ def _plan_budget(cfg: SelfTrainCommand, ds, labelled: TrainSet, pool, evals, bas
     timed: dict[str, Any] = {}
     last = teacher_model
     for r in range(1, cfg.rounds + 1):
-        last = _model_of(cfg.student_pretrained, models[min(r - 1, len(models) - 1)], given)
+        weights = None if cfg.student_pretrained == PREVIOUS else cfg.student_pretrained  # the same speed
+        last = _model_of(weights, models[min(r - 1, len(models) - 1)], given)
         if last not in timed:
-            model, _ = build_model(Model(last, cfg.student_drop_rate, cfg.student_drop_path_rate,
-                                         cfg.student_pretrained), ds, quiet, cfg.seed)
+            model, _ = build_model(Model(last, cfg.student_drop_rate, cfg.student_drop_path_rate, weights), ds, quiet,
+                                   cfg.seed)
             timed[last] = phase("student", model, probe_set, scfg, evals, per_epoch=per_epoch, pool=pool.images,
                                 tta=tta)
         phases.append(replace(timed[last], name=f"student{r}", labels_after=n_pool if r < cfg.rounds else 0))
@@ -308,6 +319,17 @@ def _replan(run_dir: Path, budget: dict[str, Any], r: int, rounds: int, per_epoc
         "minutes left → " + ", ".join(f"{n} {new['epochs'][n]}" for n in names)
         + f" (predicted {new['predicted_minutes']:.1f} min at {slowdown:.2f}x the times measured at the start)")
     return budget
+
+
+PREVIOUS = "previous"  # --student-pretrained previous
+
+
+def _student_start(weights: str | None, run_dir: Path, r: int) -> str | None:
+    """The weights student r starts from: --student-pretrained, or with 'previous' round r-1's student (the first
+    student from scratch)."""
+    if weights != PREVIOUS:
+        return weights
+    return str(run_dir / f"round{r - 1}") if r > 1 else None
 
 
 def _model_of(weights: str | None, name: str, given: bool) -> str:
