@@ -268,8 +268,8 @@ def _plan_budget(cfg: SelfTrainCommand, ds, labelled: TrainSet, pool, evals, bas
     given = "student_models" in cfg.set_by_user(["student_models"])
     timed: dict[str, Any] = {}
     last = teacher_model
+    weights = None if cfg.student_pretrained == PREVIOUS else cfg.student_pretrained  # the same speed
     for r in range(1, cfg.rounds + 1):
-        weights = None if cfg.student_pretrained == PREVIOUS else cfg.student_pretrained  # the same speed
         last = _model_of(weights, models[min(r - 1, len(models) - 1)], given)
         if last not in timed:
             model, _ = build_model(Model(last, cfg.student_drop_rate, cfg.student_drop_path_rate, weights), ds, quiet,
