@@ -123,3 +123,47 @@ def test_a_replan_is_saved_and_a_resumed_round_keeps_it(tmp_path):
     # the same round again (a resumed run): the saved plan, whatever the clocks say now
     assert _replan(tmp_path, saved, 1, 1, 42_240, [{"round": 0, "minutes": 9.0}], 300.0, lines.append) == saved
     assert len(lines) == 1
+
+
+def test_progressive_resize_is_timed_at_both_ends_so_the_budget_buys_more_epochs(monkeypatch):
+    """With --progressive-resize the planned speed is the mean over the run's epochs, from the speed timed on full-size
+    and on smallest-side images (seconds per image linear in pixels between them): faster than full size, slower
+    than the smallest; the fine-tune of selftrain is timed at full size."""
+    import torch
+    from torch import nn
+
+    from fewlabels.engine import budget as B
+    from fewlabels.engine.config import TrainConfig
+    from fewlabels.engine.loop import TrainSet
+
+    timed: list[int] = []
+    speeds = {32: 100.0, 16: 400.0}  # images/s: a quarter of the pixels, 4 x the speed
+
+    def fake(model, train, cfg):
+        assert cfg.progressive_resize is None  # each timing at one size
+        timed.append(int(train.images.shape[-1]))
+        return speeds[int(train.images.shape[-1])]
+
+    monkeypatch.setattr(B, "_timed", fake)
+    n = 8
+    train = TrainSet(torch.zeros(n, 3, 32, 32, dtype=torch.uint8), torch.eye(4)[torch.arange(n) % 4],
+                     torch.ones(n, dtype=torch.bool), norm=((0.5,) * 3, (0.25,) * 3))
+    cfg = TrainConfig(epochs=8, progressive_resize=16, progressive_end=0.5)
+    speed = B.train_speed(nn.Identity(), train, cfg)
+    assert timed == [32, 16]
+    sides = [16, 20, 24, 28, 32, 32, 32, 32]  # progressive_side over the 8 epochs
+    per_image = [1 / 400 + (1 / 100 - 1 / 400) * (s * s - 256) / (1024 - 256) for s in sides]
+    assert speed == pytest.approx(8 / sum(per_image))
+    assert 100 < speed < 400
+    timed.clear()
+    assert B.train_speed(nn.Identity(), train, cfg.replace(progressive_resize=None)) == 100.0 and timed == [32]
+
+
+def test_selftrain_progressive_resize_reaches_every_phase_but_the_finetune(tmp_path):
+    """The option reaches every phase but the fine-tune, and each epoch records its side."""
+    out = tmp_path / "st"
+    selftrain(**FAST, labels_per_class=5, rounds=1, student_models=["cnn-s"], teacher_epochs=3, student_epochs=3,
+              finetune_epochs=2, image_size=16, progressive_resize=8, progressive_end=1.0, out=str(out))
+    sides = {d: [json.loads(x).get("side") for x in (out / d / "metrics.jsonl").read_text().splitlines()]
+             for d in ("round0", "round1", "finetune")}
+    assert sides == {"round0": [8, 8, 12], "round1": [8, 8, 12], "finetune": [None, None]}

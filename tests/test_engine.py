@@ -467,3 +467,57 @@ def test_with_micro_batches_no_forward_pass_sees_more_images_than_that():
     assert eval_batch(TrainConfig()) == 256 and eval_batch(TrainConfig(micro_batch=32)) == 32
     assert eval_batch(TrainConfig(micro_batch=512, eval_batch_size=128)) == 128
     assert eval_batch({"eval_batch_size": 100, "micro_batch": 0}) == 100 and eval_batch({}) == 256
+
+
+def test_progressive_resize_ramps_the_side_in_steps_of_4_to_full_size():
+    from fewlabels.engine.loop import progressive_side
+
+    sides = [progressive_side(e, 12, 32, 20, 0.75) for e in range(12)]
+    assert sides == [20, 20, 20, 24, 24, 24, 28, 28, 28, 32, 32, 32]  # full from epoch 0.75 x 12 = 9 on
+    assert sorted(sides) == sides and all(s % 4 == 0 for s in sides)
+    assert progressive_side(0, 12, 32, None) == 32 and progressive_side(0, 12, 32, 40) == 32  # off / not smaller
+    assert [progressive_side(e, 4, 32, 18, 1.0) for e in range(4)] == [18, 20, 24, 28]  # odd start kept, ramp to end
+
+
+def test_progressive_resize_trains_early_epochs_on_smaller_images_and_evaluates_at_full_size(tmp_path):
+    """The model sees the scaled-down batches while the side ramps, full-size batches after, and evaluation at full
+    size; each epoch's side is in its history row; a resumed run replays the same sides."""
+    from fewlabels.data.imageset import ImageSet
+
+    seen: list[tuple[bool, int]] = []
+    model = _model()
+    model.register_forward_pre_hook(lambda m, args: seen.append((m.training, int(args[0].shape[-1]))))
+    small = _data()
+    data = TrainSet(small.images.repeat_interleave(3, 2).repeat_interleave(3, 3)[:, :, :24, :24].contiguous(),
+                    small.targets, small.has_label, norm=small.norm)  # 24 x 24
+    evals = {"val": ImageSet(data.images[:32], data.targets[:32].argmax(1), list("abcd"))}
+    cfg = TrainConfig(epochs=4, batch_size=32, min_steps_per_epoch=0, precision="fp32", augment="weak",
+                      progressive_resize=12, progressive_end=0.5, device="cpu", channels_last=False)
+    res = fit(model, data, cfg, watch=Watch(evals=evals, log=_silent))
+    assert [h["side"] for h in res.history] == [12, 16, 24, 24]
+    train_sides = [s for training, s in seen if training]
+    assert train_sides == [12] * 3 + [16] * 3 + [24] * 6  # 3 steps an epoch
+    assert {s for training, s in seen if not training} == {24}
+    assert all(math.isfinite(h["val_acc"]) for h in res.history)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        fit(_model(), data, cfg, watch=Watch(run_dir=run, log=_silent), on_epoch_start=_interrupt_at(2))
+    resumed = fit(_model(), data, cfg, watch=Watch(run_dir=run, log=_silent))
+    assert [h["side"] for h in resumed.history] == [12, 16, 24, 24]
+
+
+@pytest.mark.parametrize("side, features, message", [
+    (16, False, r"--progressive-resize 16 is not smaller than the images \(16 x 16\): give a smaller side \(e.g. 10\)"),
+    (8, True, "--progressive-resize needs images, and this run trains on cached features"),
+])
+def test_progressive_resize_that_cannot_apply_is_refused_before_training(side, features, message):
+    train = (TrainSet(torch.randn(32, 8), nn.functional.one_hot(torch.arange(32) % 4, 4).float(),
+                      torch.ones(32, dtype=torch.bool)) if features else _data())
+    cfg = TrainConfig(epochs=1, batch_size=16, progressive_resize=side, precision="fp32", augment="none",
+                      channels_last=False)
+    started = []
+    model = nn.Linear(8, 4) if features else _model()
+    with pytest.raises(FewLabelsError, match=message):
+        fit(model, train, cfg, watch=QUIET,
+            on_epoch_start=lambda *_: started.append(1))
+    assert not started

@@ -26,7 +26,7 @@ from ..config import group, opt
 from ..console import Console
 from ..errors import FewLabelsError
 from .config import TrainConfig, eval_batch
-from .loop import TrainSet, Watch, fit, images_per_epoch
+from .loop import TrainSet, Watch, fit, images_per_epoch, progressive_side, resized
 
 
 @group
@@ -149,7 +149,30 @@ def replan(planned: dict[str, Any], names: list[str], minutes: float, per_epoch:
 
 def train_speed(model: nn.Module, train: TrainSet, cfg: TrainConfig) -> float:
     """Training images/s of `model` on `train` under `cfg` (its augmentation, batch, precision): a fit() of two short
-    epochs on a sample of the set, the second timed. The model is trained by it: pass a throwaway copy."""
+    epochs on a sample of the set, the second timed. The model is trained by it: pass a throwaway copy.
+    With --progressive-resize, the mean over the run's epochs: the speed is also timed on images of the smallest
+    side, and an epoch's seconds per image are taken as linear in its pixels between the two."""
+    full = _timed(model, train, cfg.replace(progressive_resize=None))
+    smallest, side = cfg.progressive_resize, min(train.images.shape[2:]) if train.images.dim() == 4 else 0
+    if smallest is None or smallest >= side:
+        return full
+    small = _timed(model, replace(train, images=_shrunk(train.images, smallest)), cfg.replace(progressive_resize=None))
+    t_full, t_small = 1 / full, 1 / small
+
+    def seconds(s: int) -> float:  # per image, at side s
+        return t_small + (t_full - t_small) * (s * s - smallest ** 2) / (side * side - smallest ** 2)
+
+    sides = [progressive_side(e, cfg.epochs, side, smallest, cfg.progressive_end) for e in range(cfg.epochs)]
+    return len(sides) / sum(seconds(s) for s in sides)
+
+
+def _shrunk(images: torch.Tensor, side: int) -> torch.Tensor:
+    """uint8 images scaled as --progressive-resize scales a batch, kept uint8 (to time the smallest epochs)."""
+    out = resized(images.float(), side, torch.contiguous_format)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _timed(model: nn.Module, train: TrainSet, cfg: TrainConfig) -> float:
     n = train.images.shape[0]
     steps = PROBE_STEPS
     need = min(n, steps * cfg.batch_size * (1 + (cfg.unlabelled_ratio > 0)))

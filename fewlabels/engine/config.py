@@ -83,6 +83,14 @@ class Augment:
     cutmix: float = opt(0.0, "CutMix Beta(α, α); 0 = off", ge=0)
     mix_prob: float = opt(1.0, "probability of mixing a batch when MixUp/CutMix are on", ge=0, le=1)
     mix_per_image: bool = opt(False, "draw the MixUp/CutMix λ per image instead of per batch")
+    progressive_resize: int | None = opt(None, "progressive resizing (fast.ai, FFCV): the first epochs train on "
+                                         "images scaled down to this side (the shorter one; after augmentation), "
+                                         "growing in steps of 4 px to the full size by --progressive-end of the "
+                                         "epochs; a step costs about its pixels, so a budget buys more epochs. "
+                                         "Evaluation is at full size; selftrain's fine-tune trains at full size",
+                                         ge=8)
+    progressive_end: float = opt(0.75, "with --progressive-resize: the share of the epochs after which every "
+                                 "epoch trains at full size", gt=0, le=1)
 
 
 @group

@@ -218,6 +218,39 @@ def images_per_epoch(train: TrainSet, cfg: TrainConfig) -> int:
                                            torch.Generator().manual_seed(cfg.seed), cfg.min_steps_per_epoch, classes))
 
 
+def progressive_side(epoch: int, epochs: int, full: int, smallest: int | None, end: float = 0.75) -> int:
+    """The image side epoch `epoch` (0-based) of `epochs` trains at under --progressive-resize `smallest`: from
+    `smallest` at the first epoch, growing linearly and rounded down to a multiple of 4 px, to `full` from epoch
+    end x epochs on (FFCV's ramp). `full` when off, or when `smallest` is not smaller."""
+    last = end * epochs
+    if not smallest or smallest >= full or epoch >= last:
+        return full
+    return min(full, max(smallest, 4 * int((smallest + (full - smallest) * epoch / last) / 4)))
+
+
+def check_progressive(cfg: TrainConfig, shape: tuple[int, ...] | torch.Size) -> None:
+    """A clear error for a --progressive-resize that is not smaller than the images (or that feature rows cannot
+    have)."""
+    side = cfg.progressive_resize
+    if side is None:
+        return
+    if len(shape) < 4:
+        raise FewLabelsError("--progressive-resize needs images, and this run trains on cached features: drop it")
+    if side >= min(shape[2:]):
+        raise FewLabelsError(f"--progressive-resize {side} is not smaller than the images ({shape[2]} x {shape[3]}): "
+                             f"give a smaller side (e.g. {max(8, min(shape[2:]) * 5 // 8)}) or drop it")
+
+
+def resized(x: torch.Tensor, side: int, memory_format: torch.memory_format) -> torch.Tensor:
+    """A normalised float batch scaled (bilinear, antialiased) so that its shorter side is `side`."""
+    h, w = x.shape[-2:]
+    if side >= min(h, w):
+        return x
+    size = (side, round(w * side / h)) if h <= w else (round(h * side / w), side)
+    out = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return out.contiguous(memory_format=memory_format)
+
+
 def _progress(total: int, desc: str, log: Callable[[str], None]):
     """An epoch's progress bar in images (images/s and ETA), on a terminal only and never under --quiet."""
     if not getattr(log, "bars", sys.stderr.isatty()):
@@ -350,6 +383,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         log(f"note: --warmup-epochs {cfg.warmup_epochs:g} is more than half of the {cfg.epochs} epochs: warming up "
             f"over the first half instead")
         warmup = total_steps // 2
+    check_progressive(cfg, images.shape)
     if cfg.tta_translate > 0:  # checked now, not at the first evaluation after an epoch of training
         check_tta_translate(cfg.tta_translate, images.shape[2:])
     ema = None
@@ -410,6 +444,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         step_losses = torch.zeros(len(batches), device=device)  # to name the first bad step, without a sync per step
         seen = 0
         bar = _progress(sum(b.numel() for b in batches), f"epoch {epoch + 1}/{cfg.epochs}", log)
+        side = (progressive_side(epoch, cfg.epochs, min(images.shape[2:]), cfg.progressive_resize,
+                                 cfg.progressive_end) if cfg.progressive_resize else None)
         for i, idx in enumerate(batches):
             step = epoch * steps_per_epoch + i
             factor = lr_factor(step, total_steps, warmup, cfg.schedule)
@@ -420,6 +456,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             x = xb if augment is None else augment.normalized(
                 xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
                 out=torch.empty(xb.shape, device=device, memory_format=memory_format))
+            if side is not None:
+                x = resized(x, side, memory_format)
             y, tl = targets[idx], teacher_logits[idx] if teacher_logits is not None else None
             if mixer is not None:
                 x, y, lam = mixer.mix(x, y, generator=g)
@@ -461,7 +499,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
         row = {"epoch": epoch + 1, "step": (epoch + 1) * steps_per_epoch,
                "train_loss": loss_sum.item() / max(1, len(batches)), "lr": cfg.lr * factor,
                "epoch_seconds": round(seconds, 3),
-               "images_per_s": round(seen / max(seconds, 1e-9), 1), **metrics}
+               "images_per_s": round(seen / max(seconds, 1e-9), 1), **({"side": side} if side else {}), **metrics}
         history.append(row)
         if events is not None:
             tb.log_epoch(events, row)
@@ -577,7 +615,7 @@ def _decode_history(state: dict) -> list[dict]:
         for k, v in hist.items():
             x = float(v[i])
             if not math.isnan(x):
-                row[k] = int(x) if k in ("epoch", "step") else x
+                row[k] = int(x) if k in ("epoch", "step", "side") else x
         rows.append(row)
     return rows
 

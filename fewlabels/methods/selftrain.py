@@ -279,8 +279,7 @@ def _plan_budget(cfg: SelfTrainCommand, ds, labelled: TrainSet, pool, evals, bas
         phases.append(replace(timed[last], name=f"student{r}", labels_after=n_pool if r < cfg.rounds else 0))
     if cfg.finetune_epochs > 0:
         model, _ = build_model(Model(last, 0.0, 0.0, None), ds, quiet, cfg.seed)
-        phases.append(phase("finetune", model, labelled, base.replace(epochs=cfg.finetune_epochs,
-                                                                      augment=cfg.teacher_augment), evals))
+        phases.append(phase("finetune", model, labelled, _finetune_config(cfg, base), evals))
     return plan_budget(phases, cfg.budget_minutes)
 
 
@@ -368,6 +367,13 @@ def _adopt_teacher(source: str, ds, evals, rdir: Path, device, log) -> dict[str,
     return row
 
 
+def _finetune_config(cfg: SelfTrainCommand, base: TrainConfig) -> TrainConfig:
+    """The final fine-tune's options: the teacher's augmentation, a tenth of the learning rate, no warm-up, and full-
+    size images throughout (no --progressive-resize)."""
+    return base.replace(epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0,
+                        progressive_resize=None)
+
+
 def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[str, Any]:
     from ..models import load_pretrained
     rdir = run_dir / "finetune"
@@ -391,7 +397,7 @@ def _finetune(cfg, ds, split, labelled, evals, run_dir, src, base, log) -> dict[
     model, meta = build_model(Model(meta["model"], 0.0, 0.0, None), ds, log, cfg.seed)
     load_pretrained(model, str(src), strict=True)
     t0 = time.perf_counter()
-    fcfg = base.replace(epochs=cfg.finetune_epochs, augment=cfg.teacher_augment, lr=base.lr * 0.1, warmup_epochs=0)
+    fcfg = _finetune_config(cfg, base)
     res = fit(model, labelled, fcfg, watch=Watch(evals, rdir, meta, log))
     last = res.final
     cal = ({"temperature": calibrate_checkpoint(rdir / "checkpoints" / "best", res.best_model(), evals,
