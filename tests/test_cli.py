@@ -429,3 +429,17 @@ def test_predict_skips_unreadable_files_when_asked_and_lists_them(trained, tmp_p
     rows = predict(model_path=str(trained), inputs=[str(folder)], bad_images="skip", quiet=True)
     assert [Path(r["file"]).name for r in rows if "skipped" in r] == ["1b.png"]
     assert all(len(r["top"]) == 3 for r in rows if "skipped" not in r)
+
+
+def test_a_label_budget_that_disagrees_with_split_is_one_error(trained, tmp_path, capsys):
+    """--split decides the labelled images; a --labels-per-class or --labels beside it that says otherwise used to be
+    accepted, ignored and recorded in config.yaml. The same budget as the split's is fine."""
+    split = trained / "split.json"  # 100 labelled digits, 10 per class
+    for flag, value in (("--labels-per-class", 7), ("--labels", 250)):
+        code, _, err = run_cli(["train", "--data", "digits", "--split", split, "--out", tmp_path / f"x{value}",
+                                *FAST[:-2], flag, value], capsys)
+        assert code == 2 and "Traceback" not in err, err
+        assert err.strip().splitlines()[-1].startswith(f"fewlabels: error: --split {split} has 100 labelled images "
+                                                       f"(10-10 per class), not {flag} {value}: the split decides")
+    code, _, err = run_cli(["train", "--data", "digits", "--split", split, "--out", tmp_path / "ok", *FAST], capsys)
+    assert code == 0, err

@@ -103,6 +103,7 @@ def prepare_data(dc: Options, run_dir: Path | None, log=print, source: Path | No
     theirs = _fitting_split(source, n, n_own, dc.data)
     if dc.split:
         split = _load_split(dc.split, n, n_own)
+        _check_budget_matches(split, ds.train.labels, dc)
     elif existing is not None and existing.is_file():
         split = Split.load(existing, pool_size=n)  # resuming: keep the split the run started with
     elif theirs is not None and not budget and ds.val is None:
@@ -242,6 +243,20 @@ def _same_data(a: str, b: str, a_base: Path) -> bool:
         return False
     return any(Path(c).expanduser().exists() and Path(c).expanduser().resolve() == pb.resolve()
                for c in (a, a_base.parent / a))
+
+
+def _check_budget_matches(split: Split, labels: torch.Tensor, dc: Options) -> None:
+    """--split decides the labelled images: a --labels or --labels-per-class beside it must say the same, or the run
+    would record a budget it did not use."""
+    lab = labels[split.labelled]
+    counts = torch.bincount(lab[lab >= 0], minlength=1)
+    have = f"{len(split.labelled)} labelled images ({int(counts.min())}-{int(counts.max())} per class)"
+    if dc.labels is not None and dc.labels != len(split.labelled):
+        raise FewLabelsError(f"--split {dc.split} has {have}, not --labels {dc.labels}: the split decides, so drop "
+                             "--labels, or drop --split to draw a new split of that size")
+    if dc.labels_per_class is not None and int(counts.max()) != dc.labels_per_class:
+        raise FewLabelsError(f"--split {dc.split} has {have}, not --labels-per-class {dc.labels_per_class}: the "
+                             "split decides, so drop --labels-per-class, or drop --split to draw a new split")
 
 
 def _load_split(path: str, n: int, n_own: int) -> Split:

@@ -26,7 +26,7 @@ from ..config import group, opt
 from ..console import Console
 from ..errors import FewLabelsError
 from .config import TrainConfig, eval_batch
-from .loop import TrainSet, Watch, fit, images_per_epoch, progressive_side, resized
+from .loop import TrainSet, Watch, fit, images_per_epoch, progressive_side
 
 
 @group
@@ -150,26 +150,19 @@ def replan(planned: dict[str, Any], names: list[str], minutes: float, per_epoch:
 def train_speed(model: nn.Module, train: TrainSet, cfg: TrainConfig) -> float:
     """Training images/s of `model` on `train` under `cfg` (its augmentation, batch, precision): a fit() of two short
     epochs on a sample of the set, the second timed. The model is trained by it: pass a throwaway copy.
-    With --progressive-resize, the mean over the run's epochs: the speed is also timed on images of the smallest
-    side, and an epoch's seconds per image are taken as linear in its pixels between the two."""
+    With --progressive-resize, the mean over the run's epochs: the speed is also timed with the batches scaled down
+    as the run scales them (augmented at full size, then resized; the timed epoch's side is halfway up the ramp), and
+    an epoch's seconds per image are taken as a + b x side² through the two timings (the fixed part a, augmentation
+    and the resize itself, does not shrink with the side)."""
     full = _timed(model, train, cfg.replace(progressive_resize=None))
     smallest, side = cfg.progressive_resize, min(train.images.shape[2:]) if train.images.dim() == 4 else 0
     if smallest is None or smallest >= side:
         return full
-    small = _timed(model, replace(train, images=_shrunk(train.images, smallest)), cfg.replace(progressive_resize=None))
-    t_full, t_small = 1 / full, 1 / small
-
-    def seconds(s: int) -> float:  # per image, at side s
-        return t_small + (t_full - t_small) * (s * s - smallest ** 2) / (side * side - smallest ** 2)
-
+    mid = progressive_side(1, 2, side, smallest, 1.0)  # the second probe epoch's side under progressive_end=1
+    t_full, t_mid = 1 / full, 1 / _timed(model, train, cfg.replace(progressive_end=1.0))
+    b = max(0.0, (t_full - t_mid) / (side * side - mid * mid))
     sides = [progressive_side(e, cfg.epochs, side, smallest, cfg.progressive_end) for e in range(cfg.epochs)]
-    return len(sides) / sum(seconds(s) for s in sides)
-
-
-def _shrunk(images: torch.Tensor, side: int) -> torch.Tensor:
-    """uint8 images scaled as --progressive-resize scales a batch, kept uint8 (to time the smallest epochs)."""
-    out = resized(images.float(), side, torch.contiguous_format)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    return len(sides) / sum(t_full - b * (side * side - s * s) for s in sides)
 
 
 def _timed(model: nn.Module, train: TrainSet, cfg: TrainConfig) -> float:

@@ -241,7 +241,7 @@ def check_progressive(cfg: TrainConfig, shape: tuple[int, ...] | torch.Size) -> 
                              f"give a smaller side (e.g. {max(8, min(shape[2:]) * 5 // 8)}) or drop it")
 
 
-def resized(x: torch.Tensor, side: int, memory_format: torch.memory_format) -> torch.Tensor:
+def _resized(x: torch.Tensor, side: int, memory_format: torch.memory_format) -> torch.Tensor:
     """A normalised float batch scaled (bilinear, antialiased) so that its shorter side is `side`."""
     h, w = x.shape[-2:]
     if side >= min(h, w):
@@ -457,7 +457,7 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
                 xb, norm[0], norm[1], generator=g, epoch=epoch, index=idx_cpu,
                 out=torch.empty(xb.shape, device=device, memory_format=memory_format))
             if side is not None:
-                x = resized(x, side, memory_format)
+                x = _resized(x, side, memory_format)
             y, tl = targets[idx], teacher_logits[idx] if teacher_logits is not None else None
             if mixer is not None:
                 x, y, lam = mixer.mix(x, y, generator=g)
