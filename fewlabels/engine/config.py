@@ -86,7 +86,7 @@ class Augment:
     progressive_resize: int | None = opt(None, "progressive resizing (fast.ai, FFCV): the first epochs train on "
                                          "images scaled down to this side (the shorter one; after augmentation), "
                                          "growing in steps of 4 px to the full size by --progressive-end of the "
-                                         "epochs; a step costs about its pixels, so a budget buys more epochs. "
+                                         "epochs; smaller steps are cheaper, so a budget buys more epochs. "
                                          "Evaluation is at full size; selftrain's fine-tune trains at full size",
                                          ge=8)
     progressive_end: float = opt(0.75, "with --progressive-resize: the share of the epochs after which every "
