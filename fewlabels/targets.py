@@ -22,11 +22,13 @@ from .utils import to_device
 
 
 class Batch(NamedTuple):
-    """One step's targets (B, K), has_label (B,) and, for distillation from cached outputs, teacher_logits (B, K)."""
+    """One step's targets (B, K), has_label (B,), for distillation from cached outputs teacher_logits (B, K), and
+    which rows of the training set the images are, `index` (B,) (None where images were mixed: rows of two images)."""
 
     targets: torch.Tensor
     has_label: torch.Tensor
     teacher_logits: torch.Tensor | None = None
+    index: torch.Tensor | None = None
 
 
 def one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> torch.Tensor:

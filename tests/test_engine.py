@@ -521,3 +521,69 @@ def test_progressive_resize_that_cannot_apply_is_refused_before_training(side, f
         fit(model, train, cfg, watch=QUIET,
             on_epoch_start=lambda *_: started.append(1))
     assert not started
+
+
+def test_self_correcting_loss_moves_only_the_correctable_targets_towards_the_model():
+    """SelfCorrecting (SELC): cross-entropy on the targets as given until started; then each correctable row in the
+    batch becomes m·t + (1 − m)·softmax(z) before the loss, other rows stay; mixed batches (no index) are refused."""
+    from fewlabels.losses import SelfCorrecting, soft_cross_entropy
+    from fewlabels.targets import Batch
+
+    torch.manual_seed(0)
+    net = nn.Linear(5, 3)
+    x, t = torch.randn(4, 5), torch.eye(3)[[0, 1, 2, 0]]
+    loss = SelfCorrecting(t, torch.tensor([False, True, True, False]), momentum=0.75)
+    idx = torch.tensor([1, 3])
+    b = Batch(t[idx], torch.ones(2, dtype=torch.bool), None, idx)
+    assert torch.allclose(loss(net, x[idx], b), soft_cross_entropy(net(x[idx]), t[idx]))
+    assert torch.equal(loss.table, t)  # not started: nothing corrected
+    loss.start()
+    z = net(x[idx]).detach()
+    got = loss(net, x[idx], b)
+    want_row1 = 0.75 * t[1] + 0.25 * torch.softmax(z[0], -1)
+    assert torch.allclose(loss.table[1], want_row1) and torch.equal(loss.table[3], t[3])  # row 3 is not correctable
+    assert torch.allclose(got, soft_cross_entropy(z, torch.stack([want_row1, t[3]])))
+    assert torch.allclose(loss.table.sum(1), torch.ones(4))  # still distributions
+    with pytest.raises(ValueError, match="row indices"):
+        loss(net, x[idx], Batch(t[idx], torch.ones(2, dtype=torch.bool)))
+
+
+def test_self_correcting_targets_fix_wrong_labels_and_resume_exactly(tmp_path):
+    """Trained through fit() on data whose correctable quarter has wrong labels, the corrected targets move to the
+    right class for most of those rows; the table is part of the resume state, so a run interrupted after an epoch
+    ends on the same targets and weights as an uninterrupted one."""
+    from fewlabels.losses import SelfCorrecting
+
+    n, k = 96, 3
+    true = torch.arange(n) % k
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    images[torch.arange(n), true] = 0  # a learnable signal: the class's colour channel is off
+    wrong = torch.arange(n) % 4 == 0
+    targets = nn.functional.one_hot(torch.where(wrong, (true + 1) % k, true), k).float()
+    noisy = TrainSet(images, targets, torch.ones(n, dtype=torch.bool), wrong, norm=((0.5,) * 3, (0.25,) * 3))
+    cfg = TrainConfig(epochs=8, batch_size=16, lr=0.02, precision="fp32", augment="none", channels_last=False,
+                      device="cpu")
+
+    def run(hook=None, run_dir=None):
+        loss = SelfCorrecting(targets, wrong, momentum=0.6)
+
+        def start(model, epoch):
+            loss.start(epoch >= 1)  # from the second epoch: later, 96 images are learnt by heart, wrong ones too
+            if hook is not None:
+                hook(model, epoch)
+        torch.manual_seed(0)
+        res = fit(create_model("cnn-tiny", k), noisy, cfg, loss, watch=Watch(run_dir=run_dir, log=_silent),
+                  on_epoch_start=start)
+        return loss, res.model
+
+    whole, model = run()
+    fixed = (whole.table[wrong].argmax(1) == true[wrong]).float().mean()
+    assert fixed >= 0.6, fixed  # every one of them started on the wrong class
+    assert torch.equal(whole.table[~wrong], targets[~wrong])
+    folder = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        run(_interrupt_at(4), folder)
+    resumed, model2 = run(None, folder)
+    assert torch.allclose(resumed.table, whole.table, atol=1e-5)
+    for a, b in zip(model.state_dict().values(), model2.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)

@@ -646,3 +646,19 @@ def test_a_rounds_minutes_count_every_attempt(tmp_path):
     clock = _Clock(tmp_path / ".elapsed")
     assert 90.0 <= clock.save() < 100.0 and float((tmp_path / ".elapsed").read_text()) >= 90.0
     assert _Clock(tmp_path / "none" / ".elapsed").save() < 10.0  # a first attempt
+
+
+def test_selftrain_label_correction_reports_what_it_changed(tmp_path):
+    """--label-correction: the student's round records how many pseudo-labels it moved to another class and their
+    precision after it (the digits pool's true labels are known); MixUp/CutMix, which mix two images' targets, are
+    refused before any work."""
+    kw = dict(labels_per_class=5, rounds=1, teacher_model="cnn-tiny", student_models=["cnn-tiny"], teacher_epochs=4,
+              student_epochs=4, min_steps_per_epoch=2, **COMMON)
+    res = selftrain(out=str(tmp_path / "c"), label_correction=0.5, label_correction_start=0.25, **kw)
+    row = res["rounds"][1]
+    assert 0 <= row["corrected_labels"] <= row["pseudo_labels"] and 0 <= row["corrected_precision"] <= 1, row
+    assert json.loads((tmp_path / "c" / "round1" / "results.json").read_text())["corrected_labels"] == \
+        row["corrected_labels"]
+    with pytest.raises(FewLabelsError, match="drop --mixup/--cutmix"):
+        selftrain(out=str(tmp_path / "m"), label_correction=0.9, mixup=0.2, **kw)
+    assert not (tmp_path / "m").exists()

@@ -408,6 +408,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             lookahead.load_state_dict(state["lookahead"])
         if scaler is not None and "scaler" in state:
             scaler.load_state_dict(state["scaler"])
+        if "loss" in state and hasattr(loss_fn, "load_state_dict"):  # e.g. SelfCorrecting's corrected targets
+            loss_fn.load_state_dict(state["loss"])
         start_epoch = int(state["epoch"]) + 1
         history = [dict(h) for h in _decode_history(state)]
         best = state.get("best")
@@ -465,8 +467,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
             if events is not None and epoch == 0 and i == 0 and not features:  # what the model sees, once
                 tb.log_images(events, "train/augmented", tb.denormalize(x[:32], *norm))
             opt.zero_grad(set_to_none=True)
-            loss = _backward(net, loss_fn, x, Batch(y, has_label[idx], tl), chunk, device, dtype, scaler,
-                             ddp)
+            loss = _backward(net, loss_fn, x, Batch(y, has_label[idx], tl, idx if mixer is None else None), chunk,
+                             device, dtype, scaler, ddp)
             if scaler is None:
                 opt.step()
             else:
@@ -525,6 +527,8 @@ def fit(model: nn.Module, train: TrainSet, cfg: TrainConfig, loss_fn: LossFn | N
                 state["lookahead"] = lookahead.state_dict()
             if scaler is not None:
                 state["scaler"] = scaler.state_dict()
+            if hasattr(loss_fn, "state_dict"):
+                state["loss"] = loss_fn.state_dict()
             # best before last: last's state records the new best, so a crash between the two must replay the epoch
             if new_best:
                 save_checkpoint(run_dir / "checkpoints" / "best", eval_model, m)

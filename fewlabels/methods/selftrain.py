@@ -34,6 +34,7 @@ from ..engine.config import TRAINING, TrainConfig
 from ..engine.loop import TrainSet, Watch, fit
 from ..errors import FewLabelsError
 from ..eval import accuracy, predict_logits
+from ..losses import SelfCorrecting
 from ..runs import run_folder, save_config, source_split
 from ..utils import atomic_write_text, pick_device, pick_dtype, write_json
 from .common import (
@@ -81,6 +82,12 @@ class Rounds:
                                          "pool that one re-labelled")
     confidence_power: float = opt(0.0, "weight each pseudo-label's loss by the teacher's confidence to this power, "
                                   "so doubtful labels count less (0 = all count fully)", ge=0)
+    label_correction: float = opt(0.0, "the students correct the teacher's pseudo-labels as they train (SELC, Lu & "
+                                  "He 2022), at no extra cost: each time a pseudo-labelled image is trained on, its "
+                                  "target becomes M x target + (1 - M) x the student's prediction; 0 = off, e.g. 0.9",
+                                  ge=0, lt=1)
+    label_correction_start: float = opt(0.5, "with --label-correction: the share of each student's epochs trained on "
+                                        "the teacher's labels as they are before correcting starts", ge=0, lt=1)
 
 
 class SelfTrainCommand(Options):
@@ -117,6 +124,12 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
                              " would not be used: drop them, or drop --teacher to train a teacher")
     if cfg.teacher:
         find_checkpoint(cfg.teacher)  # a clear error before any work
+    if cfg.label_correction > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
+        raise FewLabelsError("--label-correction corrects each image's own target, which MixUp/CutMix mixes with "
+                             "another's: drop --mixup/--cutmix, or --label-correction")
+    if cfg.label_correction > 0 and distributed.active():
+        raise FewLabelsError("--label-correction keeps its corrected targets in one process: run it without "
+                             "torchrun, or drop --label-correction")
     if cfg.student_pretrained == PREVIOUS and len(set(cfg.student_models[:max(cfg.rounds, 1)])) > 1:
         raise FewLabelsError(f"--student-pretrained {PREVIOUS} continues each student from the one before it, so "
                              f"the students must be one model, not {','.join(cfg.student_models[:cfg.rounds])}: "
@@ -146,7 +159,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     t_start = time.perf_counter()
 
     def run_round(r: int, model_name: str, train: TrainSet, tcfg: TrainConfig, drop: float, dpr: float,
-                  extra: dict[str, Any], pretrained: str | None = None, continued: bool = False) -> dict[str, Any]:
+                  extra: dict[str, Any], pretrained: str | None = None, continued: bool = False,
+                  loss: SelfCorrecting | None = None, true_labels: torch.Tensor | None = None) -> dict[str, Any]:
         rdir = run_dir / f"round{r}"
         done = rdir / "results.json"
         if done.is_file():
@@ -161,9 +175,18 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
         # trains on as it did, unless --backbone-lr/--layer-decay say otherwise
         scales = (lr_scales(model, tcfg.lr, cfg.backbone_lr, cfg.layer_decay) if pretrained and not (
             continued and cfg.backbone_lr is None and cfg.layer_decay is None) else None)
-        res = fit(model, train, tcfg, watch=Watch(evals, rdir, meta, log), lr_scale=scales,
-                  on_epoch_start=lambda *_: clock.save())
+        first = round(cfg.label_correction_start * tcfg.epochs)
+
+        def epoch_start(_model, epoch: int) -> None:
+            clock.save()
+            if loss is not None:
+                loss.start(epoch >= first)
+
+        res = fit(model, train, tcfg, loss, watch=Watch(evals, rdir, meta, log), lr_scale=scales,
+                  on_epoch_start=epoch_start)
         last = res.final  # the checkpoint the next round loads
+        if loss is not None:
+            extra = {**extra, **_corrected(loss, train, true_labels)}
         if cfg.calibrate:  # the next round's teacher labels the pool with calibrated probabilities
             extra = {**extra, "temperature": calibrate_checkpoint(rdir / "checkpoints" / "best", res.best_model(),
                                                                   evals, (ds.mean, ds.std), tcfg, log)["temperature"]}
@@ -213,10 +236,13 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             cfg = cfg.replace(student_epochs=budget["epochs"].get(f"student{r}", cfg.student_epochs),
                               finetune_epochs=budget["epochs"].get("finetune", cfg.finetune_epochs))
             scfg = scfg.replace(epochs=cfg.student_epochs)
+        correcting = (SelfCorrecting(train.targets.to(device), train.pseudo, cfg.label_correction)
+                      if cfg.label_correction > 0 else None)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
                                "pl_coverage": q.get("coverage"), "label_seconds": round(label_s, 2)},
-                              start, continued=cfg.student_pretrained == PREVIOUS))
+                              start, continued=cfg.student_pretrained == PREVIOUS, loss=correcting,
+                              true_labels=pool.labels[pl.indices]))
         if cfg.tensorboard:
             tb.log_round(run_dir, rows[-1], tb.pseudo_label_grid(pool.images[pl.indices], pl.labels, pl.confidence,
                                                                  len(ds.train.classes)))
@@ -235,6 +261,18 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     return {"run_dir": str(run_dir), "rounds": rows, "supervised_only": rows[0].get("test_acc"),
             "final_round": rows[chosen]["round"], "final_test_acc": rows[chosen].get("test_acc"),
             **{k: summary[k] for k in ("macro_f1", "balanced_accuracy", "report") if k in summary}}
+
+
+def _corrected(loss: SelfCorrecting, train: TrainSet, true: torch.Tensor | None) -> dict[str, Any]:
+    """What --label-correction did to the pseudo-labels: how many changed class, and their precision after it where
+    the pool's true labels are known (the rows' order is the pseudo-labels')."""
+    rows = train.pseudo.nonzero().squeeze(1)
+    before = train.targets[rows].argmax(1)
+    after = loss.table[rows.to(loss.table.device)].argmax(1).cpu()
+    out = {"corrected_labels": int((before != after).sum())}
+    if true is not None and bool((true >= 0).all()) and true.numel() == after.numel():
+        out["corrected_precision"] = round(float((after == true).float().mean()), 4)
+    return out
 
 
 def _plan_budget(cfg: SelfTrainCommand, ds, labelled: TrainSet, pool, evals, base: TrainConfig,
