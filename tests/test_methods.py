@@ -659,6 +659,7 @@ def test_selftrain_label_correction_reports_what_it_changed(tmp_path):
     assert 0 <= row["corrected_labels"] <= row["pseudo_labels"] and 0 <= row["corrected_precision"] <= 1, row
     assert json.loads((tmp_path / "c" / "round1" / "results.json").read_text())["corrected_labels"] == \
         row["corrected_labels"]
+    assert "| corrected_labels | corrected_precision |" in (tmp_path / "c" / "rounds.md").read_text()
     with pytest.raises(FewLabelsError, match="drop --mixup/--cutmix"):
         selftrain(out=str(tmp_path / "m"), label_correction=0.9, mixup=0.2, **kw)
     assert not (tmp_path / "m").exists()

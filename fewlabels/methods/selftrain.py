@@ -494,6 +494,8 @@ def _finish(run_dir: Path, final_dir: Path, rows: list[dict[str, Any]], log, n_v
     from ..report import plot_lines
     write_json(run_dir / "rounds.json", rows)
     cols = ["round", "model", "pseudo_labels", "pl_precision", "val_acc", "test_acc", "minutes"]
+    if any("corrected_labels" in r for r in rows):  # --label-correction: the labels after the student's corrections
+        cols[4:4] = ["corrected_labels", "corrected_precision"]
     md = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         md.append("| " + " | ".join(_cell(r.get(c)) for c in cols) + " |")
