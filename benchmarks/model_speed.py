@@ -5,7 +5,7 @@ a training step costs about 3× this), and training images/s for batch 256 at 32
 step, train mode) in fp32, under bf16 autocast, and under bf16 autocast with channels_last model and input.
 
     .venv/bin/python benchmarks/model_speed.py --threads 1   # all models, about 4 minutes
-    .venv/bin/python benchmarks/model_speed.py --models cnn-m resnet20 --min-time 2
+    .venv/bin/python benchmarks/model_speed.py --models cnn-m resnet20 --min-time 2 --results-name model_speed_few
 
 Writes benchmarks/results/model_speed.json and .md. Needs nothing outside the repository (random data).
 The committed results use --threads 1 because the 2-core machine was shared with other jobs: there, two threads
@@ -102,22 +102,22 @@ def contention_note(data: dict) -> str:
             f"these speeds are lower and noisier than on an idle machine; compare rows with each other.\n")
 
 
-def write(data: dict, table_md: str) -> None:
+def write(data: dict, table_md: str, name: str = "model_speed") -> None:
     """Through benchmarks/_common.py when the project has it, else JSON + Markdown with the same metadata."""
     try:
         from _common import machine_info, write_results  # benchmarks/ is sys.path[0] when run as a script
     except ImportError:
         from fewlabels.utils import environment_info, write_json
 
-        data = {"name": "model_speed", **environment_info(), **data}
+        data = {"name": name, **environment_info(), **data}
         RESULTS.mkdir(parents=True, exist_ok=True)
-        write_json(RESULTS / "model_speed.json", data)
+        write_json(RESULTS / f"{name}.json", data)
         meta = (f"{data['date']}, {data['cpu']} ({data['cores']} cores, {data['config']['threads']} torch threads), "
                 f"torch {data['torch']}, commit {data['git_commit'][:10]}, load average "
                 f"{data['load_average_before'][0]:.1f} before / {data['load_average_after'][0]:.1f} after")
-        (RESULTS / "model_speed.md").write_text(f"# Model speed\n\n`{data['command']}`\n\n{meta}\n\n{table_md}\n")
+        (RESULTS / f"{name}.md").write_text(f"# Model speed\n\n`{data['command']}`\n\n{meta}\n\n{table_md}\n")
         return
-    write_results("model_speed", {**data, "machine": machine_info()}, table_md)
+    write_results(name, {**data, "machine": machine_info()}, table_md)
 
 
 def main() -> None:
@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=2)
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timed steps per model and mode")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--results-name", default="model_speed",
+                        help="results file name (another name keeps the all-models table when timing a few)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -152,7 +154,7 @@ def main() -> None:
             "load_average_before": load_before, "load_average_after": os.getloadavg(),
             "results": rows}
     table_md = table(rows) + contention_note(data)
-    write(data, table_md)
+    write(data, table_md, args.results_name)
     print(table_md)
 
 

@@ -153,3 +153,16 @@ def test_the_readme_is_short_and_its_commands_are_ones_that_run(parse):
         else:
             assert (ROOT / args[1]).is_file(), code
             assert _load(Path(args[1]).stem).planned_commands(args[2:], data="/tmp/cifar10"), code
+
+
+def test_model_speed_writes_under_its_results_name(tmp_path, monkeypatch):
+    """Timing a few models under another name must not overwrite the committed all-models table."""
+    mod = _load("model_speed")
+    import _common  # importable once _load has put benchmarks/ on sys.path
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["model_speed.py", "--models", "cnn-tiny", "--min-time", "0", "--min-steps", "1",
+                                      "--batch-size", "8", "--results-name", "model_speed_few"])
+    mod.main()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_speed_few.json", "model_speed_few.md"]
+    assert "cnn-tiny" in (tmp_path / "model_speed_few.md").read_text()
