@@ -11,9 +11,11 @@ back to how it was produced.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -92,6 +94,19 @@ def benchmark_invocation() -> str:
     return " ".join([Path(sys.executable).name, *(shlex.quote(a) for a in sys.argv)])
 
 
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def results_name(value: str) -> str:
+    """The argparse type of every benchmark's --results-name: a plain file name for results/NAME.{json,md}, checked
+    when the command line is read, so a bad one stops the benchmark before it runs rather than after."""
+    if not _NAME.fullmatch(value) or ".." in value:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a plain name: use letters, digits, '.', '_' and '-' (it names "
+            f"benchmarks/results/NAME.json and NAME.md), e.g. selftrain_cifar10_4000_mine")
+    return value
+
+
 def write_results(name: str, data: dict[str, Any], table_md: str) -> tuple[Path, Path]:
     """Write results/NAME.json (data + metadata) and results/NAME.md (a metadata header + table_md).
 
@@ -100,6 +115,7 @@ def write_results(name: str, data: dict[str, Any], table_md: str) -> tuple[Path,
     gives neither: its own invocation is then its "command". A "git_commit" in `data` (taken when the run started)
     wins over the one at writing time. Absolute paths in data are written relative to the repository or the home
     folder (see _portable)."""
+    results_name(name)  # a name built in code is checked as one given on the command line
     data = _portable(data)
     table_md = _portable(table_md)
     meta: dict[str, Any] = {"benchmark": _portable(benchmark_invocation())}

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_fewlabels, run_main, split_passthrough, started, write_results
+from _common import results_name, run_fewlabels, run_main, split_passthrough, started, write_results
 
 STRATEGIES = ("margin", "kcenter", "random")
 TRAIN = ["--model", "cnn-s", "--epochs", "15"]
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "active")
     ap.add_argument("--smoke", action="store_true", help="a few hundred images, 1 epoch: checks the pipeline only")
-    ap.add_argument("--results-name", default=None)
+    ap.add_argument("--results-name", type=results_name, default=None)
     ap.add_argument("--merge", type=Path, default=None,
                     help="an earlier results JSON of this benchmark with the same settings: its seeds (figures and "
                     "commands) join this run's, e.g. --seeds 2 --merge benchmarks/results/active_cifar10.json")

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     has_flag,
     previous,
+    results_name,
     run_fewlabels,
     run_options,
     split_passthrough,
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=None,
                     help="the CIFAR-10 folder (default: ../shared's JPEG copy, unpacked once into "
                          "~/.cache/fewlabels/unpacked/cifar10)")
-    ap.add_argument("--results-name", default="calibration_cifar10",
+    ap.add_argument("--results-name", type=results_name, default="calibration_cifar10",
                     help="file name under benchmarks/results/ (keep the main result when trying a variant)")
     ap.add_argument("--out", default="runs/bench-calibration-cifar10",
                     help="the run folder (removed first); the scarce model's is OUT-scarce")

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_fewlabels, run_options, shown, split_passthrough, started, write_results
+from _common import results_name, run_fewlabels, run_options, shown, split_passthrough, started, write_results
 
 IMAGENET = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]  # the shared ResNets' normalisation
 # the teacher: a short, low-LR pass of the shared ResNet-56 (it already knows CIFAR-10) over the JPEG training set
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--data", default=None, help="the CIFAR-10 folder (default: ../shared's JPEG copy, unpacked)")
     ap.add_argument("--weights", default=None, help="the teacher's start (default: ../shared/weights/resnet56-*.th)")
-    ap.add_argument("--results-name", default="distill_cifar10")
+    ap.add_argument("--results-name", type=results_name, default="distill_cifar10")
     ap.add_argument("--smoke", action="store_true", help="500 teacher labels, 20 per class, 1 epoch, seed 0")
     return ap
 

@@ -33,7 +33,16 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, flag_value, has_flag, run_fewlabels, split_passthrough, started, write_results
+from _common import (
+    RESULTS,
+    flag_value,
+    has_flag,
+    results_name,
+    run_fewlabels,
+    split_passthrough,
+    started,
+    write_results,
+)
 
 from fewlabels.augment import build_augment
 from fewlabels.data.prepare import DataConfig, prepare_data
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mu", type=int, default=7, help="unlabelled images per labelled image in a step")
     ap.add_argument("--labelled-batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--results-name", default=None)
+    ap.add_argument("--results-name", type=results_name, default=None)
     ap.add_argument("--smoke", action="store_true")
     return ap
 

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, run_main, write_results
+from _common import REPO, results_name, run_main, write_results
 from _shared_data import unpacked
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -207,7 +207,7 @@ def main() -> None:
     ap.add_argument("--python", default=sys.executable,
                     help="the Python (and so the torch build) that runs the commands; default this one")
     ap.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "fewlabels" / "memory_folder")
-    ap.add_argument("--results-name", default=None)
+    ap.add_argument("--results-name", type=results_name, default=None)
     ap.add_argument("--note", default="", help="what the measured code is, for the results (e.g. a patch on top)")
     ap.add_argument("--smoke", action="store_true", help="a 400 + 100 image folder: checks the pipeline only")
     a = ap.parse_args()

@@ -121,6 +121,10 @@ def write(data: dict, table_md: str, name: str = "model_speed") -> None:
 
 
 def main() -> None:
+    try:
+        from _common import results_name  # a plain file name, checked before anything is timed
+    except ImportError:  # the script copied out of the project
+        results_name = str
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
     parser.add_argument("--batch-size", type=int, default=256)
@@ -128,7 +132,7 @@ def main() -> None:
     parser.add_argument("--min-steps", type=int, default=2)
     parser.add_argument("--min-time", type=float, default=2.0, help="seconds of timed steps per model and mode")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    parser.add_argument("--results-name", default="model_speed",
+    parser.add_argument("--results-name", type=results_name, default="model_speed",
                         help="results file name (another name keeps the all-models table when timing a few)")
     args = parser.parse_args()
     if args.threads:

@@ -27,6 +27,7 @@ from _common import (
     flag_value,
     has_flag,
     previous,
+    results_name,
     run_fewlabels,
     run_options,
     split_passthrough,
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--data", default=None,
                     help="the CIFAR-10 folder (default: ../shared's JPEG copy, unpacked once into "
                          "~/.cache/fewlabels/unpacked/cifar10)")
-    ap.add_argument("--results-name", default=None,
+    ap.add_argument("--results-name", type=results_name, default=None,
                     help="file name under benchmarks/results/ (default selftrain_cifar10_<labels>; use another "
                          "name to keep the main result when trying a variant)")
     ap.add_argument("--smoke", action="store_true", help=f"adds {' '.join(SMOKE)}: checks the script, not the claim")

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results
+from _common import results_name, write_results
 
 from fewlabels.config import resolve
 from fewlabels.data.prepare import prepare_data
@@ -33,7 +33,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", help="a finished selftrain run folder")
     ap.add_argument("--max-models", type=int, default=3, help="ensembles of up to this many consecutive models")
-    ap.add_argument("--results-name", default="selftrain_teacher_ensemble")
+    ap.add_argument("--results-name", type=results_name, default="selftrain_teacher_ensemble")
     a = ap.parse_args()
     run = Path(a.run)
     if not (run / "config.yaml").is_file():

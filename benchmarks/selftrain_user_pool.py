@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import flag_value, run_fewlabels, run_main, split_passthrough, started, write_results
+from _common import flag_value, results_name, run_fewlabels, run_main, split_passthrough, started, write_results
 
 SOURCE = ("airplane", "automobile", "bird", "cat", "deer")
 TARGET = ("dog", "frog", "horse", "ship", "truck")
@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "`fewlabels selftrain --data DIR` gets (issue 26 item 10)")
     ap.add_argument("--only", default="", help="comma-separated subset of the runs (source runs when a pretrained "
                     "run needs it), e.g. selftrain_scratch,selftrain_pretrained")
-    ap.add_argument("--results-name", default=None)
+    ap.add_argument("--results-name", type=results_name, default=None)
     return ap
 
 

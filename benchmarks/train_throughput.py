@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import write_results  # noqa: E402
+from _common import results_name, write_results  # noqa: E402
 
 from fewlabels.engine.config import TrainConfig  # noqa: E402
 from fewlabels.engine.loop import TrainSet, Watch, fit  # noqa: E402
@@ -105,7 +105,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--results-name", default="train_throughput",
+    ap.add_argument("--results-name", type=results_name, default="train_throughput",
                     help="file name under benchmarks/results/ (another name keeps the main result)")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:N")
     ap.add_argument("--noised", action="store_true",

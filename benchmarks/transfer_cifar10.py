@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import run_fewlabels, run_options, split_passthrough, started, write_results
+from _common import results_name, run_fewlabels, run_options, split_passthrough, started, write_results
 
 from fewlabels.data import load_dataset
 from fewlabels.methods.transfer import extract_features
@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--weights", default=None, help="the source model (default: ../shared/weights/resnet56-*.th)")
     ap.add_argument("--mode", default="compare", choices=("compare", "probe"),
                     help="compare: scratch, probe and fine-tune per budget; probe: the linear probe alone")
-    ap.add_argument("--results-name", default=None, help="default: transfer_cifar10 (transfer_cifar10_probe)")
+    ap.add_argument("--results-name", type=results_name, default=None,
+                    help="default: transfer_cifar10 (transfer_cifar10_probe)")
     ap.add_argument("--smoke", action="store_true", help="100 labels, 1 epoch")
     return ap
 

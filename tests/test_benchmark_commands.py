@@ -166,3 +166,35 @@ def test_model_speed_writes_under_its_results_name(tmp_path, monkeypatch):
     mod.main()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model_speed_few.json", "model_speed_few.md"]
     assert "cnn-tiny" in (tmp_path / "model_speed_few.md").read_text()
+
+
+NAMED = sorted(p.stem for p in BENCH.glob("[!_]*.py") if '"--results-name"' in p.read_text())
+
+
+@pytest.mark.parametrize("script", NAMED)
+def test_a_bad_results_name_stops_the_benchmark_before_it_runs(script, monkeypatch, capsys):
+    """--results-name names benchmarks/results/NAME.{json,md}: a path ('../x', 'a/b') is refused as the command line
+    is read (exit 2, naming the option), not after an hour of training when the results are written."""
+    mod = _load(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--results-name", "../outside"])
+    with pytest.raises(SystemExit) as e:
+        mod.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--results-name" in err and "not a plain name" in err
+
+
+def test_results_names(tmp_path, monkeypatch):
+    _load("model_speed")
+    import _common
+
+    assert len(NAMED) >= 12
+    for good in ("selftrain_cifar10_4000_prog60_xeon_t08", "model_speed_p2", "a.b-c"):
+        assert _common.results_name(good) == good
+    monkeypatch.setattr(_common, "RESULTS", tmp_path / "results")
+    for bad in ("", "../x", "a/b", "/tmp/x", ".hidden", "x..y", "a b"):
+        with pytest.raises(Exception, match="not a plain name"):
+            _common.results_name(bad)
+        with pytest.raises(Exception, match="not a plain name"):  # a name built in code is checked too
+            _common.write_results(bad, {}, "")
+    assert not tmp_path.exists() or not any(tmp_path.rglob("*"))
