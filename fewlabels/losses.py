@@ -52,15 +52,18 @@ class SelfCorrecting:
     a pseudo-label) is in a batch its target becomes t_i ← m·t_i + (1 − m)·softmax(z_i) (z_i: this step's outputs,
     no gradient through the update) and the loss is -Σ_k t_ik · log softmax(z_i)_k; other rows keep their targets.
     A temporal ensemble of the model's own predictions: at no extra forward pass, a wrong pseudo-label fades when the
-    model keeps disagreeing with it. Before `start()` it is CrossEntropy. The table of targets is the state saved for
-    resume (state_dict / load_state_dict). One process: under torchrun each rank would correct its own copy."""
+    model keeps disagreeing with it. With `hard`, the loss takes each corrected row's top class instead (one-hot): the
+    table is the same vote, but a pseudo-label only changes class once the model's predictions outweigh it, and the
+    targets stay crisp rather than growing soft. Before `start()` it is CrossEntropy. The table of targets is the state
+    saved for resume (state_dict / load_state_dict). One process: under torchrun each rank would correct its own copy.
+    """
 
-    def __init__(self, targets: torch.Tensor, mutable: torch.Tensor, momentum: float):
+    def __init__(self, targets: torch.Tensor, mutable: torch.Tensor, momentum: float, hard: bool = False):
         if not 0 < momentum < 1:
             raise ValueError("momentum must be in (0, 1)")
         self.table = targets.detach().float().clone()
         self.mutable = mutable.to(self.table.device, torch.bool)
-        self.momentum, self.on = momentum, False
+        self.momentum, self.hard, self.on = momentum, hard, False
 
     def start(self, on: bool = True) -> None:
         self.on = on
@@ -77,6 +80,8 @@ class SelfCorrecting:
         rows = self.table[idx]
         rows = torch.where(m, self.momentum * rows + (1 - self.momentum) * p, rows)
         self.table[idx] = rows
+        if self.hard:
+            rows = F.one_hot(rows.argmax(1), rows.shape[1]).to(rows.dtype)
         y = torch.where(m.to(logits.device), rows.to(logits.device), batch.targets.float())
         return soft_cross_entropy(logits, y)
 

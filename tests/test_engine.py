@@ -548,6 +548,36 @@ def test_self_correcting_loss_moves_only_the_correctable_targets_towards_the_mod
         loss(net, x[idx], Batch(t[idx], torch.ones(2, dtype=torch.bool)))
 
 
+def test_hard_self_correcting_trains_on_the_top_class_of_the_same_vote():
+    """SelfCorrecting(hard=True): the table is updated exactly as the soft one's, but the loss takes each corrected
+    row's top class (one-hot); a pseudo-label changes class only once the model's predictions outweigh it."""
+    from fewlabels.losses import SelfCorrecting, soft_cross_entropy
+    from fewlabels.targets import Batch
+
+    torch.manual_seed(0)
+    net = nn.Linear(5, 3)
+    with torch.no_grad():
+        net.weight.zero_()
+        net.bias.copy_(torch.tensor([0.0, 0.0, 4.0]))  # the model says class 2 for every image, confidently
+    x, t = torch.randn(4, 5), torch.eye(3)[[0, 1, 2, 0]]
+    mutable = torch.tensor([False, True, True, False])
+    soft, hard = SelfCorrecting(t, mutable, momentum=0.5), SelfCorrecting(t, mutable, momentum=0.5, hard=True)
+    idx = torch.tensor([1, 3])
+    b = Batch(t[idx], torch.ones(2, dtype=torch.bool), None, idx)
+    soft.start(), hard.start()
+    z = net(x[idx]).detach()
+    soft(net, x[idx], b)
+    got = hard(net, x[idx], b)
+    assert torch.allclose(hard.table, soft.table)  # the same vote
+    p = torch.softmax(z[0], -1)
+    assert float(0.5 * p[2]) < 0.5 + 0.5 * float(p[1])  # one step: class 1 still outweighs the model's class 2
+    assert torch.allclose(got, soft_cross_entropy(z, t[idx]))  # so the hard target is still class 1
+    for _ in range(3):  # the model keeps saying class 2: its vote now outweighs the teacher's label
+        got = hard(net, x[idx], b)
+    assert int(hard.table[1].argmax()) == 2
+    assert torch.allclose(got, soft_cross_entropy(z, torch.eye(3)[[2, 0]]))  # row 3 (labelled) keeps its target
+
+
 def test_self_correcting_targets_fix_wrong_labels_and_resume_exactly(tmp_path):
     """Trained through fit() on data whose correctable quarter has wrong labels, the corrected targets move to the
     right class for most of those rows; the table is part of the resume state, so a run interrupted after an epoch

@@ -663,3 +663,9 @@ def test_selftrain_label_correction_reports_what_it_changed(tmp_path):
     with pytest.raises(FewLabelsError, match="drop --mixup/--cutmix"):
         selftrain(out=str(tmp_path / "m"), label_correction=0.9, mixup=0.2, **kw)
     assert not (tmp_path / "m").exists()
+    hard = selftrain(out=str(tmp_path / "h"), label_correction=0.5, label_correction_start=0.25,
+                     label_correction_targets="hard", **kw)["rounds"][1]
+    assert 0 <= hard["corrected_labels"] <= hard["pseudo_labels"], hard
+    with pytest.raises(FewLabelsError, match="only applies with --label-correction"):
+        selftrain(out=str(tmp_path / "n"), label_correction_targets="hard", **kw)
+    assert not (tmp_path / "n").exists()

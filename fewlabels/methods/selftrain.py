@@ -88,6 +88,10 @@ class Rounds:
                                   ge=0, lt=1)
     label_correction_start: float = opt(0.5, "with --label-correction: the share of each student's epochs trained on "
                                         "the teacher's labels as they are before correcting starts", ge=0, lt=1)
+    label_correction_targets: str = opt("soft", "with --label-correction: what the student trains on, the corrected "
+                                        "targets as they are (soft) or their top class (hard: a pseudo-label "
+                                        "changes class once the student's predictions outweigh it, and stays crisp)",
+                                        choices=("soft", "hard"))
 
 
 class SelfTrainCommand(Options):
@@ -127,6 +131,9 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     if cfg.label_correction > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
         raise FewLabelsError("--label-correction corrects each image's own target, which MixUp/CutMix mixes with "
                              "another's: drop --mixup/--cutmix, or --label-correction")
+    if cfg.label_correction == 0 and cfg.set_by_user(["label_correction_targets"]):
+        raise FewLabelsError("--label-correction-targets only applies with --label-correction: add it (e.g. "
+                             "--label-correction 0.9), or drop --label-correction-targets")
     if cfg.label_correction > 0 and distributed.active():
         raise FewLabelsError("--label-correction keeps its corrected targets in one process: run it without "
                              "torchrun, or drop --label-correction")
@@ -236,7 +243,8 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
             cfg = cfg.replace(student_epochs=budget["epochs"].get(f"student{r}", cfg.student_epochs),
                               finetune_epochs=budget["epochs"].get("finetune", cfg.finetune_epochs))
             scfg = scfg.replace(epochs=cfg.student_epochs)
-        correcting = (SelfCorrecting(train.targets.to(device), train.pseudo, cfg.label_correction)
+        correcting = (SelfCorrecting(train.targets.to(device), train.pseudo, cfg.label_correction,
+                                     hard=cfg.label_correction_targets == "hard")
                       if cfg.label_correction > 0 else None)
         rows.append(run_round(r, name, train, scfg, cfg.student_drop_rate, cfg.student_drop_path_rate,
                               {"pseudo_labels": len(pl), "pl_precision": q.get("precision"),
