@@ -257,12 +257,13 @@ class PseudoLabel:
                                         "(multi-crop TTA, as --tta-translate does for evaluation)", ge=0)
 
 
-def check_label_options(cfg: Any) -> None:
-    """Refuse pseudo-label options that another option switches off (they would be ignored)."""
+def check_label_options(cfg: Any, more: tuple[tuple[str, str, bool], ...] = ()) -> None:
+    """Refuse pseudo-label options that another option switches off (they would be ignored); `more`: a command's own
+    (option, the option it needs, whether that one is on)."""
     from .common import flags
 
     for name, needs, on in (("per_class", "balance", cfg.balance), ("temperature", "soft", cfg.soft),
-                            ("balance_to", "balance", cfg.balance)):
+                            ("balance_to", "balance", cfg.balance), *more):
         if not on and cfg.set_by_user([name]):
             raise FewLabelsError(f"{flags([name])} only applies with {flags([needs])}: add it, or drop {flags([name])}")
 

@@ -121,7 +121,7 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     """Run Noisy Student rounds; returns the per-round table (also RUN/rounds.json, RUN/rounds.md, RUN/rounds.png) and
     which round was handed over as RUN/checkpoints/best (`final_round`, also RUN/final.json)."""
     cfg = SelfTrainCommand.build(cfg, kwargs)
-    check_label_options(cfg)
+    check_label_options(cfg, (("label_correction_targets", "label_correction", cfg.label_correction > 0),))
     if cfg.teacher and cfg.set_by_user(["teacher_pretrained", "teacher_epochs", "teacher_model"]):
         raise FewLabelsError(f"--teacher {cfg.teacher} is round 0 as it is, so "
                              f"{flags(cfg.set_by_user(['teacher_pretrained', 'teacher_epochs', 'teacher_model']))}"
@@ -131,9 +131,6 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     if cfg.label_correction > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
         raise FewLabelsError("--label-correction corrects each image's own target, which MixUp/CutMix mixes with "
                              "another's: drop --mixup/--cutmix, or --label-correction")
-    if cfg.label_correction == 0 and cfg.set_by_user(["label_correction_targets"]):
-        raise FewLabelsError("--label-correction-targets only applies with --label-correction: add it (e.g. "
-                             "--label-correction 0.9), or drop --label-correction-targets")
     if cfg.label_correction > 0 and distributed.active():
         raise FewLabelsError("--label-correction keeps its corrected targets in one process: run it without "
                              "torchrun, or drop --label-correction")
