@@ -198,7 +198,7 @@ class Options:
     renamed: ClassVar[dict[str, str]] = {}  # old option name → new one, for a message
     options: ClassVar[dict[str, Declared]] = {}
     _owner: ClassVar[dict[str, type]] = {}
-    __slots__ = ("_parts", "given", "recipe")
+    __slots__ = ("_parts", "given", "recipe", "from_recipe")
 
     def __init_subclass__(cls, **kw: Any) -> None:
         super().__init_subclass__(**kw)
@@ -225,7 +225,8 @@ class Options:
             _check_bounds(d.name, d.default, d.bounds)
         cls.options, cls._owner = opts, owner
 
-    def __init__(self, *, given: Iterable[str] | None = None, recipe: str | None = None, **values: Any) -> None:
+    def __init__(self, *, given: Iterable[str] | None = None, recipe: str | None = None,
+                 from_recipe: Iterable[str] = (), **values: Any) -> None:
         cls = type(self)
         checked = {k: cls.option(k).check(v) for k, v in values.items()}
         parts = {}
@@ -237,12 +238,13 @@ class Options:
                 elif f.name in cls.defaults:
                     kw[f.name] = copy.copy(cls.defaults[f.name])
             parts[g] = g(**kw)
-        self._set(parts, frozenset(values) if given is None else frozenset(given), recipe)
+        self._set(parts, frozenset(values) if given is None else frozenset(given), recipe, frozenset(from_recipe))
 
-    def _set(self, parts: dict[type, Any], given: frozenset, recipe: str | None) -> None:
+    def _set(self, parts: dict[type, Any], given: frozenset, recipe: str | None, from_recipe: frozenset) -> None:
         object.__setattr__(self, "_parts", parts)
         object.__setattr__(self, "given", given)
         object.__setattr__(self, "recipe", recipe)
+        object.__setattr__(self, "from_recipe", from_recipe)  # the given options whose value is the recipe's
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"a {type(self).__name__} does not change: use .replace({name}=...)")
@@ -292,23 +294,23 @@ class Options:
 
     def update(self, values: dict[str, Any]) -> Any:
         """A copy with options the user set (keywords on top of a config object)."""
-        return self._with(values, self.given | frozenset(values))
+        return self._with(values, self.given | frozenset(values), self.from_recipe - frozenset(values))
 
-    def _with(self, changes: dict[str, Any], given: frozenset) -> Any:
+    def _with(self, changes: dict[str, Any], given: frozenset, from_recipe: frozenset | None = None) -> Any:
         cls = type(self)
         parts = dict(self._parts)
         for k, v in changes.items():
             g = cls._owner[cls.option(k).name]
             parts[g] = dataclasses.replace(parts[g], **{k: cls.options[k].check(v)})
         out = cls.__new__(cls)
-        out._set(parts, given, self.recipe)
+        out._set(parts, given, self.recipe, self.from_recipe if from_recipe is None else from_recipe)
         return out
 
     @classmethod
     def of(cls, other: Options, **changes: Any) -> Any:
         """This config made of the groups of another that holds them (a command's TrainConfig), with `changes`."""
         out = cls.__new__(cls)
-        out._set({g: other._parts.get(g) or g() for g in cls.groups}, other.given, other.recipe)
+        out._set({g: other._parts.get(g) or g() for g in cls.groups}, other.given, other.recipe, other.from_recipe)
         return out.replace(**changes) if changes else out
 
     @classmethod
@@ -322,10 +324,13 @@ class Options:
                                  f"{type(cfg).__name__} {cfg!r:.60}")
         return cfg.update(values) if values else cfg
 
-    def set_by_user(self, names: Iterable[str]) -> list[str]:
+    def set_by_user(self, names: Iterable[str], recipe: bool = True) -> list[str]:
         """Which of `names` the user set to something other than the default (a default written out, as in a saved
-        config.yaml passed back with --config, changes nothing and is not counted)."""
-        return [n for n in names if n in self.given and getattr(self, n) != type(self).options[n].default]
+        config.yaml passed back with --config, changes nothing and is not counted). recipe=False leaves out the
+        values a --recipe set and nothing else changed: a check that refuses an option some other option makes
+        unused refuses what the user typed, not a recipe's setting that another flag switched off."""
+        return [n for n in names if n in self.given and getattr(self, n) != type(self).options[n].default
+                and (recipe or n not in self.from_recipe)]
 
 
 def checked(cfg: T) -> T:
@@ -395,7 +400,8 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
     by any of those are the config's `given`. A YAML key the command holds but does not use is ignored when it has
     its default (a saved config.yaml of an older version lists every option), else refused."""
     values: dict[str, Any] = {}
-    sources = []
+    sources: list[tuple[str, dict]] = []
+    from_recipe: set[str] = set()
     if recipe_options:
         sources.append((f"recipe {recipe_name}", recipe_options))
     if yaml_path:
@@ -417,10 +423,15 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 raise FewLabelsError(f"unknown config key '{k}' in {where}{hint}; valid keys: {', '.join(cls.options)}")
             values[key] = v
+            if where.startswith("recipe "):
+                from_recipe.add(key)
+            else:
+                from_recipe.discard(key)
     for k, v in (overrides or {}).items():
         cls.option(k)
         values[k] = v
-    return cls(recipe=recipe_name if recipe_options else None, **values)
+        from_recipe.discard(k)
+    return cls(recipe=recipe_name if recipe_options else None, from_recipe=from_recipe, **values)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type[Options]) -> None:

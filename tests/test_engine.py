@@ -507,7 +507,8 @@ def test_progressive_resize_trains_early_epochs_on_smaller_images_and_evaluates_
 
 
 @pytest.mark.parametrize("side, features, message", [
-    (16, False, r"--progressive-resize 16 is not smaller than the images \(16 x 16\): give a smaller side \(e.g. 10\)"),
+    (16, False, r"--progressive-resize 16 \(given, or the recipe's\) is not smaller than the images \(16 x 16\): give "
+                r"a smaller side \(e.g. 10\) or --progressive-resize none"),
     (8, True, "--progressive-resize needs images, and this run trains on cached features"),
 ])
 def test_progressive_resize_that_cannot_apply_is_refused_before_training(side, features, message):

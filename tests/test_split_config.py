@@ -214,7 +214,7 @@ def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
         return from_args(cls, ns, "selftrain")
 
     c = cfg("--recipe", "cifar-cpu", "--student-epochs", "5")
-    assert (c.student_models, c.threshold, c.unlabelled_ratio, c.student_epochs) == (["cnn-m-p2"], 0.5, 3.0, 5)
+    assert (c.student_models, c.threshold, c.unlabelled_ratio, c.student_epochs) == (["cnn-m-p2"], 0.8, 3.0, 5)
     assert {"student_models", "student_epochs", "threshold"} <= c.given  # a resumed run keeps them
     y = tmp_path / "mine.yaml"
     y.write_text("threshold: 0.9\n")
@@ -230,6 +230,45 @@ def test_recipe_from_the_command_line_and_python(tmp_path, monkeypatch):
         fewlabels.recipe("selftrain", "cifar")
     with pytest.raises(FewLabelsError, match="no recipe 'x' for `fewlabels evaluate`; it has no built-in recipes"):
         fewlabels.recipe("evaluate", "x")
+
+
+def test_a_recipe_setting_another_flag_switches_off_is_not_refused(tmp_path):
+    """`--recipe cifar-cpu --label-correction 0` (or `--teacher RUN`) switches off what the recipe set with it
+    (--label-correction-targets, the teacher's model and epochs): that is no error; the same options typed by the
+    user still are, and so is one a --config file sets."""
+    from fewlabels.cli import build_parser
+    from fewlabels.config import from_args
+    from fewlabels.methods.pseudolabel import check_label_options
+    from fewlabels.methods.selftrain import selftrain
+
+    parser = build_parser()
+    cls = _command_classes()["selftrain"]
+
+    def cfg(*argv):
+        return from_args(cls, parser.parse_args(["selftrain", *argv]), "selftrain")
+
+    def check(c):
+        check_label_options(c, (("label_correction_targets", "label_correction", c.label_correction > 0),))
+
+    off = cfg("--recipe", "cifar-cpu", "--label-correction", "0")
+    assert off.label_correction_targets == "hard" and "label_correction_targets" in off.from_recipe
+    assert "label_correction" not in off.from_recipe and off.set_by_user(["label_correction_targets"])
+    check(off)  # the recipe's hard targets stay unused, and are not refused
+    y = tmp_path / "mine.yaml"
+    y.write_text("label-correction-targets: hard\n")
+    for typed in (cfg("--recipe", "cifar-cpu", "--label-correction", "0", "--label-correction-targets", "hard"),
+                  cfg("--recipe", "cifar-cpu", "--label-correction", "0", "--config", str(y))):
+        with pytest.raises(FewLabelsError, match="--label-correction-targets only applies with --label-correction"):
+            check(typed)
+    kept = off.update({"threshold": 0.9}).replace(seed=3)
+    assert kept.from_recipe == off.from_recipe - {"threshold"}
+    with pytest.raises(FewLabelsError, match="no model at") as e:  # not "would not be used"
+        selftrain(cfg("--recipe", "cifar-cpu", "--data", "digits", "--teacher", str(tmp_path / "none"), "--out",
+                      str(tmp_path / "run")))
+    assert "would not be used" not in str(e.value)
+    with pytest.raises(FewLabelsError, match="--teacher-epochs would not be used"):
+        selftrain(cfg("--recipe", "cifar-cpu", "--data", "digits", "--teacher", str(tmp_path / "none"),
+                      "--teacher-epochs", "5", "--out", str(tmp_path / "run")))
 
 
 @pytest.mark.parametrize("change, match", [

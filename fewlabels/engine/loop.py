@@ -237,8 +237,10 @@ def check_progressive(cfg: TrainConfig, shape: tuple[int, ...] | torch.Size) -> 
     if len(shape) < 4:
         raise FewLabelsError("--progressive-resize needs images, and this run trains on cached features: drop it")
     if side >= min(shape[2:]):
-        raise FewLabelsError(f"--progressive-resize {side} is not smaller than the images ({shape[2]} x {shape[3]}): "
-                             f"give a smaller side (e.g. {max(8, min(shape[2:]) * 5 // 8)}) or drop it")
+        smaller = max(8, min(shape[2:]) * 5 // 8)
+        hint = f"a smaller side (e.g. {smaller}) or " if smaller < min(shape[2:]) else ""
+        raise FewLabelsError(f"--progressive-resize {side} (given, or the recipe's) is not smaller than the images "
+                             f"({shape[2]} x {shape[3]}): give {hint}--progressive-resize none")
 
 
 def _resized(x: torch.Tensor, side: int, memory_format: torch.memory_format) -> torch.Tensor:

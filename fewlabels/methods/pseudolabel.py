@@ -264,7 +264,7 @@ def check_label_options(cfg: Any, more: tuple[tuple[str, str, bool], ...] = ()) 
 
     for name, needs, on in (("per_class", "balance", cfg.balance), ("temperature", "soft", cfg.soft),
                             ("balance_to", "balance", cfg.balance), *more):
-        if not on and cfg.set_by_user([name]):
+        if not on and cfg.set_by_user([name], recipe=False):
             raise FewLabelsError(f"{flags([name])} only applies with {flags([needs])}: add it, or drop {flags([name])}")
 
 

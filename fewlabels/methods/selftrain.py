@@ -122,10 +122,10 @@ def selftrain(cfg: SelfTrainCommand | None = None, **kwargs: Any) -> dict[str, A
     which round was handed over as RUN/checkpoints/best (`final_round`, also RUN/final.json)."""
     cfg = SelfTrainCommand.build(cfg, kwargs)
     check_label_options(cfg, (("label_correction_targets", "label_correction", cfg.label_correction > 0),))
-    if cfg.teacher and cfg.set_by_user(["teacher_pretrained", "teacher_epochs", "teacher_model"]):
-        raise FewLabelsError(f"--teacher {cfg.teacher} is round 0 as it is, so "
-                             f"{flags(cfg.set_by_user(['teacher_pretrained', 'teacher_epochs', 'teacher_model']))}"
-                             " would not be used: drop them, or drop --teacher to train a teacher")
+    unused = cfg.set_by_user(["teacher_pretrained", "teacher_epochs", "teacher_model"], recipe=False)
+    if cfg.teacher and unused:
+        raise FewLabelsError(f"--teacher {cfg.teacher} is round 0 as it is, so {flags(unused)} would not be used: "
+                             "drop them, or drop --teacher to train a teacher")
     if cfg.teacher:
         find_checkpoint(cfg.teacher)  # a clear error before any work
     if cfg.label_correction > 0 and (cfg.mixup > 0 or cfg.cutmix > 0):
