@@ -8,8 +8,8 @@ same teacher (`selftrain_cifar10_4000_p2nw_r4`). This loop lives here, not in th
 behind issue 6's note that online consistency does not pay at this budget, so its options (--epochs, --tau, --mu,
 --labelled-batch, --lr) are this script's own. The teacher is a fewlabels command, recorded in the results:
 
-    fewlabels selftrain --recipe cifar-cpu --rounds 0 --finetune-epochs 0 --data ~/.cache/fewlabels/unpacked/cifar10 \
-        --labels-per-class 400 --out runs/bench-fixmatch_cifar10_4000-teacher
+    fewlabels selftrain --recipe cifar-cpu --rounds 0 --finetune-epochs 0 --progressive-resize none --eval-every 5 \
+        --data ~/.cache/fewlabels/unpacked/cifar10 --labels-per-class 400 --out runs/bench-fixmatch_cifar10_4000-teacher
 
 and the FixMatch loop uses that run's split (its labelled images and pool).
 
@@ -52,8 +52,10 @@ from fewlabels.engine.optim import build_optimizer, lr_factor, set_lr
 from fewlabels.eval import accuracy, predict_logits
 from fewlabels.utils import autocast, pick_device, pick_dtype, tune_cpu_allocator
 
-# the round-0 teacher of `selftrain --recipe cifar-cpu` (cnn-s-p2, 60 epochs, flip + translate TTA), alone
-TEACHER = ["--recipe", "cifar-cpu", "--rounds", "0", "--finetune-epochs", "0"]
+# the round-0 teacher of `selftrain --recipe cifar-cpu` (cnn-s-p2, 60 epochs, flip + translate TTA), alone, as it was
+# measured: at full size, evaluated every 5 epochs (the recipe has since taken 20-px progressive resizing)
+TEACHER = ["--recipe", "cifar-cpu", "--rounds", "0", "--finetune-epochs", "0", "--progressive-resize", "none",
+           "--eval-every", "5"]
 SMOKE_TEACHER = ["--labels-per-class", "20", "--teacher-epochs", "1"]
 
 

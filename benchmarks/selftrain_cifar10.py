@@ -1,11 +1,12 @@
 """Noisy Student self-training on CIFAR-10 (JPEG copy in ../shared): 4,000 labels (400 per class), the other 46,000
-training images unlabelled, with the `selftrain` recipe `cifar-cpu`. Targets (issue 6): last round ≥ supervised-only
-+ 6 points, ≥ 0.88, whole run ≤ 60 min.
+training images unlabelled, with the `selftrain` recipe `cifar-cpu`. Targets (issue 31, 2 CPU cores): the final model
+≥ 0.85 and ≥ supervised-only + 8 points, the whole run ≤ 60 min; the recipe's result is its run sized to the hour,
+`selftrain_cifar10.py -- --budget-minutes 60`.
 
 Runs one command and tabulates its rounds:
 
     fewlabels selftrain --recipe cifar-cpu --data ~/.cache/fewlabels/unpacked/cifar10 --labels-per-class 400 \\
-        --out runs/bench-selftrain_cifar10_4000
+        [--budget-minutes 60] --out runs/bench-selftrain_cifar10_4000
 
     .venv/bin/python benchmarks/selftrain_cifar10.py [--smoke] [--results-name NAME] [-- FEWLABELS OPTIONS]
 
@@ -112,9 +113,9 @@ def main() -> None:
                 "smoke": a.smoke, **start,
                 "note": "total_minutes is the wall time of the whole `fewlabels selftrain` command (start-up, data "
                         "loading, pool labelling and evaluation included); each round's minutes are its training"}
-    if labels == 4000:  # the issue's targets are stated for the 4,000-label run
-        data_out["targets"] = {"gain_points": 6, "accuracy": 0.88, "minutes": 60}
-        data_out["met"] = {"gain": (last - sup) * 100 >= 6, "accuracy": last >= 0.88, "minutes": total <= 60}
+    if labels == 4000:  # issue 31's targets are stated for the 4,000-label run on the CPU (issue 6's 0.88: a GPU's)
+        data_out["targets"] = {"gain_points": 8, "accuracy": 0.85, "minutes": 60}
+        data_out["met"] = {"gain": (last - sup) * 100 >= 8, "accuracy": last >= 0.85, "minutes": total <= 60}
     if a.note:
         data_out["note_run"] = a.note
     old = None if a.smoke else previous(name, HEADLINE)

@@ -295,7 +295,7 @@ def test_selftrain_resume_keeps_the_runs_rounds_and_records_its_recipe(selftrain
     argv = ["selftrain", "--recipe", "cifar-cpu", "--data", "digits", "--labels-per-class", "5", "--hflip", "false",
             "--teacher-model", "cnn-tiny", "--student-models", "cnn-tiny", "--teacher-epochs", "1",
             "--student-epochs", "1", "--finetune-epochs", "1", "--threshold", "0", "--batch-size", "64",
-            "--quiet", "--out", str(run)]
+            "--progressive-resize", "none", "--quiet", "--out", str(run)]  # the recipe's 20 px: for 32 x 32 images
     assert main(argv) == 0
     text = (run / "config.yaml").read_text()
     assert "# from the built-in recipe cifar-cpu" in text and "rounds: 1" in text
