@@ -400,13 +400,13 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
     by any of those are the config's `given`. A YAML key the command holds but does not use is ignored when it has
     its default (a saved config.yaml of an older version lists every option), else refused."""
     values: dict[str, Any] = {}
-    sources: list[tuple[str, dict]] = []
+    sources: list[tuple[str, dict, bool]] = []  # (where, its keys, whether it is the recipe)
     from_recipe: set[str] = set()
     if recipe_options:
-        sources.append((f"recipe {recipe_name}", recipe_options))
+        sources.append((f"recipe {recipe_name}", recipe_options, True))
     if yaml_path:
-        sources.append((str(yaml_path), _read_yaml(Path(yaml_path))))
-    for where, data in sources:
+        sources.append((str(yaml_path), _read_yaml(Path(yaml_path)), False))
+    for where, data, is_recipe in sources:
         for k, v in data.items():
             key = str(k).replace("-", "_")
             if key not in cls.options and key in cls._owner and key not in cls.renamed:
@@ -423,7 +423,7 @@ def resolve(cls: type[T], yaml_path: str | Path | None = None, overrides: dict[s
                 hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 raise FewLabelsError(f"unknown config key '{k}' in {where}{hint}; valid keys: {', '.join(cls.options)}")
             values[key] = v
-            if where.startswith("recipe "):
+            if is_recipe:
                 from_recipe.add(key)
             else:
                 from_recipe.discard(key)
